@@ -1,0 +1,76 @@
+"""Exchange configuration (``exchanges.yaml``): validated once at load, errors name the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trading_platform.settings import ConfigError, Settings, describe_validation_error
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,10}-[A-Z0-9]{2,10}$")
+KNOWN_EXCHANGES = ("binance", "coinbase", "kraken")
+
+
+class Endpoints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ws_url: str
+    rest_url: str | None = None
+
+
+class ExchangeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    enabled: bool = True
+    channels: list[Literal["trades", "book"]] = Field(default_factory=lambda: ["trades"])
+    book_depth: int = Field(20, ge=1, le=1000)
+    live: Endpoints
+    replay: Endpoints
+    symbols: list[str] = Field(min_length=1, max_length=1024)
+
+    @field_validator("symbols")
+    @classmethod
+    def _normalized_symbols(cls, symbols: list[str]) -> list[str]:
+        bad = [s for s in symbols if not SYMBOL_PATTERN.match(s)]
+        if bad:
+            raise ValueError(f"symbols must be normalized BASE-QUOTE in upper case (e.g. BTC-USDT), got {bad}")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("symbols must not repeat")
+        return symbols
+
+    def endpoints(self, settings: Settings) -> Endpoints:
+        if settings.feed_mode == "live":
+            return self.live
+        fill = {"host": settings.replay_host, "port": settings.replay_port}
+        return Endpoints(
+            ws_url=self.replay.ws_url.format(**fill),
+            rest_url=self.replay.rest_url.format(**fill) if self.replay.rest_url else None,
+        )
+
+
+class ExchangesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exchanges: dict[Literal["binance", "coinbase", "kraken"], ExchangeConfig]
+
+    @property
+    def enabled(self) -> dict[str, ExchangeConfig]:
+        return {name: cfg for name, cfg in self.exchanges.items() if cfg.enabled}
+
+
+def load_exchanges(path: Path) -> ExchangesFile:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"exchanges config not found: {path} (set TP_EXCHANGES_FILE)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        parsed = ExchangesFile.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, str(path))) from None
+    for name, cfg in parsed.exchanges.items():
+        cfg.name = name
+    return parsed

@@ -1,0 +1,143 @@
+"""Table layouts, defined once: Arrow schemas (Parquet lake and loads), ClickHouse DDL and lake paths.
+
+Every exchange normalizes into these columns, the lake writes them, ClickHouse is created from them and
+the quality rules check against them, so a column added here reaches all four.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import pyarrow as pa
+
+DATABASE = "trading"
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    arrow_type: pa.DataType
+    clickhouse_type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    dataset: str  # folder name in the lake: raw/{dataset}/...
+    columns: tuple[Column, ...]
+    order_by: tuple[str, ...]
+    partition_by: str
+    ttl: str | None
+    lake_partitions: tuple[str, ...] = ("exchange", "symbol", "date")
+    description: str = ""
+    engine_settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{DATABASE}.{self.name}"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type, nullable=False, metadata={"description": c.description})
+             for c in self.columns]
+        )
+
+    def ddl(self) -> str:
+        columns = ",\n    ".join(
+            f"{c.name} {c.clickhouse_type} COMMENT '{c.description}'" for c in self.columns
+        )
+        settings = ", ".join(f"{k} = {v}" for k, v in self.engine_settings.items())
+        ttl = f"\nTTL {self.ttl}" if self.ttl else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.qualified_name}\n(\n    {columns}\n)\n"
+            f"ENGINE = MergeTree\nPARTITION BY {self.partition_by}\n"
+            f"ORDER BY ({', '.join(self.order_by)}){ttl}"
+            + (f"\nSETTINGS {settings}" if settings else "")
+            + f"\nCOMMENT '{self.description}'"
+        )
+
+    def lake_prefix(self, exchange: str | None = None, symbol: str | None = None,
+                    day: date | None = None) -> str:
+        """Key prefix of a Hive-style partition; stops at the first partition key not given."""
+        parts = ["raw", self.dataset]
+        values = {"exchange": exchange, "symbol": symbol, "date": day.isoformat() if day else None}
+        for key in self.lake_partitions:
+            if values[key] is None:
+                break
+            parts.append(f"{key}={values[key]}")
+        return "/".join(parts) + "/"
+
+    def lake_key(self, batch_id: str, exchange: str, day: date, symbol: str | None = None) -> str:
+        return f"{self.lake_prefix(exchange, symbol, day)}{batch_id}.parquet"
+
+
+# Dedup by insert token on a plain MergeTree needs a non-zero window (replicated tables have one).
+_DEDUP = {"non_replicated_deduplication_window": "100000"}
+
+MARKET_TRADES = Table(
+    name="market_trades",
+    dataset="trades",
+    description="Normalized trades of every exchange, one row per exchange trade",
+    columns=(
+        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name, e.g. binance"),
+        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+        Column("native_symbol", pa.string(), "LowCardinality(String)", "the exchange spelling"),
+        Column("trade_id", pa.string(), "String", "exchange trade id"),
+        Column("price", pa.float64(), "Float64", "trade price in quote currency"),
+        Column("quantity", pa.float64(), "Float64", "trade size in base currency"),
+        Column("side", pa.string(), "LowCardinality(String)", "taker side: buy or sell"),
+        Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "exchange trade time"),
+        Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received it"),
+        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+    ),
+    order_by=("exchange", "symbol", "timestamp"),
+    partition_by="toYYYYMM(timestamp)",
+    ttl="toDateTime(timestamp) + INTERVAL 90 DAY",
+    engine_settings=_DEDUP,
+)
+
+QUARANTINE = Table(
+    name="quarantine",
+    dataset="quarantine",
+    description="Frames or rows rejected by parsing or validation, with the raw text",
+    columns=(
+        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+        Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received it"),
+        Column("reason", pa.string(), "LowCardinality(String)", "rule that rejected it"),
+        Column("detail", pa.string(), "String", "human-readable explanation"),
+        Column("raw", pa.string(), "String", "the frame exactly as received"),
+        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+    ),
+    order_by=("exchange", "received_at"),
+    partition_by="toYYYYMM(received_at)",
+    ttl="toDateTime(received_at) + INTERVAL 90 DAY",
+    lake_partitions=("exchange", "date"),
+)
+
+LOAD_MANIFEST = Table(
+    name="load_manifest",
+    dataset="",
+    description="One row per lake batch loaded into ClickHouse",
+    columns=(
+        Column("table_name", pa.string(), "LowCardinality(String)", "target table"),
+        Column("lake_key", pa.string(), "String", "object key of the Parquet file, the insert dedup token"),
+        Column("batch_id", pa.string(), "String", "lake batch (one flush) the file belongs to"),
+        Column("rows", pa.uint64(), "UInt64", "rows inserted"),
+        Column("checksum", pa.string(), "String", "content checksum of the loaded rows"),
+        Column("loaded_at", UTC_MICROS, "DateTime64(6, 'UTC')", "load time"),
+    ),
+    order_by=("table_name", "lake_key"),
+    partition_by="tuple()",
+    ttl=None,
+)
+
+LAKE_TABLES = (MARKET_TRADES, QUARANTINE)
+ALL_TABLES = (MARKET_TRADES, QUARANTINE, LOAD_MANIFEST)
