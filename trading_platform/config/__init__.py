@@ -25,7 +25,7 @@ class ExchangeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = ""
     enabled: bool = True
-    channels: list[Literal["trades", "book"]] = Field(default_factory=lambda: ["trades"])
+    channels: list[Literal["trades", "book"]] = Field(default_factory=lambda: ["trades"])  # type: ignore[arg-type]
     book_depth: int = Field(20, ge=1, le=1000)
     live: Endpoints
     replay: Endpoints
@@ -36,7 +36,7 @@ class ExchangeConfig(BaseModel):
     def _normalized_symbols(cls, symbols: list[str]) -> list[str]:
         bad = [s for s in symbols if not SYMBOL_PATTERN.match(s)]
         if bad:
-            raise ValueError(f"symbols must be normalized BASE-QUOTE in upper case (e.g. BTC-USDT), got {bad}")
+            raise ValueError(f"symbols must be upper-case BASE-QUOTE (e.g. BTC-USDT), got {bad}")
         if len(set(symbols)) != len(symbols):
             raise ValueError("symbols must not repeat")
         return symbols

@@ -1,0 +1,41 @@
+"""The one ``Definitions`` object, built when Dagster loads the code location (not at import)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from trading_platform.config import load_exchanges
+from trading_platform.defs.assets import RAW_QUARANTINE, RAW_TRADES, latest_prices, market_trades, quarantine
+from trading_platform.defs.checks import raw_trades_checks
+from trading_platform.defs.ingestion import build_ingestion_job, build_supervisor
+from trading_platform.defs.resources import build_resources
+from trading_platform.exchanges.registry import exchange_class
+from trading_platform.settings import Settings, load_settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    exchanges = load_exchanges(settings.exchanges_file)
+    for name in exchanges.enabled:
+        exchange_class(name)  # an enabled exchange without a module fails here, naming the key
+    jobs = [build_ingestion_job(name) for name in exchanges.enabled]
+    sensors: list[dg.SensorDefinition] = [build_supervisor(job, name)
+                                          for job, name in zip(jobs, exchanges.enabled, strict=True)]
+    sensors.append(dg.AutomationConditionSensorDefinition(
+        "load_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=15,
+        description="Evaluates the load cadence of the warehouse and cache assets and their checks.",
+    ))
+    return dg.Definitions(
+        assets=[RAW_TRADES, RAW_QUARANTINE, market_trades, quarantine, latest_prices],
+        asset_checks=[raw_trades_checks],
+        jobs=jobs,
+        sensors=sensors,
+        resources=build_resources(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

@@ -1,0 +1,206 @@
+"""Write-ahead log of received frames, so a crashed or killed run loses nothing it had received.
+
+Layout, one folder per exchange:
+- ``{first_offset:012d}.wal`` segments of records ``offset u64 | received_us i64 | length u32 | crc32 u32
+  | payload``. Offsets number frames from 0, forever, across runs. A new segment starts at every batch
+  boundary, so a segment is deleted whole once its batch is durably in the object store.
+- ``checkpoint.json``: the last offset durably flushed, the quality-rule state after it, and the sealed
+  batches not yet confirmed in the store (a new run re-flushes exactly those, with the same batch ids,
+  so a half-written batch is overwritten rather than duplicated).
+
+Appends go straight to the OS with ``os.write`` (a ``kill -9`` loses nothing written); fsync runs at most
+every ``fsync_interval_s`` so a machine crash loses at most that window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_HEADER = struct.Struct("<QqII")
+_CHECKPOINT = "checkpoint.json"
+
+
+@dataclass
+class SealedBatch:
+    first: int
+    last: int
+    reference: dict[str, Any]  # quality-rule state before the batch's first frame
+
+    def to_json(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last, "reference": self.reference}
+
+
+@dataclass
+class Checkpoint:
+    flushed_through: int = -1
+    reference: dict[str, Any] = field(default_factory=dict)  # quality-rule state after flushed_through
+    pending: list[SealedBatch] = field(default_factory=list)
+
+
+class WriteAheadLog:
+    def __init__(self, directory: Path, fsync_interval_s: float = 0.2) -> None:
+        self.directory = directory
+        self.fsync_interval_s = fsync_interval_s
+        directory.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self._read_checkpoint()
+        self.next_offset = self._recover_tail()
+        self._fd: int | None = None
+        self._segment_first = self.next_offset
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    # --- appending -------------------------------------------------------------------------------
+    def append(self, received_us: int, payload: bytes) -> int:
+        if self._fd is None:
+            self._open_segment()
+        assert self._fd is not None
+        offset = self.next_offset
+        os.write(self._fd, _HEADER.pack(offset, received_us, len(payload), zlib.crc32(payload)) + payload)
+        self.next_offset += 1
+        self._dirty = True
+        if self.fsync_interval_s == 0 or time.monotonic() - self._last_sync >= self.fsync_interval_s:
+            self.sync()
+        return offset
+
+    def sync(self) -> None:
+        if self._fd is not None and self._dirty:
+            os.fsync(self._fd)
+        self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def seal(self, reference: dict[str, Any]) -> SealedBatch | None:
+        """Close the open batch at the last appended frame and record it as pending."""
+        first = self._segment_first
+        if self.next_offset == first:
+            return None
+        batch = SealedBatch(first, self.next_offset - 1, reference)
+        self._close_segment()
+        self._segment_first = self.next_offset
+        self.checkpoint.pending.append(batch)
+        self._write_checkpoint()
+        return batch
+
+    def mark_flushed(self, batch: SealedBatch, reference_after: dict[str, Any]) -> None:
+        """The batch is durably in the store: advance the checkpoint and drop its segments."""
+        self.checkpoint.pending = [p for p in self.checkpoint.pending if p.first != batch.first]
+        self.checkpoint.flushed_through = max(self.checkpoint.flushed_through, batch.last)
+        self.checkpoint.reference = reference_after
+        self._write_checkpoint()
+        for path, _first, last in self._segments():
+            if last is not None and last <= self.checkpoint.flushed_through:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._close_segment()
+
+    # --- reading ---------------------------------------------------------------------------------
+    def records(self, first: int, last: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+        """(offset, received_us, payload) for offsets in [first, last] (last None: to the end)."""
+        for path, seg_first, seg_last in self._segments():
+            if seg_last is not None and seg_last < first:
+                continue
+            if last is not None and seg_first > last:
+                break
+            for offset, received_us, payload in _read_segment(path):
+                if offset < first:
+                    continue
+                if last is not None and offset > last:
+                    return
+                yield offset, received_us, payload
+
+    def unflushed_tail_start(self) -> int:
+        """First offset after everything flushed or sealed-pending."""
+        ends = [self.checkpoint.flushed_through] + [p.last for p in self.checkpoint.pending]
+        return max(ends) + 1
+
+    def start_batch_at(self, offset: int) -> None:
+        """After recovery: the open batch begins at ``offset`` (records from there are re-decoded)."""
+        self._segment_first = offset
+
+    # --- internals -------------------------------------------------------------------------------
+    def _segments(self) -> list[tuple[Path, int, int | None]]:
+        paths = sorted(self.directory.glob("*.wal"))
+        firsts = [int(p.stem) for p in paths]
+        return [(p, f, (firsts[i + 1] - 1) if i + 1 < len(firsts) else None)
+                for i, (p, f) in enumerate(zip(paths, firsts, strict=True))]
+
+    def _open_segment(self) -> None:
+        path = self.directory / f"{self.next_offset:012d}.wal"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.directory)
+
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            self.sync()
+            os.close(self._fd)
+            self._fd = None
+
+    def _recover_tail(self) -> int:
+        """Next offset to assign; truncates a record torn by a crash at the end of the last segment."""
+        segments = self._segments()
+        if not segments:
+            return self.checkpoint.flushed_through + 1
+        path, first, _ = segments[-1]
+        next_offset, good_bytes = first, 0
+        for offset, _received, payload in _read_segment(path):
+            next_offset = offset + 1
+            good_bytes += _HEADER.size + len(payload)
+        if good_bytes != path.stat().st_size:
+            with path.open("r+b") as handle:
+                handle.truncate(good_bytes)
+        return max(next_offset, self.checkpoint.flushed_through + 1)
+
+    def _read_checkpoint(self) -> Checkpoint:
+        path = self.directory / _CHECKPOINT
+        if not path.exists():
+            return Checkpoint()
+        data = json.loads(path.read_text())
+        return Checkpoint(
+            flushed_through=data["flushed_through"],
+            reference=data.get("reference", {}),
+            pending=[SealedBatch(p["first"], p["last"], p["reference"]) for p in data["pending"]],
+        )
+
+    def _write_checkpoint(self) -> None:
+        path = self.directory / _CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        payload = {
+            "flushed_through": self.checkpoint.flushed_through,
+            "reference": self.checkpoint.reference,
+            "pending": [p.to_json() for p in self.checkpoint.pending],
+        }
+        with tmp.open("w") as handle:
+            json.dump(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.directory)
+
+
+def _read_segment(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    data = path.read_bytes()
+    position = 0
+    while position + _HEADER.size <= len(data):
+        offset, received_us, length, crc = _HEADER.unpack_from(data, position)
+        start = position + _HEADER.size
+        payload = data[start:start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return  # torn by a crash mid-append: everything before it is intact
+        yield offset, received_us, payload
+        position = start + length
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

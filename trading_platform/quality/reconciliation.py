@@ -1,0 +1,110 @@
+"""Checks that compare the lake, the load manifest, ClickHouse and Redis. Each returns plain facts."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from datetime import date
+
+import pyarrow.parquet as pq
+
+from trading_platform.schema import LOAD_MANIFEST, Table
+from trading_platform.storage.clickhouse import ClickHouse
+from trading_platform.storage.lake_loader import list_lake_keys
+from trading_platform.storage.object_store import ObjectStore
+
+
+@dataclass
+class Reconciliation:
+    days: list[str]
+    manifest_rows: int
+    table_rows: int
+    lake_files: int
+    loaded_files: int
+    mismatched_days: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatched_days
+
+
+def reconcile_table(ch: ClickHouse, table: Table, time_column: str, days: list[date],
+                    lake_keys: list[str]) -> Reconciliation:
+    """Per day: rows the manifest says were loaded == rows in the table (both restricted to the lake
+    files of that day, so TTL-expired history does not count)."""
+    day_list = ", ".join(f"'{d.isoformat()}'" for d in days)
+    manifest = ch.query_arrow(
+        f"SELECT extract(lake_key, 'date=([0-9-]+)/') AS day, sum(rows) AS rows, count() AS files FROM "
+        f"(SELECT lake_key, any(rows) AS rows FROM {LOAD_MANIFEST.qualified_name} "
+        f" WHERE table_name = '{table.name}' GROUP BY lake_key) WHERE day IN ({day_list}) GROUP BY day"
+    ).to_pylist()
+    actual = ch.query_arrow(
+        f"SELECT toString(toDate({time_column})) AS day, count() AS rows FROM {table.qualified_name} "
+        f"WHERE toDate({time_column}) IN ({day_list}) GROUP BY day"
+    ).to_pylist()
+    by_day_manifest = {r["day"]: int(r["rows"]) for r in manifest}
+    by_day_table = {r["day"]: int(r["rows"]) for r in actual}
+    mismatched = {
+        day: (by_day_manifest.get(day, 0), by_day_table.get(day, 0))
+        for day in set(by_day_manifest) | set(by_day_table)
+        if by_day_manifest.get(day, 0) != by_day_table.get(day, 0)
+    }
+    return Reconciliation(
+        days=[d.isoformat() for d in days],
+        manifest_rows=sum(by_day_manifest.values()),
+        table_rows=sum(by_day_table.values()),
+        lake_files=len(lake_keys),
+        loaded_files=sum(int(r["files"]) for r in manifest),
+        mismatched_days=mismatched,
+    )
+
+
+def duplicate_trades(ch: ClickHouse, table: Table, days: list[date]) -> int:
+    day_list = ", ".join(f"'{d.isoformat()}'" for d in days)
+    result = ch.query_arrow(
+        f"SELECT count() - uniqExact(exchange, symbol, trade_id) AS duplicates FROM {table.qualified_name} "
+        f"WHERE toDate(timestamp) IN ({day_list})"
+    )
+    return int(result.column("duplicates")[0].as_py())
+
+
+@dataclass
+class LakeSchemaReport:
+    files_checked: int
+    bad_files: dict[str, str]
+    newest_file_age_s: float | None
+
+
+def check_lake_files(store: ObjectStore, table: Table, days: list[date], per_partition: int = 1) -> LakeSchemaReport:
+    """Schema of the newest file(s) per partition against the table layout, and the newest batch age.
+
+    Batch ids sort by WAL offset, so the last key of a partition is its newest file.
+    """
+    keys = list_lake_keys(store, table, days)
+    newest: dict[str, list[str]] = {}
+    for key in keys:
+        newest.setdefault(key.rsplit("/", 1)[0], []).append(key)
+    bad: dict[str, str] = {}
+    checked = 0
+    expected = table.arrow_schema
+    for partition_keys in newest.values():
+        for key in partition_keys[-per_partition:]:
+            schema = pq.read_schema(io.BytesIO(store.get(key)))
+            checked += 1
+            missing = [f.name for f in expected if f.name not in schema.names]
+            wrong = [f"{f.name}: {schema.field(f.name).type} != {f.type}" for f in expected
+                     if f.name in schema.names and not schema.field(f.name).type.equals(f.type)]
+            if missing or wrong:
+                bad[key] = "; ".join(([f"missing {missing}"] if missing else []) + wrong)
+    return LakeSchemaReport(checked, bad, _newest_age(store, keys))
+
+
+def _newest_age(store: ObjectStore, keys: list[str]) -> float | None:
+    """Age of the newest batch from its Parquet footer (row data), not object-store timestamps."""
+    if not keys:
+        return None
+    by_batch = sorted(keys, key=lambda k: k.rsplit("/", 1)[-1])
+    table = pq.read_table(io.BytesIO(store.get(by_batch[-1])), columns=["received_at"])
+    newest_us = table.column("received_at").cast("int64").to_pylist()
+    return round(time.time() - max(newest_us) / 1e6, 3) if newest_us else None
