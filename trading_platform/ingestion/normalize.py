@@ -32,7 +32,7 @@ class TradeNormalizer:
 
     def process(self, frames: list[bytes], received_us: list[int]) -> Normalized:
         rejects = Rejects()
-        if any(len(frame) > MAX_FRAME_BYTES for frame in frames):
+        if frames and max(map(len, frames)) > MAX_FRAME_BYTES:
             kept = [i for i, frame in enumerate(frames) if len(frame) <= MAX_FRAME_BYTES]
             for i, frame in enumerate(frames):
                 if len(frame) > MAX_FRAME_BYTES:

@@ -39,45 +39,46 @@ def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold
     """Reject non-positive or non-finite prices/quantities and price spikes; update ``reference``."""
     frame = pl.from_arrow(trades)
     assert isinstance(frame, pl.DataFrame)
-    if frame.is_empty():
-        return Validated(trades, pl.DataFrame(schema={"frame_index": pl.Int64, "reason": pl.String,
-                                                      "detail": pl.String}))
-    context = pl.DataFrame(
-        {
-            "symbol": [s for s, prices in reference.recent.items() for _ in prices],
-            "price": [p for prices in reference.recent.values() for p in prices],
-        },
-        schema={"symbol": pl.String, "price": pl.Float64},
-    )
-    rows = frame.with_row_index("_row").with_columns(
-        reason=pl.when(~pl.col("price").is_finite() | (pl.col("price") <= 0)).then(pl.lit("bad_price"))
-        .when(~pl.col("quantity").is_finite() | (pl.col("quantity") <= 0)).then(pl.lit("bad_quantity"))
-    )
-    # Only rows with sane numbers feed the spike reference.
-    sane = rows.filter(pl.col("reason").is_null()).select("_row", "symbol", "price")
-    history = pl.concat([context.with_columns(_row=pl.lit(None, pl.UInt32)).select("_row", "symbol", "price"),
-                         sane])
-    history = history.with_columns(
-        reference=pl.col("price").shift(1).rolling_median(SPIKE_WINDOW, min_samples=1).over("symbol")
-    ).filter(pl.col("_row").is_not_null())
-    rows = rows.join(history.select("_row", "reference"), on="_row", how="left").with_columns(
-        reason=pl.when(pl.col("reason").is_not_null()).then(pl.col("reason"))
-        .when((pl.col("price") / pl.col("reference") - 1).abs() > spike_threshold).then(pl.lit("price_spike"))
-    )
-    rejected = rows.filter(pl.col("reason").is_not_null()).select(
-        "frame_index",
-        "reason",
-        detail=pl.format(
-            "{} price={} quantity={} reference={}",
-            "symbol", "price", "quantity", pl.col("reference").cast(pl.String).fill_null("none"),
-        ),
-    )
-    accepted = rows.filter(pl.col("reason").is_null()).sort("_row").drop("_row", "reason", "reference")
+    price, quantity = pl.col("price"), pl.col("quantity")
+    bad_price = ~price.is_finite() | (price <= 0)
+    bad_quantity = ~quantity.is_finite() | (quantity <= 0)
+    flags = frame.select(bad_price.alias("bad_price"), bad_quantity.alias("bad_quantity"))
+    rejected = [_EMPTY_REJECTS]
+    if flags.select(pl.any_horizontal(pl.all().any())).item():
+        is_bad = flags.get_column("bad_price") | flags.get_column("bad_quantity")
+        rejected.append(frame.filter(is_bad).select(
+            "frame_index",
+            reason=pl.when(bad_price).then(pl.lit("bad_price")).otherwise(pl.lit("bad_quantity")),
+            detail=pl.format("{} price={} quantity={}", "symbol", "price", "quantity"),
+        ))
+        frame = frame.filter(~is_bad)
+    # Only sane rows feed the spike reference; the carried context is the tail of earlier batches.
+    context_rows = sum(len(prices) for prices in reference.recent.values())
+    history = frame.select("symbol", "price")
+    if context_rows:
+        context = pl.DataFrame(
+            {"symbol": [s for s, prices in reference.recent.items() for _ in prices],
+             "price": [p for prices in reference.recent.values() for p in prices]},
+            schema={"symbol": pl.String, "price": pl.Float64},
+        )
+        history = pl.concat([context, history])
+    reference_prices = history.select(
+        price.shift(1).rolling_median(SPIKE_WINDOW, min_samples=1).over("symbol")
+    ).to_series().slice(context_rows)
+    spike = ((frame.get_column("price") / reference_prices - 1).abs() > spike_threshold).fill_null(False)
+    if spike.any():
+        rejected.append(frame.filter(spike).with_columns(reference=reference_prices.filter(spike)).select(
+            "frame_index",
+            reason=pl.lit("price_spike"),
+            detail=pl.format("{} price={} quantity={} reference={}", "symbol", "price", "quantity", "reference"),
+        ))
     # The carried reference holds the last sane prices (spikes included), exactly what the rolling
     # median saw, so validating a batch in one go or tick by tick gives the same answer; WAL
     # recovery relies on that to rewrite a half-flushed batch identically.
-    for symbol, prices in sane.group_by("symbol", maintain_order=True).agg(pl.col("price").tail(SPIKE_WINDOW)
-                                                                          ).iter_rows():
-        kept = reference.recent.get(symbol, []) + list(prices)
-        reference.recent[symbol] = kept[-SPIKE_WINDOW:]
-    return Validated(accepted.to_arrow().cast(trades.schema), rejected)
+    for symbol, prices in history.group_by("symbol").agg(price.tail(SPIKE_WINDOW)).iter_rows():
+        reference.recent[symbol] = list(prices)
+    accepted = frame.filter(~spike) if spike.any() else frame
+    return Validated(accepted.to_arrow().cast(trades.schema), pl.concat(rejected))
+
+
+_EMPTY_REJECTS = pl.DataFrame(schema={"frame_index": pl.Int64, "reason": pl.String, "detail": pl.String})

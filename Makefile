@@ -1,0 +1,42 @@
+# The commands README.md documents. `make run` and `make test` work on a fresh machine with only
+# Python 3.11 and make: uv is installed on first use, then uv installs everything from uv.lock.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help install run test test-fast bench lint fmt clean
+
+help:
+	@echo "make run    - install, then start Dagster (http://127.0.0.1:3000) with the replay feed, Valkey and chdb"
+	@echo "make test   - install, then run the whole test suite (slow end-to-end tests included)"
+	@echo "make bench  - run the benchmarks and write benchmarks/results.json"
+	@echo "make lint   - ruff and mypy"
+
+uv-available:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+.PHONY: uv-available
+
+install: uv-available
+	$(UV) sync --frozen
+
+run: install
+	$(UV) run --frozen trading-platform dev
+
+test: install
+	$(UV) run --frozen pytest -q -m "slow or not slow"
+
+test-fast: install
+	$(UV) run --frozen pytest -q -m "not slow"
+
+bench: install
+	$(UV) run --frozen python benchmarks/bench_binance_decode.py
+
+lint: install
+	$(UV) run --frozen ruff check trading_platform trading_platform_tests benchmarks
+	$(UV) run --frozen mypy trading_platform
+
+fmt: install
+	$(UV) run --frozen ruff check --fix trading_platform trading_platform_tests benchmarks
+
+clean:
+	rm -rf .tp_state .pytest_cache .mypy_cache .ruff_cache

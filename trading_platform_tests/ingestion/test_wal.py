@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from trading_platform.ingestion.wal import WriteAheadLog
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    for i in range(5):
+        assert wal.append(1000 + i, b"frame-%d" % i) == i
+    wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    assert reopened.next_offset == 5
+    assert [payload for _, _, payload in reopened.records(0)] == [b"frame-%d" % i for i in range(5)]
+
+
+def test_a_torn_tail_is_truncated_and_offsets_continue(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(1, b"complete")
+    wal.append(2, b"torn-by-crash")
+    wal.close()
+    segment = next(tmp_path.glob("*.wal"))
+    segment.write_bytes(segment.read_bytes()[:-4])
+    reopened = WriteAheadLog(tmp_path)
+    assert [p for _, _, p in reopened.records(0)] == [b"complete"]
+    assert reopened.append(3, b"next") == 1
+
+
+def test_sealed_batches_stay_pending_until_flushed(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    for i in range(3):
+        wal.append(i, b"a")
+    first = wal.seal({"BTC-USDT": [1.0]})
+    for i in range(2):
+        wal.append(i, b"b")
+    second = wal.seal({})
+    assert first is not None and second is not None
+    assert (first.first, first.last, second.first, second.last) == (0, 2, 3, 4)
+    wal.mark_flushed(first, {"BTC-USDT": [2.0]})
+    wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    assert reopened.checkpoint.flushed_through == 2
+    assert [(p.first, p.last) for p in reopened.checkpoint.pending] == [(3, 4)]
+    assert reopened.checkpoint.reference == {"BTC-USDT": [2.0]}
+
+
+def test_flushed_segments_are_deleted_and_the_rest_kept(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(0, b"x")
+    first = wal.seal({})
+    wal.append(0, b"y")
+    assert first is not None
+    wal.seal({})
+    wal.mark_flushed(first, {})
+    assert [p.name for p in sorted(tmp_path.glob("*.wal"))] == ["000000000001.wal"]
+    assert [p for _, _, p in wal.records(0)] == [b"y"]
+
+
+def test_sealing_nothing_records_nothing(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    assert wal.seal({}) is None
+    assert wal.checkpoint.pending == []
