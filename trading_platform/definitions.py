@@ -22,7 +22,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                                           for job, name in zip(jobs, exchanges.enabled, strict=True)]
     sensors.append(dg.AutomationConditionSensorDefinition(
         "load_automation",
-        target=dg.AssetSelection.all(),
+        target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
         description="Evaluates the load cadence of the warehouse and cache assets and their checks.",

@@ -5,7 +5,6 @@ materialization per flushed micro-batch. Everything downstream is declarative: o
 minute (never one run per micro-batch), each loading every lake batch not yet in the manifest.
 """
 
-from __future__ import annotations
 
 import time
 from collections.abc import Iterator

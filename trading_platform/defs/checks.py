@@ -1,6 +1,5 @@
 """Checks on the lake itself (the load assets carry their own checks in the same step)."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 

@@ -1,6 +1,5 @@
 """Ingestion jobs (one long-running run per exchange) and the sensors that keep exactly one alive."""
 
-from __future__ import annotations
 
 import json
 import signal

@@ -4,7 +4,6 @@ Where a ``TP_`` variable is set, the resource gets an ``EnvVar`` so the UI shows
 from (and secrets in URLs stay out of it); otherwise it gets the settings default.
 """
 
-from __future__ import annotations
 
 import os
 from collections.abc import Iterator

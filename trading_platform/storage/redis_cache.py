@@ -90,14 +90,19 @@ class PriceCache:
 
 def reseed_from_clickhouse(ch: ClickHouse, cache: PriceCache, lookback_hours: int = 24) -> int:
     """Write each (exchange, symbol)'s last trade from ClickHouse; newer cached values are kept."""
+    # Aliases differ from column names: ClickHouse would otherwise resolve `trade_id` inside the next
+    # argMax to the aggregate itself.
     rows = ch.query_arrow(
-        "SELECT exchange, symbol, argMax(price, (timestamp, trade_id)) AS price, "
-        "argMax(quantity, (timestamp, trade_id)) AS quantity, argMax(side, (timestamp, trade_id)) AS side, "
-        "argMax(trade_id, (timestamp, trade_id)) AS trade_id, toUnixTimestamp64Micro(max(timestamp)) AS trade_time_us "
+        "SELECT exchange, symbol, argMax(price, (timestamp, trade_id)) AS last_price, "
+        "argMax(quantity, (timestamp, trade_id)) AS last_quantity, argMax(side, (timestamp, trade_id)) AS last_side, "
+        "argMax(trade_id, (timestamp, trade_id)) AS last_trade_id, "
+        "toUnixTimestamp64Micro(max(timestamp)) AS last_trade_time_us "
         f"FROM trading.market_trades WHERE timestamp >= now() - INTERVAL {int(lookback_hours)} HOUR "
         "GROUP BY exchange, symbol"
     ).to_pylist()
-    return cache.write((LatestTrade(**row) for row in rows), publish=False)
+    trades = (LatestTrade(row["exchange"], row["symbol"], row["last_price"], row["last_quantity"], row["last_side"],
+                          row["last_trade_id"], int(row["last_trade_time_us"])) for row in rows)
+    return cache.write(trades, publish=False)
 
 
 class EmbeddedValkey:
