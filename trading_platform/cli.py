@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -71,7 +72,10 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
             exchange_class(name)
         state = "enabled" if cfg.enabled else "disabled"
         print(f"{name:<9} {state:<8} {len(cfg.symbols)} symbols  {cfg.endpoints(settings).ws_url}")
-    print(f"lake: {settings.storage_url}\nclickhouse: {settings.clickhouse_url}\nredis: {settings.redis_url}")
+    from trading_platform.storage.clickhouse import redact_url
+
+    print(f"lake: {settings.storage_url}\nclickhouse: {redact_url(settings.clickhouse_url)}\n"
+          f"redis: {redact_url(settings.redis_url)}")
     return 0
 
 
@@ -97,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate settings and exchanges.yaml")
     check.set_defaults(handler=_check_config)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
         return int(args.handler(settings, args))

@@ -7,6 +7,7 @@ code server's run processes included) and leave no orphan behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -31,18 +32,19 @@ def _stop_group(process: subprocess.Popen[bytes], name: str, grace_s: float) -> 
         except ProcessLookupError:
             pass
     # Whatever is left in the group (runs, servers) goes too.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
 def dagster_home(settings: Settings) -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.state_dir / "dagster_home").resolve()
+    """The project-local home gets the repository's instance config on every start (so edits to
+    dagster.yaml apply); a DAGSTER_HOME the user points at keeps its own dagster.yaml."""
+    user_home = os.environ.get("DAGSTER_HOME")
+    home = Path(user_home or settings.state_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    # The instance config lives in the repository; the run history lives in the git-ignored home.
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    if not user_home or not (home / "dagster.yaml").exists():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     return home
 
 

@@ -14,6 +14,13 @@ import redis
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.settings import Settings
 from trading_platform.storage.redis_cache import EmbeddedValkey
+from trading_platform_tests.storage.clickhouse_fixtures import (  # noqa: F401  (fixtures)
+    chdb_clickhouse_url,
+    chdb_http_server,
+    clickhouse,
+    clickhouse_url,
+    http_clickhouse_url,
+)
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "trading_platform" / "config" / "exchanges.yaml"
 

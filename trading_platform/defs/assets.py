@@ -17,7 +17,14 @@ from trading_platform.schema import MARKET_TRADES, QUARANTINE
 from trading_platform.storage.lake_loader import lake_days, list_lake_keys, load_new_batches
 from trading_platform.storage.redis_cache import reseed_from_clickhouse
 
-LOAD_CADENCE = dg.AutomationCondition.on_cron("* * * * *")
+# At most one load a minute, and only when the lake got new batches since the last load. (on_cron
+# would wait for an update *after* the tick, so the last batches of an ended run would never load.)
+# An asset whose upstream is requested in the same tick joins that run: one run per minute in all.
+LOAD_CADENCE = (
+    dg.AutomationCondition.cron_tick_passed("* * * * *").since_last_handled()  # type: ignore[misc]
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("each minute, when upstream has new data")
 STALENESS_LIMIT_S = 60.0
 CLICKHOUSE_POOL = "clickhouse"  # chdb: one process per database folder; see dagster.yaml
 

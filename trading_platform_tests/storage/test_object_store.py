@@ -4,8 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from trading_platform_tests.conftest import free_port
-
 from trading_platform.storage.object_store import (
     LocalObjectStore,
     ObjectStore,
@@ -13,6 +11,7 @@ from trading_platform.storage.object_store import (
     S3ObjectStore,
     open_object_store,
 )
+from trading_platform_tests.conftest import free_port
 
 
 @pytest.fixture(params=["file", "s3"])

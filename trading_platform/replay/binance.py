@@ -1,0 +1,289 @@
+"""Binance Spot public market-data WebSocket protocol (protocols doc, section 1), trades only.
+
+Paths (under ``/binance``): ``/ws`` and ``/ws/<stream>[/<stream>...]`` (raw: payloads unwrapped),
+``/stream`` and ``/stream?streams=<s1>/<s2>`` (combined: ``{"stream":…,"data":…}``). Live requests:
+SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET_PROPERTY/GET_PROPERTY ``combined``; errors use the
+documented ``{"error":{"code":…,"msg":…},"id":…}`` shape (code 3 for bad JSON, 2 for bad requests).
+
+Choices where the docs are silent:
+- Any stream name is accepted (like Binance, which acknowledges streams it has no data for); only
+  ``<symbol>@trade`` for a configured symbol, spelled in lower case, carries data. Depth and other
+  channels are acknowledged but silent until the book simulation exists.
+- More than 1024 streams: a URL is refused with HTTP 400; a SUBSCRIBE is answered with error code 2
+  and changes nothing.
+- More than 5 incoming messages within one second closes the connection with 1008 (Binance
+  disconnects too); WebSocket pings/pongs are not counted here (websockets answers them itself).
+- Prices and quantities use the symbol's fixed decimals (BTC price "90000.12"); the live exchange pads
+  to 8 decimals ("90000.12000000"): parsers must accept both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from trading_platform.replay.connection import ReplayConnection
+from trading_platform.replay.faults import Fault, FaultKind
+from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
+from trading_platform.replay.market import SymbolSpec, Trade
+from trading_platform.replay.outbox import TradeFrames
+
+MAX_STREAMS = 1024
+MAX_MESSAGES_PER_S = 5
+METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+_ID_STRING = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def native_symbol(symbol: str) -> str:
+    """Normalized ``BTC-USDT`` → Binance ``BTCUSDT``."""
+    return symbol.replace("-", "")
+
+
+def trade_stream(symbol: str) -> str:
+    return f"{native_symbol(symbol).lower()}@trade"
+
+
+@dataclass(frozen=True)
+class BinanceTarget:
+    combined: bool
+    streams: list[str]
+
+
+class BinanceSession(Session):
+    def __init__(self, ws: ReplayConnection, feed: BinanceFeed, combined: bool) -> None:
+        super().__init__(ws, feed)
+        self.combined = combined
+        self.streams: dict[str, None] = {}  # insertion-ordered set, listed in subscription order
+        self._recent: deque[float] = deque()
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "combined": self.combined, "streams": list(self.streams)}
+
+    def over_rate_limit(self, now: float) -> bool:
+        recent = self._recent
+        recent.append(now)
+        while recent and recent[0] <= now - 1.0:
+            recent.popleft()
+        return len(recent) > MAX_MESSAGES_PER_S
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: int, msg: str, request_id: object = None) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.request_id = code, msg, request_id
+
+
+def _dumps(doc: object) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class BinanceFeed(ExchangeFeed):
+    name = "binance"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._native = {symbol: native_symbol(symbol) for symbol in self.config.symbols}
+        self._stream_symbol = {trade_stream(symbol): symbol for symbol in self.config.symbols}
+        self._formats = {
+            spec.symbol: (f".{spec.price_decimals}f", f".{spec.qty_decimals}f")
+            for spec in (market.spec for market in self.market.markets.values())
+        }
+        self._subscribers: dict[str, set[BinanceSession]] = {}
+
+    # -- connection setup ----------------------------------------------------------------------------
+
+    def parse_ws_target(self, path: str, query: dict[str, list[str]]) -> BinanceTarget:
+        rest = path[len(self.path_prefix) :].rstrip("/")
+        if rest == "/stream":
+            raw = query.get("streams", [""])[0]
+            streams = [s for s in raw.split("/") if s]
+            combined = True
+        elif rest == "/ws" or rest.startswith("/ws/"):
+            streams = [s for s in rest[len("/ws") :].split("/") if s]
+            combined = False
+        else:
+            raise RequestRejected(404, f"Not Found: {path}\n")
+        streams = list(dict.fromkeys(streams))
+        if len(streams) > MAX_STREAMS:
+            raise RequestRejected(400, f"Too many streams: {len(streams)} > {MAX_STREAMS} per connection\n")
+        return BinanceTarget(combined, streams)
+
+    async def serve(self, ws: ReplayConnection, target: object) -> None:
+        assert isinstance(target, BinanceTarget)
+        session = BinanceSession(ws, self, target.combined)
+        self._add_streams(session, target.streams)
+        sender = self.start_session(session)
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in ws:
+                if self.options.enforce_limits and session.over_rate_limit(loop.time()):
+                    session.outbox.close()
+                    await ws.close(1008, "Too many requests")
+                    break
+                session.outbox.push_control(self._answer(session, message))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._remove_streams(session, list(session.streams))
+            await self.end_session(session, sender)
+
+    # -- live requests -------------------------------------------------------------------------------
+
+    def _answer(self, session: BinanceSession, message: str | bytes) -> str:
+        try:
+            request_id, result = self._execute(session, message)
+        except _BadRequest as bad:
+            return _dumps({"error": {"code": bad.code, "msg": bad.msg}, "id": bad.request_id})
+        return _dumps({"result": result, "id": request_id})
+
+    def _execute(self, session: BinanceSession, message: str | bytes) -> tuple[object, object]:
+        try:
+            request = json.loads(message)
+        except (ValueError, UnicodeDecodeError) as error:
+            line, column = getattr(error, "lineno", 1), getattr(error, "colno", 1)
+            raise _BadRequest(3, f"Invalid JSON: expected value at line {line} column {column}") from None
+        if not isinstance(request, dict):
+            raise _BadRequest(2, "Invalid request: expected an object at line 1 column 1")
+        request_id = request.get("id")
+        if not _valid_id(request_id) or "id" not in request:
+            raise _BadRequest(2, "Invalid request: request ID must be an unsigned integer")
+        method = request.get("method")
+        if method is None:
+            raise _BadRequest(2, "Invalid request: missing field `method`", request_id)
+        if method not in METHODS:
+            expected = ", ".join(f"`{m}`" for m in METHODS)
+            raise _BadRequest(2, f"Invalid request: unknown variant `{method}`, expected one of {expected}", request_id)
+        params = request.get("params", [])
+        if not isinstance(params, list):
+            raise _BadRequest(2, "Invalid request: invalid type for `params`, expected a sequence", request_id)
+        # Mutations happen here, before the reply is queued: see the drain guarantee in outbox.py.
+        if method == "SUBSCRIBE":
+            streams = _stream_names(params, request_id)
+            if len(session.streams.keys() | set(streams)) > MAX_STREAMS:
+                raise _BadRequest(
+                    2, f"Invalid request: too many streams (max {MAX_STREAMS} per connection)", request_id
+                )
+            self._add_streams(session, streams)
+            return request_id, None
+        if method == "UNSUBSCRIBE":
+            self._remove_streams(session, _stream_names(params, request_id))
+            return request_id, None
+        if method == "LIST_SUBSCRIPTIONS":
+            return request_id, list(session.streams)
+        if not params or not isinstance(params[0], str):
+            raise _BadRequest(2, "Invalid request: property name must be a string", request_id)
+        if params[0] != "combined":
+            raise _BadRequest(0, "Unknown property", request_id)
+        if method == "GET_PROPERTY":
+            return request_id, session.combined
+        if len(params) != 2 or not isinstance(params[1], bool):
+            raise _BadRequest(1, "Invalid value type: expected Boolean", request_id)
+        session.combined = params[1]
+        return request_id, None
+
+    def _add_streams(self, session: BinanceSession, streams: list[str]) -> None:
+        for stream in streams:
+            if stream in session.streams:
+                continue
+            session.streams[stream] = None
+            symbol = self._stream_symbol.get(stream)
+            if symbol is not None:
+                self._subscribers.setdefault(symbol, set()).add(session)
+
+    def _remove_streams(self, session: BinanceSession, streams: list[str]) -> None:
+        for stream in streams:
+            if stream in session.streams:
+                del session.streams[stream]
+                symbol = self._stream_symbol.get(stream)
+                if symbol is not None:
+                    self._subscribers.get(symbol, set()).discard(session)
+
+    # -- data ----------------------------------------------------------------------------------------
+
+    def publish(self, batches: list[tuple[SymbolSpec, list[Trade]]], event_ms: int) -> None:
+        for spec, trades in batches:
+            subscribers = self._subscribers.get(spec.symbol)
+            if not subscribers:
+                continue
+            native = self._native[spec.symbol]
+            price_format, qty_format = self._formats[spec.symbol]
+            head = f'{{"e":"trade","E":{event_ms},"s":"{native}","t":'
+            payloads = [
+                f'{head}{t.trade_id},"p":"{t.price:{price_format}}","q":"{t.qty:{qty_format}}",'
+                f'"T":{t.time_ms},"m":{"true" if t.buyer_maker else "false"},"M":true}}'
+                for t in trades
+            ]
+            first_id = trades[0].trade_id
+            raw = TradeFrames(native, first_id, payloads)
+            combined: TradeFrames | None = None
+            for session in subscribers:
+                if session.combined:
+                    if combined is None:  # wrap once, share between combined subscribers
+                        prefix = f'{{"stream":"{trade_stream(spec.symbol)}","data":'
+                        combined = TradeFrames(native, first_id, [f"{prefix}{p}}}" for p in payloads])
+                    session.outbox.push_trades(combined)
+                else:
+                    session.outbox.push_trades(raw)
+
+    # -- faults --------------------------------------------------------------------------------------
+
+    def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
+        assert isinstance(session, BinanceSession)
+        if fault.kind is FaultKind.SERVER_SHUTDOWN:
+            event = f'{{"e":"serverShutdown","E":{event_ms}}}'
+            return [_wrap(session, "!serverShutdown", event)]
+        if fault.kind is FaultKind.UNKNOWN_SYMBOL:
+            native = fault.symbol or "ZZZUSDT"
+            payload = (
+                f'{{"e":"trade","E":{event_ms},"s":"{native}","t":1,"p":"1.00","q":"1.00000",'
+                f'"T":{event_ms},"m":false,"M":true}}'
+            )
+            return [_wrap(session, f"{native.lower()}@trade", payload)] * fault.count
+        # Malformed / wrong type: imitate a trade of a symbol the client listens to, reusing the last
+        # real trade id so a parser that accepts the frame would create a detectable duplicate.
+        symbol = next((s for s in (self._stream_symbol.get(x) for x in session.streams) if s), self.config.symbols[0])
+        market = self.market.markets[symbol]
+        native = self._native[symbol]
+        price_format, qty_format = self._formats[symbol]
+        price = f'"{market.last_price:{price_format}}"'
+        trade_id = str(market.next_trade_id - 1)
+        if fault.kind is FaultKind.WRONG_TYPE:
+            if fault.variant == "price_object":
+                price = '{"x":1}'
+            else:
+                trade_id = '"abc"'
+        payload = (
+            f'{{"e":"trade","E":{event_ms},"s":"{native}","t":{trade_id},"p":{price},'
+            f'"q":"{market.spec.lot:{qty_format}}","T":{event_ms},"m":true,"M":true}}'
+        )
+        frame = _wrap(session, trade_stream(symbol), payload)
+        if fault.kind is FaultKind.MALFORMED_JSON:
+            frame = frame[: len(frame) // 2]  # cut mid-object: not parseable JSON
+        return [frame] * fault.count
+
+
+def _wrap(session: BinanceSession, stream: str, payload: str) -> str:
+    return f'{{"stream":"{stream}","data":{payload}}}' if session.combined else payload
+
+
+def _valid_id(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return _INT64[0] <= value <= _INT64[1]
+    return isinstance(value, str) and bool(_ID_STRING.match(value))
+
+
+def _stream_names(params: list[object], request_id: object) -> list[str]:
+    if not all(isinstance(p, str) and p for p in params):
+        raise _BadRequest(2, "Invalid request: stream names must be non-empty strings", request_id)
+    return list(dict.fromkeys(str(p) for p in params))

@@ -1,0 +1,80 @@
+"""Ways to run the replay server: in the foreground for ``make run``, or in a thread for sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from trading_platform.config import ExchangesFile, load_exchanges
+from trading_platform.replay.server import ReplayServer, start_replay_server
+from trading_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE_PER_SYMBOL = 5.0
+
+
+def run_replay(settings: Settings, rate_per_symbol: float | None = None) -> None:
+    """Serve every configured exchange on ``settings.replay_host:replay_port`` until SIGINT/SIGTERM."""
+    exchanges = load_exchanges(settings.exchanges_file)
+    rate = DEFAULT_RATE_PER_SYMBOL if rate_per_symbol is None else rate_per_symbol
+    asyncio.run(_serve_until_signalled(settings.replay_host, settings.replay_port, exchanges, rate))
+
+
+async def _serve_until_signalled(host: str, port: int, exchanges: ExchangesFile, rate: float) -> None:
+    server = await start_replay_server(host, port, exchanges, rate_per_symbol=rate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("replay feed stopping")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await server.close()
+
+
+@contextmanager
+def running_replay_server(
+    exchanges: ExchangesFile,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rate_per_symbol: float = DEFAULT_RATE_PER_SYMBOL,
+    seed: int | None = None,
+    **options: Any,
+) -> Iterator[ReplayServer]:
+    """Run a replay server on its own event loop in a background thread, for synchronous callers.
+
+    The yielded server's ``ledger``, ``faults``, ``inject()``, ``connections()`` and URLs are safe to
+    use from the calling thread. ``options`` go to :func:`start_replay_server` (e.g. ``tick_interval``).
+    """
+    started: concurrent.futures.Future[tuple[ReplayServer, asyncio.Event]] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        try:
+            server = await start_replay_server(host, port, exchanges, rate_per_symbol, seed, **options)
+        except BaseException as error:
+            started.set_exception(error)
+            return
+        stop = asyncio.Event()
+        started.set_result((server, stop))
+        await stop.wait()
+        await server.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="replay-server", daemon=True)
+    thread.start()
+    server, stop = started.result(timeout=30)
+    try:
+        yield server
+    finally:
+        server.loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)

@@ -1,0 +1,66 @@
+"""The code location loads the way `dagster dev` loads it, with the lineage users see in the UI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from trading_platform.definitions import build_definitions
+from trading_platform.settings import PROJECT_ROOT, Settings
+from trading_platform_tests.conftest import CONFIG_FILE
+
+
+@pytest.fixture
+def definitions(tmp_path: Path) -> dg.Definitions:
+    return build_definitions(Settings(state_dir=tmp_path, exchanges_file=CONFIG_FILE))
+
+
+def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path), DAGSTER_HOME=str(tmp_path))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lineage_runs_from_the_lake_to_the_cache(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    key = dg.AssetKey
+    assert graph.get(key("market_trades")).parent_keys == {key("raw_trades")}
+    assert graph.get(key("latest_prices")).parent_keys == {key("market_trades")}
+    assert graph.get(key("quarantine")).parent_keys == {key("raw_quarantine")}
+
+
+def test_every_asset_has_a_check(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    checked = {check.asset_key for check in graph.asset_check_keys}
+    assert checked >= {dg.AssetKey(name) for name in ("raw_trades", "market_trades", "quarantine", "latest_prices")}
+
+
+def test_each_enabled_exchange_has_a_job_and_a_running_supervisor(definitions: dg.Definitions) -> None:
+    assert definitions.resolve_job_def("ingest_binance") is not None
+    sensor = definitions.resolve_sensor_def("supervise_binance")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    automation = definitions.resolve_sensor_def("load_automation")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_clickhouse_writers_share_one_pool(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    for name in ("market_trades", "quarantine", "latest_prices"):
+        assert graph.get(dg.AssetKey(name)).pools == {"clickhouse"}
+
+
+def test_enabling_an_exchange_without_a_module_fails_naming_the_key(tmp_path: Path) -> None:
+    from trading_platform.settings import ConfigError
+
+    config = tmp_path / "exchanges.yaml"
+    config.write_text(CONFIG_FILE.read_text().replace("enabled: false", "enabled: true", 1))
+    with pytest.raises(ConfigError, match=r"exchanges\.coinbase\.enabled"):
+        build_definitions(Settings(state_dir=tmp_path, exchanges_file=config))
