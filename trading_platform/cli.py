@@ -14,11 +14,15 @@ from trading_platform.settings import ConfigError, Settings, load_settings
 def _query(settings: Settings, args: argparse.Namespace) -> int:
     import polars as pl
 
-    from trading_platform.storage.clickhouse import ensure_schema, open_clickhouse
+    from trading_platform.storage.clickhouse import ClickHouseError, ensure_schema, open_clickhouse
 
-    with open_clickhouse(settings.clickhouse_url, lock_timeout_s=args.lock_timeout) as ch:
-        ensure_schema(ch)
-        table = ch.query_arrow(args.sql)
+    try:
+        with open_clickhouse(settings.clickhouse_url, lock_timeout_s=args.lock_timeout) as ch:
+            ensure_schema(ch)
+            table = ch.query_arrow(args.sql)
+    except ClickHouseError as error:
+        print(f"clickhouse error: {error}", file=sys.stderr)
+        return 1
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     if args.format == "csv":

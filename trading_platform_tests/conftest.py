@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,9 +74,8 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
-    name = "lake-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]")
-    name = "".join(c for c in name if c.isalnum() or c == "-")
+def s3_bucket(s3_endpoint: str) -> str:
+    name = "lake-" + uuid.uuid4().hex[:20]
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
 

@@ -1,0 +1,94 @@
+"""Lake -> ClickHouse loads, on both ClickHouse backends and both object stores: exactly once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA
+from trading_platform.ingestion.lake_writer import write_batch
+from trading_platform.schema import MARKET_TRADES, QUARANTINE
+from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
+from trading_platform.storage.lake_loader import list_lake_keys, lake_days, load_new_batches, read_parquet
+from trading_platform.storage.object_store import ObjectStore, open_object_store
+
+
+@pytest.fixture(params=["file", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "file":
+        return open_object_store((tmp_path / "lake").as_uri())
+    return open_object_store(f"s3://{request.getfixturevalue('s3_bucket')}/lake",
+                             request.getfixturevalue("s3_endpoint"))
+
+
+@pytest.fixture
+def warehouse(clickhouse_url: str) -> ClickHouse:
+    ch = open_clickhouse(clickhouse_url)
+    ensure_schema(ch)
+    yield ch
+    ch.close()
+
+
+def trades(first_id: int, count: int, symbols: tuple[str, ...] = ("BTC-USDT", "ETH-USDT")) -> pa.Table:
+    now_us = time.time_ns() // 1000
+    rows = [{"exchange": "binance", "symbol": symbols[i % len(symbols)],
+             "native_symbol": symbols[i % len(symbols)].replace("-", ""), "trade_id": str(first_id + i),
+             "price": 100.0 + i, "quantity": 0.5, "side": "buy", "timestamp": now_us - 1000 + i,
+             "received_at": now_us + i, "frame_index": i} for i in range(count)]
+    table = pa.Table.from_pylist(rows, schema=pa.schema(
+        [f if f.name not in ("timestamp", "received_at") else pa.field(f.name, pa.int64()) for f in DECODED_TRADE_SCHEMA]))
+    table = table.set_column(7, "timestamp", table.column("timestamp").cast(DECODED_TRADE_SCHEMA.field("timestamp").type))
+    table = table.set_column(8, "received_at",
+                             table.column("received_at").cast(DECODED_TRADE_SCHEMA.field("received_at").type))
+    return table.drop_columns(["frame_index"])
+
+
+def no_rejects() -> pa.Table:
+    return QUARANTINE.arrow_schema.empty_table().drop_columns(["batch_id"])
+
+
+def count(ch: ClickHouse) -> int:
+    return int(ch.query_arrow("SELECT count() AS n FROM trading.market_trades").column("n")[0].as_py())
+
+
+def test_each_batch_loads_once_however_often_the_load_runs(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    write_batch(lake, "binance", "binance-000000000000-000000000099", trades(1, 100), no_rejects())
+    first = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
+    assert (first.files, first.rows) == (2, 100)
+    write_batch(lake, "binance", "binance-000000000100-000000000149", trades(101, 50), no_rejects())
+    second = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
+    again = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
+    assert (second.files, second.rows, again.files) == (2, 50, 0)
+    assert count(warehouse) == 150
+
+
+def test_a_load_that_died_after_inserting_does_not_duplicate(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    write_batch(lake, "binance", "binance-000000000000-000000000009", trades(1, 10), no_rejects())
+    key = list_lake_keys(lake, MARKET_TRADES, lake_days(1))[0]
+    rows, _ = read_parquet(lake, key, MARKET_TRADES)
+    warehouse.insert_arrow(MARKET_TRADES.qualified_name, rows, dedup_token=key)  # no manifest row: "crashed"
+    result = load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    assert result.files == 2  # the manifest did not know the first file, so it was sent again...
+    assert count(warehouse) == 10  # ...and ClickHouse dropped it by its dedup token
+
+
+def test_a_rewritten_batch_overwrites_its_lake_files(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    batch = "binance-000000000000-000000000019"
+    write_batch(lake, "binance", batch, trades(1, 20), no_rejects())
+    write_batch(lake, "binance", batch, trades(1, 20), no_rejects())  # WAL recovery re-flush
+    assert len(list_lake_keys(lake, MARKET_TRADES, lake_days(1))) == 2
+    load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    assert count(warehouse) == 20
+
+
+def test_loaded_rows_keep_every_column(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    written = trades(7, 3, ("SOL-USDT",))
+    write_batch(lake, "binance", "binance-000000000000-000000000002", written, no_rejects())
+    load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    stored = warehouse.query_arrow(
+        "SELECT exchange, symbol, native_symbol, trade_id, price, quantity, side, timestamp, received_at "
+        "FROM trading.market_trades ORDER BY trade_id")
+    assert stored.to_pylist() == written.to_pylist()

@@ -1,0 +1,88 @@
+"""The `trading-platform` command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trading_platform.storage.redis_cache import LatestTrade, PriceCache, connect
+
+CLI = [sys.executable, "-m", "trading_platform.cli"]
+
+LOAD_LOOP = """
+import sys, time, pyarrow as pa
+from trading_platform.storage.clickhouse import open_clickhouse, ensure_schema
+url, seconds = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + seconds
+n = 0
+while time.monotonic() < deadline:
+    with open_clickhouse(url) as ch:   # a load step: open, write, close, like the Dagster assets
+        ensure_schema(ch)
+        ch.command(f"INSERT INTO trading.load_manifest (table_name, lake_key, batch_id, rows, checksum, loaded_at) "
+                   f"VALUES ('market_trades', 'k{n}', 'b', 1, 'c', now64(6))")
+        time.sleep(0.2)
+    n += 1
+    print(n, flush=True)
+"""
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_query_works_while_loads_hold_the_embedded_clickhouse(tmp_path: Path) -> None:
+    url = f"chdb://{tmp_path / 'chdb'}"
+    env = dict(os.environ, TP_CLICKHOUSE_URL=url, TP_STATE_DIR=str(tmp_path))
+    loader = subprocess.Popen([sys.executable, "-c", LOAD_LOOP, url, "12"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert loader.stdout is not None
+        loader.stdout.readline()  # the loader has written at least once
+        for _ in range(5):
+            result = run_cli("query", "SELECT count() AS loads FROM trading.load_manifest", "--format", "csv", env=env)
+            assert result.returncode == 0, result.stderr
+            assert int(result.stdout.splitlines()[1]) >= 1
+    finally:
+        loader.wait(30)
+    assert loader.returncode == 0
+
+
+def test_query_reports_a_clickhouse_error_without_a_traceback(tmp_path: Path) -> None:
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path))
+    result = run_cli("query", "SELECT no_such_column FROM trading.market_trades", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("clickhouse error: ") and "no_such_column" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_prices_shows_each_cached_symbol_with_its_age(tmp_path: Path, redis_url: str) -> None:
+    now_us = time.time_ns() // 1000
+    PriceCache(connect(redis_url)).write([LatestTrade("binance", "BTC-USDT", 91000.5, 0.01, "buy", "7", now_us),
+                                          LatestTrade("binance", "ETH-USDT", 3001.25, 1.5, "sell", "8", now_us)])
+    result = run_cli("prices", env=dict(os.environ, TP_REDIS_URL=redis_url, TP_STATE_DIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("BTC-USDT" in line and "91000.5" in line for line in lines)
+    assert "2 symbols cached" in lines[-1]
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("TP_FEED_MODE", "paper", "TP_FEED_MODE"),
+    ("TP_CLICKHOUSE_URL", "mysql://x", "TP_CLICKHOUSE_URL"),
+])
+def test_bad_settings_stop_the_start_naming_the_key(tmp_path: Path, variable: str, value: str, named: str) -> None:
+    result = run_cli("check-config", env=dict(os.environ, **{variable: value}, TP_STATE_DIR=str(tmp_path)))
+    assert result.returncode == 2
+    assert named in result.stderr and "configuration error" in result.stderr
+
+
+def test_check_config_lists_exchanges_without_secrets(tmp_path: Path) -> None:
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path), TP_CLICKHOUSE_URL="http://default:s3cret@localhost:8123")
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "binance   enabled" in result.stdout
+    assert "s3cret" not in result.stdout
