@@ -8,11 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA
 from trading_platform.ingestion.lake_writer import write_batch
 from trading_platform.schema import MARKET_TRADES, QUARANTINE
 from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
-from trading_platform.storage.lake_loader import list_lake_keys, lake_days, load_new_batches, read_parquet
+from trading_platform.storage.lake_loader import lake_days, list_lake_keys, load_new_batches, read_parquet
 from trading_platform.storage.object_store import ObjectStore, open_object_store
 
 
@@ -34,16 +33,15 @@ def warehouse(clickhouse_url: str) -> ClickHouse:
 
 def trades(first_id: int, count: int, symbols: tuple[str, ...] = ("BTC-USDT", "ETH-USDT")) -> pa.Table:
     now_us = time.time_ns() // 1000
-    rows = [{"exchange": "binance", "symbol": symbols[i % len(symbols)],
-             "native_symbol": symbols[i % len(symbols)].replace("-", ""), "trade_id": str(first_id + i),
-             "price": 100.0 + i, "quantity": 0.5, "side": "buy", "timestamp": now_us - 1000 + i,
-             "received_at": now_us + i, "frame_index": i} for i in range(count)]
-    table = pa.Table.from_pylist(rows, schema=pa.schema(
-        [f if f.name not in ("timestamp", "received_at") else pa.field(f.name, pa.int64()) for f in DECODED_TRADE_SCHEMA]))
-    table = table.set_column(7, "timestamp", table.column("timestamp").cast(DECODED_TRADE_SCHEMA.field("timestamp").type))
-    table = table.set_column(8, "received_at",
-                             table.column("received_at").cast(DECODED_TRADE_SCHEMA.field("received_at").type))
-    return table.drop_columns(["frame_index"])
+    utc_us = pa.timestamp("us", tz="UTC")
+    picked = [symbols[i % len(symbols)] for i in range(count)]
+    return pa.table({
+        "exchange": ["binance"] * count, "symbol": picked, "native_symbol": [s.replace("-", "") for s in picked],
+        "trade_id": [str(first_id + i) for i in range(count)], "price": [100.0 + i for i in range(count)],
+        "quantity": [0.5] * count, "side": ["buy"] * count,
+        "timestamp": pa.array([now_us - 1000 + i for i in range(count)]).cast(utc_us),
+        "received_at": pa.array([now_us + i for i in range(count)]).cast(utc_us),
+    })
 
 
 def no_rejects() -> pa.Table:
