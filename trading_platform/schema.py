@@ -122,6 +122,47 @@ QUARANTINE = Table(
     lake_partitions=("exchange", "date"),
 )
 
+BOOK_LEVELS = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))
+
+ORDERBOOK_SNAPSHOTS = Table(
+    name="orderbook_snapshots",
+    dataset="orderbook",
+    description="Top-N levels of each maintained order book at a fixed cadence; never emitted out of sync",
+    columns=(
+        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+        Column("native_symbol", pa.string(), "LowCardinality(String)", "the exchange spelling"),
+        Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "exchange time of the last applied update"),
+        Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received that update"),
+        Column("sequence", pa.int64(), "Int64", "exchange update id / sequence of the book state (0 if none)"),
+        Column("bids", BOOK_LEVELS, "Array(Tuple(Float64, Float64))", "[(price, qty)] best first"),
+        Column("asks", BOOK_LEVELS, "Array(Tuple(Float64, Float64))", "[(price, qty)] best first"),
+        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+    ),
+    order_by=("exchange", "symbol", "timestamp"),
+    partition_by="toYYYYMM(timestamp)",
+    ttl="toDateTime(timestamp) + INTERVAL 30 DAY",
+    engine_settings=_DEDUP,
+)
+
+BOOK_EVENTS = Table(
+    name="book_events",
+    dataset="book_events",
+    description="Order-book integrity events: sequence gaps, checksum mismatches, resyncs",
+    columns=(
+        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+        Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform detected it"),
+        Column("kind", pa.string(), "LowCardinality(String)", "sequence_gap, checksum_mismatch, resync, ..."),
+        Column("detail", pa.string(), "String", "expected vs got, ids involved"),
+        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+    ),
+    order_by=("exchange", "symbol", "timestamp"),
+    partition_by="toYYYYMM(timestamp)",
+    ttl="toDateTime(timestamp) + INTERVAL 90 DAY",
+    engine_settings=_DEDUP,
+)
+
 LOAD_MANIFEST = Table(
     name="load_manifest",
     dataset="",
@@ -139,5 +180,5 @@ LOAD_MANIFEST = Table(
     ttl=None,
 )
 
-LAKE_TABLES = (MARKET_TRADES, QUARANTINE)
-ALL_TABLES = (MARKET_TRADES, QUARANTINE, LOAD_MANIFEST)
+LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
+ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST)

@@ -26,7 +26,8 @@ class ExchangeConfig(BaseModel):
     name: str = ""
     enabled: bool = True
     channels: list[Literal["trades", "book"]] = Field(default_factory=lambda: ["trades"])  # type: ignore[arg-type]
-    book_depth: int = Field(20, ge=1, le=1000)
+    book_depth: int = Field(20, ge=1, le=1000, description="levels per side in emitted snapshots")
+    book_interval_ms: int = Field(1000, ge=10, le=3_600_000, description="snapshot cadence in exchange time")
     live: Endpoints
     replay: Endpoints
     symbols: list[str] = Field(min_length=1, max_length=1024)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import pyarrow as pa
 
 from trading_platform.config import Endpoints, ExchangeConfig
+from trading_platform.exchanges.book import BookEvents, BookSnapshots, OrderBook
 from trading_platform.schema import MARKET_TRADES, QUARANTINE
 
 # Columns an exchange module produces; batch_id is added when the batch is sealed.
@@ -54,15 +56,56 @@ class Rejects:
         )
 
 
+class RecordKind(IntEnum):
+    """What a WAL record / decode input is. Stored in the WAL, so values never change."""
+
+    FRAME = 0  # a WebSocket frame as received
+    REST = 1  # a REST response: b"<symbol>\n" + body (e.g. Binance's depth snapshot)
+    CONNECTED = 2  # a new connection opened (books and per-connection sequences restart); payload: URL
+
+
+@dataclass(frozen=True)
+class FetchSnapshot:
+    """Ask the runner to GET ``url`` and feed the body back as a REST record for ``symbol``."""
+
+    symbol: str
+    url: str
+
+
+@dataclass(frozen=True)
+class SendFrames:
+    """Ask the runner to send these frames on the current connection (e.g. resubscribe one book)."""
+
+    frames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Ask the session to drop the connection and reconnect (e.g. a per-connection sequence gap)."""
+
+    reason: str
+
+
+Action = FetchSnapshot | SendFrames | Reconnect
+
+
 @dataclass
 class DecodedFrames:
     trades: pa.Table  # DECODED_TRADE_SCHEMA
     rejects: Rejects
     control_frames: int = 0  # subscribe acks, heartbeats: expected, neither data nor errors
+    book_snapshots: BookSnapshots | None = None
+    book_events: BookEvents | None = None
+    actions: list[Action] = field(default_factory=list)
 
 
 class Exchange(ABC):
-    """One exchange's protocol. Subclasses live one per module in ``trading_platform.exchanges``."""
+    """One exchange's protocol. Subclasses live one per module in ``trading_platform.exchanges``.
+
+    An instance is stateful: it owns the order books of its symbols. Inputs arrive in receive order as
+    (payload, received_us, kind) records; the same sequence always yields the same outputs, which is
+    what lets WAL recovery and the offline importer reproduce the live path.
+    """
 
     name: str
 
@@ -70,6 +113,13 @@ class Exchange(ABC):
         self.config = config
         self.symbols = list(config.symbols)
         self.native_to_symbol = {self.native_symbol(s): s for s in self.symbols}
+        self.books: dict[str, OrderBook] = {s: OrderBook() for s in self.symbols}
+        self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
+        self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
+
+    @property
+    def wants_books(self) -> bool:
+        return "book" in self.config.channels
 
     @staticmethod
     @abstractmethod
@@ -90,8 +140,34 @@ class Exchange(ABC):
 
     @abstractmethod
     def is_unsubscribe_ack(self, frame: bytes) -> bool:
-        """True for the reply that ends the drain."""
+        """True for the reply that ends the drain (the last ack when there are several)."""
 
     @abstractmethod
-    def decode(self, frames: list[bytes], received_us: list[int]) -> DecodedFrames:
-        """Decode a batch of raw frames into normalized trade columns and rejects."""
+    def decode(self, frames: list[bytes], received_us: list[int],
+               kinds: list[RecordKind] | None = None) -> DecodedFrames:
+        """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
+        rejects and actions."""
+
+    # --- shared book bookkeeping -------------------------------------------------------------
+    def reset_books(self) -> None:
+        """A new connection: every book is untrusted until it resyncs from a fresh snapshot."""
+        for symbol in self.symbols:
+            self.books[symbol].clear()
+            self.synced[symbol] = False
+
+    def emit_if_due(self, symbol: str, event_us: int, received_us: int, out: BookSnapshots) -> None:
+        """Emit a top-N snapshot when the book's exchange time enters a new cadence bucket.
+
+        Driven by exchange time, not wall-clock ticks, so re-decoding the same frames emits the same
+        snapshots. A book that is out of sync or crossed is never emitted.
+        """
+        if not self.synced[symbol]:
+            return
+        bucket = event_us // (self.config.book_interval_ms * 1000)
+        if bucket <= self._emitted_bucket[symbol]:
+            return
+        book = self.books[symbol]
+        if book.crossed() or not book.bids or not book.asks:
+            return
+        self._emitted_bucket[symbol] = bucket
+        out.add(symbol, self.native_symbol(symbol), book, self.config.book_depth, event_us, received_us)

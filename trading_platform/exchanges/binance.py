@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, DecodedFrames, Exchange, Rejects
+from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, DecodedFrames, Exchange, RecordKind, Rejects
 
 
 # gc=False: a tick decodes thousands of these at once and they hold no reference cycles, so keeping
@@ -76,9 +76,17 @@ class Binance(Exchange):
         except msgspec.DecodeError:
             return False
 
-    def decode(self, frames: list[bytes], received_us: list[int]) -> DecodedFrames:
+    def decode(self, frames: list[bytes], received_us: list[int],
+               kinds: list[RecordKind] | None = None) -> DecodedFrames:
         rejects = Rejects()
         control = 0
+        if kinds is not None and any(kinds):
+            for kind in kinds:
+                if kind == RecordKind.CONNECTED:
+                    self.reset_books()
+            keep = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
+            frames = [frames[i] for i in keep]
+            received_us = [received_us[i] for i in keep]
         try:
             combined: list[_Combined] = _batch_decoder.decode(b"[" + b",".join(frames) + b"]")
             indices: list[int] = list(range(len(frames)))
