@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from trading_platform.config import load_exchanges
-from trading_platform.defs.assets import RAW_QUARANTINE, RAW_TRADES, latest_prices, market_trades, quarantine
+from trading_platform.defs.assets import LAKE_SPECS, WAREHOUSE_ASSETS
 from trading_platform.defs.checks import raw_trades_checks
 from trading_platform.defs.ingestion import build_ingestion_job, build_supervisor
 from trading_platform.defs.resources import build_resources
@@ -28,7 +28,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Evaluates the load cadence of the warehouse and cache assets and their checks.",
     ))
     return dg.Definitions(
-        assets=[RAW_TRADES, RAW_QUARANTINE, market_trades, quarantine, latest_prices],
+        assets=[*LAKE_SPECS, *WAREHOUSE_ASSETS],
         asset_checks=[raw_trades_checks],
         jobs=jobs,
         sensors=sensors,

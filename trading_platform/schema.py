@@ -23,7 +23,7 @@ class Column:
     description: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: each table is one module-level object
 class Table:
     name: str
     dataset: str  # folder name in the lake: raw/{dataset}/...
@@ -32,6 +32,7 @@ class Table:
     partition_by: str
     ttl: str | None
     lake_partitions: tuple[str, ...] = ("exchange", "symbol", "date")
+    time_column: str = "timestamp"  # the lake's date partition and the reconciliation's day come from it
     description: str = ""
     engine_settings: dict[str, str] = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ QUARANTINE = Table(
     partition_by="toYYYYMM(received_at)",
     ttl="toDateTime(received_at) + INTERVAL 90 DAY",
     lake_partitions=("exchange", "date"),
+    time_column="received_at",
 )
 
 BOOK_LEVELS = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))
@@ -178,7 +180,12 @@ LOAD_MANIFEST = Table(
     order_by=("table_name", "lake_key"),
     partition_by="tuple()",
     ttl=None,
+    time_column="loaded_at",
 )
 
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
 ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST)
+
+
+def lake_table(dataset: str) -> Table:
+    return next(t for t in LAKE_TABLES if t.dataset == dataset)

@@ -1,19 +1,24 @@
 """The data assets, grouped by where they live: lake (Parquet), warehouse (ClickHouse), cache (Redis).
 
-``raw_trades`` and ``raw_quarantine`` are written by the long-running ingestion runs, which report a
+The ``raw_*`` lake assets are written by the long-running ingestion runs, which report a
 materialization per flushed micro-batch. Everything downstream is declarative: one incremental load a
 minute (never one run per micro-batch), each loading every lake batch not yet in the manifest.
 """
 
-
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
 from trading_platform.defs.resources import ClickHouseResource, FeedResource, LakeResource, RedisResource
-from trading_platform.quality.reconciliation import duplicate_trades, reconcile_table
-from trading_platform.schema import MARKET_TRADES, QUARANTINE
+from trading_platform.quality.reconciliation import (
+    crossed_books,
+    duplicate_trades,
+    reconcile_table,
+    unresolved_book_failures,
+)
+from trading_platform.schema import BOOK_EVENTS, MARKET_TRADES, ORDERBOOK_SNAPSHOTS, QUARANTINE, Table
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.lake_loader import lake_days, list_lake_keys, load_new_batches
 from trading_platform.storage.redis_cache import reseed_from_clickhouse
 
@@ -28,103 +33,122 @@ LOAD_CADENCE = (
 STALENESS_LIMIT_S = 60.0
 CLICKHOUSE_POOL = "clickhouse"  # chdb: one process per database folder; see dagster.yaml
 
-RAW_TRADES = dg.AssetSpec(
-    "raw_trades",
-    group_name="lake",
-    kinds={"parquet"},
-    description="Normalized, validated trades as zstd Parquet micro-batches: "
-    "raw/trades/exchange=…/symbol=…/date=…/{batch_id}.parquet. Written by the ingest_<exchange> runs.",
-    metadata={"dagster/column_schema": dg.TableSchema(
-        columns=[dg.TableColumn(c.name, str(c.arrow_type), description=c.description) for c in MARKET_TRADES.columns]
-    )},
-)
-RAW_QUARANTINE = dg.AssetSpec(
-    "raw_quarantine",
-    group_name="lake",
-    kinds={"parquet"},
-    description="Frames and rows rejected by parsing or validation, with the reason and the raw text: "
-    "raw/quarantine/exchange=…/date=…/{batch_id}.parquet.",
-)
 
-
-def _load(table_name: str, lake: LakeResource, clickhouse: ClickHouseResource, feed: FeedResource,
-          context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
-    table = MARKET_TRADES if table_name == MARKET_TRADES.name else QUARANTINE
-    time_column = "timestamp" if table is MARKET_TRADES else "received_at"
-    store = lake.store()
-    days = lake_days(feed.load_lookback_days)
-    with clickhouse.open() as ch:
-        result = load_new_batches(store, ch, table, feed.load_lookback_days)
-        context.log.info(f"loaded {result.files} lake files, {result.rows} rows into {table.qualified_name}")
-        reconciliation = reconcile_table(ch, table, time_column, days, list_lake_keys(store, table, days))
-        check_results = [dg.AssetCheckResult(
-            check_name="lake_reconciliation",
-            passed=reconciliation.passed,
-            description="rows per day in ClickHouse equal the rows the load manifest recorded from the lake",
-            metadata={
-                "manifest_rows": reconciliation.manifest_rows,
-                "table_rows": reconciliation.table_rows,
-                "lake_files": reconciliation.lake_files,
-                "loaded_files": reconciliation.loaded_files,
-                "mismatched_days": dg.MetadataValue.json(
-                    {day: {"manifest": m, "table": t} for day, (m, t) in reconciliation.mismatched_days.items()}),
-            },
-        )]
-        if table is MARKET_TRADES:
-            duplicates = duplicate_trades(ch, table, days)
-            check_results.append(dg.AssetCheckResult(
-                check_name="no_duplicate_trades", passed=duplicates == 0,
-                metadata={"duplicate_rows": duplicates, "days": dg.MetadataValue.json([d.isoformat() for d in days])},
-            ))
-        total = int(ch.query_arrow(f"SELECT count() AS n FROM {table.qualified_name}").column("n")[0].as_py())
-    yield dg.MaterializeResult(
-        metadata={
-            "files_loaded": result.files,
-            "rows_loaded": result.rows,
-            "dagster/row_count": total,
-            "table": table.qualified_name,
-        },
-        check_results=check_results,
+def _raw_spec(name: str, table: Table, what: str) -> dg.AssetSpec:
+    partitions = "/".join(f"{key}=…" for key in table.lake_partitions)
+    return dg.AssetSpec(
+        name,
+        group_name="lake",
+        kinds={"parquet"},
+        description=f"{what}, as zstd Parquet micro-batches: raw/{table.dataset}/{partitions}/{{batch_id}}.parquet. "
+        "Written by the ingest_<exchange> runs.",
+        metadata={"dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(c.name, c.clickhouse_type, description=c.description) for c in table.columns]
+        )},
     )
 
 
-@dg.asset(
-    deps=[RAW_TRADES],
-    group_name="warehouse",
-    kinds={"clickhouse"},
-    pool=CLICKHOUSE_POOL,
-    automation_condition=LOAD_CADENCE,
-    check_specs=[
-        dg.AssetCheckSpec("lake_reconciliation", asset="market_trades",
-                          description="ClickHouse rows per day == rows loaded from the lake (manifest)"),
-        dg.AssetCheckSpec("no_duplicate_trades", asset="market_trades",
-                          description="no (exchange, symbol, trade_id) appears twice"),
-    ],
-    description="trading.market_trades: every lake trade batch loaded exactly once (insert dedup token = "
-    "lake key, plus the trading.load_manifest table).",
-)
-def market_trades(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource,
-                  feed: FeedResource) -> Iterator[dg.MaterializeResult]:
-    yield from _load(MARKET_TRADES.name, lake, clickhouse, feed, context)
+RAW_TRADES = _raw_spec("raw_trades", MARKET_TRADES, "Normalized, validated trades")
+RAW_ORDERBOOK = _raw_spec("raw_orderbook", ORDERBOOK_SNAPSHOTS, "Top-N order-book snapshots of in-sync books")
+RAW_BOOK_EVENTS = _raw_spec("raw_book_events", BOOK_EVENTS, "Sequence gaps, checksum mismatches and resyncs")
+RAW_QUARANTINE = _raw_spec("raw_quarantine", QUARANTINE, "Rejected frames and rows with reason and raw text")
+
+ExtraChecks = Callable[[ClickHouse, list], list[dg.AssetCheckResult]]
+
+
+def _reconciliation_result(ch: ClickHouse, table: Table, store_keys: list[str], days: list) -> dg.AssetCheckResult:
+    reconciliation = reconcile_table(ch, table, table.time_column, days, store_keys)
+    return dg.AssetCheckResult(
+        check_name="lake_reconciliation",
+        passed=reconciliation.passed,
+        description="rows per day in ClickHouse equal the rows the load manifest recorded from the lake",
+        metadata={
+            "manifest_rows": reconciliation.manifest_rows,
+            "table_rows": reconciliation.table_rows,
+            "lake_files": reconciliation.lake_files,
+            "loaded_files": reconciliation.loaded_files,
+            "mismatched_days": dg.MetadataValue.json(
+                {day: {"manifest": m, "table": t} for day, (m, t) in reconciliation.mismatched_days.items()}),
+        },
+    )
+
+
+def _trade_checks(ch: ClickHouse, days: list) -> list[dg.AssetCheckResult]:
+    duplicates = duplicate_trades(ch, MARKET_TRADES, days)
+    return [dg.AssetCheckResult(
+        check_name="no_duplicate_trades", passed=duplicates == 0,
+        metadata={"duplicate_rows": duplicates, "days": dg.MetadataValue.json([d.isoformat() for d in days])},
+    )]
+
+
+def _book_checks(ch: ClickHouse, days: list) -> list[dg.AssetCheckResult]:
+    crossed = crossed_books(ch, days)
+    return [dg.AssetCheckResult(
+        check_name="no_crossed_books", passed=not crossed,
+        description="best bid < best ask in every snapshot (computed at query time: bids[1].1, asks[1].1)",
+        metadata={"crossed_snapshots": dg.MetadataValue.json(crossed)},
+    )]
+
+
+def _event_checks(ch: ClickHouse, days: list) -> list[dg.AssetCheckResult]:
+    report = unresolved_book_failures(ch, days)
+    return [dg.AssetCheckResult(
+        check_name="books_resynced", passed=not report.unresolved, severity=dg.AssetCheckSeverity.WARN,
+        description="every gap or checksum failure was followed by an in-sync snapshot of that book",
+        metadata={"failures_by_exchange_kind": dg.MetadataValue.json(report.counts),
+                  "unresolved": dg.MetadataValue.json(report.unresolved)},
+    )]
+
+
+def build_load_asset(name: str, table: Table, upstream: dg.AssetSpec, description: str,
+                     extra_checks: dict[str, str], extra: ExtraChecks | None = None) -> dg.AssetsDefinition:
+    check_specs = [dg.AssetCheckSpec("lake_reconciliation", asset=name,
+                                     description="ClickHouse rows per day == rows loaded from the lake (manifest)")]
+    check_specs += [dg.AssetCheckSpec(check, asset=name, description=text) for check, text in extra_checks.items()]
+
+    @dg.asset(name=name, deps=[upstream], group_name="warehouse", kinds={"clickhouse"}, pool=CLICKHOUSE_POOL,
+              automation_condition=LOAD_CADENCE, check_specs=check_specs, description=description)
+    def load(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource,
+             feed: FeedResource) -> Iterator[dg.MaterializeResult]:
+        store = lake.store()
+        days = lake_days(feed.load_lookback_days)
+        with clickhouse.open() as ch:
+            result = load_new_batches(store, ch, table, feed.load_lookback_days)
+            context.log.info(f"loaded {result.files} lake files, {result.rows} rows into {table.qualified_name}")
+            checks = [_reconciliation_result(ch, table, list_lake_keys(store, table, days), days)]
+            if extra is not None:
+                checks += extra(ch, days)
+            total = int(ch.query_arrow(f"SELECT count() AS n FROM {table.qualified_name}").column("n")[0].as_py())
+        yield dg.MaterializeResult(
+            metadata={"files_loaded": result.files, "rows_loaded": result.rows, "dagster/row_count": total,
+                      "table": table.qualified_name},
+            check_results=checks,
+        )
+
+    return load
+
+
+market_trades = build_load_asset(
+    "market_trades", MARKET_TRADES, RAW_TRADES,
+    "trading.market_trades: every lake trade batch loaded exactly once (insert dedup token = lake key, "
+    "plus the trading.load_manifest table).",
+    {"no_duplicate_trades": "no (exchange, symbol, trade_id) appears twice"}, _trade_checks)
+orderbook_snapshots = build_load_asset(
+    "orderbook_snapshots", ORDERBOOK_SNAPSHOTS, RAW_ORDERBOOK,
+    "trading.orderbook_snapshots: top-N levels per book and second; best bid/ask, spread and mid are computed "
+    "at query time (bids[1].1, asks[1].1).",
+    {"no_crossed_books": "best bid below best ask in every snapshot"}, _book_checks)
+book_events = build_load_asset(
+    "book_events", BOOK_EVENTS, RAW_BOOK_EVENTS,
+    "trading.book_events: every sequence gap, checksum mismatch and resync, as data.",
+    {"books_resynced": "each failure was followed by an in-sync snapshot"}, _event_checks)
+quarantine = build_load_asset(
+    "quarantine", QUARANTINE, RAW_QUARANTINE,
+    "trading.quarantine: rejected frames with reason and raw text, queryable next to the trades.", {})
 
 
 @dg.asset(
-    deps=[RAW_QUARANTINE],
-    group_name="warehouse",
-    kinds={"clickhouse"},
-    pool=CLICKHOUSE_POOL,
-    automation_condition=LOAD_CADENCE,
-    check_specs=[dg.AssetCheckSpec("lake_reconciliation", asset="quarantine",
-                                   description="ClickHouse rows per day == rows loaded from the lake")],
-    description="trading.quarantine: rejected frames with reason and raw text, queryable next to the trades.",
-)
-def quarantine(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource,
-               feed: FeedResource) -> Iterator[dg.MaterializeResult]:
-    yield from _load(QUARANTINE.name, lake, clickhouse, feed, context)
-
-
-@dg.asset(
-    deps=[market_trades],
+    deps=[market_trades, orderbook_snapshots],
     group_name="cache",
     kinds={"redis"},
     pool=CLICKHOUSE_POOL,
@@ -135,9 +159,9 @@ def quarantine(context: dg.AssetExecutionContext, lake: LakeResource, clickhouse
         dg.AssetCheckSpec("staleness", asset="latest_prices",
                           description="no cached price older than the staleness limit"),
     ],
-    description="Redis hashes tp:price:{exchange}:{symbol}. The ingestion runs keep them hot every second; "
-    "this asset reseeds or repairs them from ClickHouse (e.g. after a Redis restart) without ever "
-    "replacing a newer value.",
+    description="Redis hashes tp:price:{exchange}:{symbol}: last trade and top of book. The ingestion runs keep "
+    "them hot every second; this asset reseeds or repairs them from ClickHouse (e.g. after a Redis restart) "
+    "without ever replacing a newer value.",
 )
 def latest_prices(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, redis: RedisResource,
                   feed: FeedResource) -> dg.MaterializeResult:
@@ -146,10 +170,10 @@ def latest_prices(context: dg.AssetExecutionContext, clickhouse: ClickHouseResou
         reseeded = reseed_from_clickhouse(ch, cache)
     entries = {(e["exchange"], e["symbol"]): e for e in cache.read_all()}
     expected = [(name, s) for name, cfg in feed.exchanges().enabled.items() for s in cfg.symbols]
-    missing = [f"{e}:{s}" for e, s in expected if (e, s) not in entries]
+    missing = [f"{e}:{s}" for e, s in expected if "price" not in entries.get((e, s), {})]
     now_us = time.time_ns() // 1000
     ages = {f"{e}:{s}": round((now_us - int(entries[(e, s)]["updated_us"])) / 1e6, 3)
-            for e, s in expected if (e, s) in entries}
+            for e, s in expected if "updated_us" in entries.get((e, s), {})}
     stale = {k: v for k, v in ages.items() if v > STALENESS_LIMIT_S}
     context.log.info(f"reseeded {reseeded} keys from ClickHouse; {len(entries)} cached, {len(missing)} missing")
     return dg.MaterializeResult(
@@ -165,3 +189,6 @@ def latest_prices(context: dg.AssetExecutionContext, clickhouse: ClickHouseResou
         ],
     )
 
+
+LAKE_SPECS = [RAW_TRADES, RAW_ORDERBOOK, RAW_BOOK_EVENTS, RAW_QUARANTINE]
+WAREHOUSE_ASSETS = [market_trades, orderbook_snapshots, book_events, quarantine, latest_prices]

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from trading_platform.defs.assets import RAW_QUARANTINE, RAW_TRADES
+from trading_platform.defs.assets import RAW_BOOK_EVENTS, RAW_ORDERBOOK, RAW_QUARANTINE, RAW_TRADES
 from trading_platform.defs.resources import FeedResource, LakeResource, RedisResource
 from trading_platform.ingestion.runner import FlushReport, IngestionRunner
+from trading_platform.schema import BOOK_EVENTS, ORDERBOOK_SNAPSHOTS, QUARANTINE
 
 INGESTION_TAG = "tp/ingestion"
 RELAUNCH_REASON_TAG = "tp/relaunch_reason"
@@ -53,6 +54,7 @@ def _to_iso(us: int | None) -> str | None:
 
 
 def _materializations(report: FlushReport) -> list[dg.AssetMaterialization]:
+    """One materialization per lake dataset the batch wrote (trades always, so the UI shows liveness)."""
     written = report.written
     common: dict[str, dg.RawMetadataValue] = {
         "exchange": report.exchange,
@@ -60,35 +62,39 @@ def _materializations(report: FlushReport) -> list[dg.AssetMaterialization]:
         "wal_offsets": f"{report.wal_first}..{report.wal_last}",
         "recovered_from_wal": report.recovered,
     }
-    events = []
-    if written.trade_rows or not written.quarantined_rows:
-        events.append(dg.AssetMaterialization(
-            asset_key=RAW_TRADES.key,
-            description=f"{report.exchange}: {written.trade_rows} trades in batch {written.batch_id}",
-            metadata={
-                **common,
-                "dagster/row_count": written.trade_rows,
-                "files": len([k for k in written.keys if "/trades/" in k]),
-                "symbols": dg.MetadataValue.json(written.symbols),
-                "first_trade_time": _to_iso(written.first_trade_us) or "",
-                "last_trade_time": _to_iso(written.last_trade_us) or "",
-                "max_receive_lag_ms": written.max_receive_lag_ms if written.max_receive_lag_ms is not None else 0.0,
-                "quarantined_rows": written.quarantined_rows,
-                "flush_seconds": report.flush_seconds,
-                "connects": report.connects,
-                "disconnects": report.disconnects,
-                "last_connection_error": report.last_error or "",
-                "redis_hot_cache_errors": report.hot_cache_errors,
-                "path": dg.MetadataValue.path(written.keys[0]) if written.keys else "",
-            },
-        ))
-    if written.quarantined_rows:
-        events.append(dg.AssetMaterialization(
-            asset_key=RAW_QUARANTINE.key,
-            description=f"{report.exchange}: {written.quarantined_rows} frames quarantined",
-            metadata={**common, "dagster/row_count": written.quarantined_rows,
-                      "by_reason": dg.MetadataValue.json(written.quarantined_by_reason)},
-        ))
+    events = [dg.AssetMaterialization(
+        asset_key=RAW_TRADES.key,
+        description=f"{report.exchange}: {written.trade_rows} trades in batch {written.batch_id}",
+        metadata={
+            **common,
+            "dagster/row_count": written.trade_rows,
+            "files": len([k for k in written.keys if k.startswith("raw/trades/")]),
+            "symbols": dg.MetadataValue.json(written.symbols),
+            "first_trade_time": _to_iso(written.first_trade_us) or "",
+            "last_trade_time": _to_iso(written.last_trade_us) or "",
+            "max_receive_lag_ms": written.max_receive_lag_ms if written.max_receive_lag_ms is not None else 0.0,
+            "quarantined_rows": written.quarantined_rows,
+            "flush_seconds": report.flush_seconds,
+            "connects": report.connects,
+            "disconnects": report.disconnects,
+            "last_connection_error": report.last_error or "",
+            "redis_hot_cache_errors": report.hot_cache_errors,
+        },
+    )]
+    extra: tuple[tuple[dg.AssetSpec, str, str, dict[str, dg.RawMetadataValue]], ...] = (
+        (RAW_ORDERBOOK, ORDERBOOK_SNAPSHOTS.dataset, "order-book snapshots", {}),
+        (RAW_BOOK_EVENTS, BOOK_EVENTS.dataset, "book integrity events",
+         {"by_kind": dg.MetadataValue.json(written.book_events_by_kind)}),
+        (RAW_QUARANTINE, QUARANTINE.dataset, "frames quarantined",
+         {"by_reason": dg.MetadataValue.json(written.quarantined_by_reason)}),
+    )
+    for spec, dataset, what, metadata in extra:
+        rows = written.rows.get(dataset, 0)
+        if rows:
+            events.append(dg.AssetMaterialization(
+                asset_key=spec.key, description=f"{report.exchange}: {rows} {what}",
+                metadata={**common, "dagster/row_count": rows, **metadata},
+            ))
     return events
 
 

@@ -81,10 +81,9 @@ class Binance(Exchange):
         rejects = Rejects()
         control = 0
         if kinds is not None and any(kinds):
-            for kind in kinds:
-                if kind == RecordKind.CONNECTED:
-                    self.reset_books()
-            keep = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
+            if RecordKind.CONNECTED in kinds:
+                self.reset_books()
+            keep = [i for i, record_kind in enumerate(kinds) if record_kind == RecordKind.FRAME]
             frames = [frames[i] for i in keep]
             received_us = [received_us[i] for i in keep]
         try:

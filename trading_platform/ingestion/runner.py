@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from trading_platform.exchanges.base import Exchange
+from trading_platform.exchanges.base import Action, Exchange, FetchSnapshot, Reconnect, RecordKind, SendFrames
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
-from trading_platform.ingestion.normalize import TradeNormalizer
+from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
+from trading_platform.ingestion.rest import http_get
 from trading_platform.ingestion.session import FeedSession, backoff_delay
 from trading_platform.ingestion.wal import SealedBatch, WriteAheadLog
 from trading_platform.quality.rules import SpikeReference
-from trading_platform.schema import MARKET_TRADES, QUARANTINE
+from trading_platform.schema import BOOK_EVENTS, MARKET_TRADES, ORDERBOOK_SNAPSHOTS, QUARANTINE, Table
 from trading_platform.storage.object_store import ObjectStore
-from trading_platform.storage.redis_cache import LatestTrade, PriceCache
+from trading_platform.storage.redis_cache import LatestBook, LatestTrade, PriceCache
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,26 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
 
 
+_DATASETS: tuple[Table, ...] = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
+
+
 @dataclass
 class _OpenBatch:
-    trades: list[pa.Table] = field(default_factory=list)
-    rejects: list[pa.Table] = field(default_factory=list)
+    parts: dict[Table, list[pa.Table]] = field(default_factory=lambda: {t: [] for t in _DATASETS})
     rows: int = 0
     opened_at: float = field(default_factory=time.monotonic)
     reference_at_start: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, normalized: Normalized) -> None:
+        for table, rows in ((MARKET_TRADES, normalized.trades), (ORDERBOOK_SNAPSHOTS, normalized.book_snapshots),
+                            (BOOK_EVENTS, normalized.book_events), (QUARANTINE, normalized.rejects)):
+            if rows is not None and rows.num_rows:
+                self.parts[table].append(rows)
+                self.rows += rows.num_rows
+
+    def tables(self) -> dict[Table, pa.Table]:
+        empty = {t: pa.schema([f for f in t.arrow_schema if f.name != "batch_id"]).empty_table() for t in _DATASETS}
+        return {t: pa.concat_tables(parts) if parts else empty[t] for t, parts in self.parts.items()}
 
 
 class IngestionRunner:
@@ -100,11 +114,16 @@ class IngestionRunner:
         self.summary = RunSummary()
         self._frames: list[bytes] = []
         self._received_us: list[int] = []
+        self._kinds: list[RecordKind] = []
+        self._fetching: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._latest_books: dict[str, LatestBook] = {}
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
         self._latest: dict[str, LatestTrade] = {}
         self._sealed: asyncio.Queue[tuple[SealedBatch, _OpenBatch, bool]] | None = None
         self._hot_cache_errors = 0
         self._hot_cache_down = False
+        self._session: FeedSession | None = None
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -127,7 +146,7 @@ class IngestionRunner:
         flusher = asyncio.create_task(self._flush_worker())
         self._recover()
         session = FeedSession(self.exchange, self.url, self._on_frame, self.config.reconnect_initial_s,
-                              self.config.reconnect_max_s, self.on_status)
+                              self.config.reconnect_max_s, self.on_status, on_connected=self._on_connected)
         self._session = session
         watcher = asyncio.create_task(watch_stop())
         receiver = asyncio.create_task(session.run(stop))
@@ -154,24 +173,39 @@ class IngestionRunner:
         return self.summary
 
     # --- receive path ----------------------------------------------------------------------------
-    def _on_frame(self, frame: bytes, received_us: int) -> None:
-        self.wal.append(received_us, frame)
-        self._frames.append(frame)
+    def _record(self, payload: bytes, received_us: int, kind: RecordKind) -> None:
+        self.wal.append(received_us, payload, kind)
+        self._frames.append(payload)
         self._received_us.append(received_us)
+        self._kinds.append(kind)
+
+    def _on_frame(self, frame: bytes, received_us: int) -> None:
+        self._record(frame, received_us, RecordKind.FRAME)
         self.summary.frames_received += 1
+
+    def _on_connected(self, url: str, received_us: int) -> None:
+        self._fetching.clear()  # answers to the previous connection's requests no longer apply
+        self._record(url.encode(), received_us, RecordKind.CONNECTED)
+
+    def _process(self, normalizer: TradeNormalizer, frames: list[bytes], received: list[int],
+                 kinds: list[RecordKind], batch: _OpenBatch) -> Normalized:
+        normalized = normalizer.process(frames, received, kinds if any(kinds) else None)
+        batch.add(normalized)
+        if normalized.trades.num_rows:
+            self._remember_latest(normalized.trades)
+        if normalized.book_snapshots is not None:
+            self._remember_books(normalized.book_snapshots)
+        self.summary.quarantined += normalized.rejects.num_rows
+        return normalized
 
     async def _tick(self, final: bool) -> None:
         if self._frames:
-            frames, received = self._frames, self._received_us
-            self._frames, self._received_us = [], []
-            normalized = self.normalizer.process(frames, received)
-            if normalized.trades.num_rows:
-                self._batch.trades.append(normalized.trades)
-                self._batch.rows += normalized.trades.num_rows
-                self._remember_latest(normalized.trades)
-            if normalized.rejects.num_rows:
-                self._batch.rejects.append(normalized.rejects)
-                self.summary.quarantined += normalized.rejects.num_rows
+            frames, received, kinds = self._frames, self._received_us, self._kinds
+            self._frames, self._received_us, self._kinds = [], [], []
+            normalized = self._process(self.normalizer, frames, received, kinds, self._batch)
+            if not final:
+                for action in normalized.actions:
+                    await self._perform(action)
         self.wal.sync()
         await self._write_hot_cache()
         due = (self._batch.rows >= self.config.batch_max_rows
@@ -179,11 +213,49 @@ class IngestionRunner:
         if final or due:
             self._seal(recovered=False)
 
+    async def _perform(self, action: Action) -> None:
+        if isinstance(action, FetchSnapshot):
+            if action.symbol not in self._fetching:
+                self._fetching.add(action.symbol)
+                task = asyncio.create_task(self._fetch_snapshot(action))
+                self._tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
+                task.add_done_callback(self._tasks.discard)
+        elif isinstance(action, SendFrames):
+            if self._session is not None:
+                await self._session.send(action.frames)
+        elif isinstance(action, Reconnect) and self._session is not None:
+            await self._session.reconnect(action.reason)
+
+    async def _fetch_snapshot(self, action: FetchSnapshot) -> None:
+        """GET a REST snapshot with backoff; the body joins the record stream (and the WAL) in order."""
+        attempt = 0
+        while action.symbol in self._fetching:
+            try:
+                body = await asyncio.to_thread(http_get, action.url)
+            except OSError as error:
+                delay = backoff_delay(attempt, 0.5, 10.0)
+                attempt += 1
+                self.on_status(f"{self.exchange.name}: snapshot {action.url} failed ({error}); retry in {delay:.1f}s")
+                await asyncio.sleep(delay)
+                continue
+            if action.symbol in self._fetching:
+                self._fetching.discard(action.symbol)
+                self._record(action.symbol.encode() + b"\n" + body, time.time_ns() // 1000, RecordKind.REST)
+            return
+
     def _seal(self, recovered: bool) -> None:
         sealed = self.wal.seal(self._batch.reference_at_start)
         if sealed is not None and self._sealed is not None:
             self._sealed.put_nowait((sealed, self._batch, recovered))
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
+
+    def _remember_books(self, snapshots: pa.Table) -> None:
+        for row in snapshots.select(["symbol", "timestamp", "bids", "asks"]).to_pylist():
+            if row["bids"] and row["asks"]:
+                best_bid, best_ask = row["bids"][0], row["asks"][0]
+                self._latest_books[row["symbol"]] = LatestBook(
+                    self.exchange.name, row["symbol"], best_bid["price"], best_bid["quantity"],
+                    best_ask["price"], best_ask["quantity"], int(row["timestamp"].timestamp() * 1_000_000))
 
     def _remember_latest(self, trades: pa.Table) -> None:
         columns = trades.select(["symbol", "price", "quantity", "side", "trade_id", "timestamp"]).to_pydict()
@@ -192,12 +264,14 @@ class IngestionRunner:
                                                int(ts.timestamp() * 1_000_000))
 
     async def _write_hot_cache(self) -> None:
-        if not self._latest or self._price_cache_factory is None:
+        if not (self._latest or self._latest_books) or self._price_cache_factory is None:
             return
         try:
             if self._price_cache is None:
                 self._price_cache = self._price_cache_factory()
-            await asyncio.to_thread(self._price_cache.write, list(self._latest.values()))
+            cache = self._price_cache
+            trades, books = list(self._latest.values()), list(self._latest_books.values())
+            await asyncio.to_thread(lambda: (cache.write(trades), cache.write_books(books)))
             if self._hot_cache_down:
                 self.on_status(f"{self.exchange.name}: Redis reachable again; hot cache rewritten")
             self._hot_cache_down = False
@@ -233,20 +307,14 @@ class IngestionRunner:
     async def _flush(self, sealed: SealedBatch, batch: _OpenBatch, recovered: bool) -> None:
         started = time.monotonic()
         batch_id = batch_id_for(self.exchange.name, sealed.first, sealed.last)
-        trades = pa.concat_tables(batch.trades) if batch.trades else MARKET_TRADES.arrow_schema.empty_table()
-        rejects = pa.concat_tables(batch.rejects) if batch.rejects else QUARANTINE.arrow_schema.empty_table()
-        if not batch.trades:
-            trades = trades.drop_columns(["batch_id"])
-        if not batch.rejects:
-            rejects = rejects.drop_columns(["batch_id"])
-        written = await asyncio.to_thread(write_batch, self.store, self.exchange.name, batch_id, trades, rejects)
+        written = await asyncio.to_thread(write_batch, self.store, self.exchange.name, batch_id, batch.tables())
         # The reference after this batch is the one the next sealed batch started from.
         next_reference = self._reference_after(sealed)
         self.wal.mark_flushed(sealed, next_reference)
         self.summary.batches += 1
         self.summary.recovered_batches += int(recovered)
         self.summary.trades_flushed += written.trade_rows
-        stats = self._session.stats if hasattr(self, "_session") else None
+        stats = self._session.stats if self._session is not None else None
         self.on_flush(FlushReport(
             exchange=self.exchange.name, written=written, wal_first=sealed.first, wal_last=sealed.last,
             recovered=recovered, flush_seconds=round(time.monotonic() - started, 4),
@@ -279,24 +347,21 @@ class IngestionRunner:
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
         self.wal.start_batch_at(tail_start)
         tail = self._replay_into_batch(self.normalizer, tail_start, None)
-        if tail.rows or tail.rejects:
-            self.on_status(f"{self.exchange.name}: re-read {tail.rows} trades from the WAL tail")
+        if tail.rows:
+            self.on_status(f"{self.exchange.name}: re-read {tail.rows} rows from the WAL tail")
         tail.reference_at_start = self._batch.reference_at_start
         self._batch = tail
 
     def _replay_into_batch(self, normalizer: TradeNormalizer, first: int, last: int | None) -> _OpenBatch:
+        """Decode WAL records as the live run did; their actions were performed back then."""
         batch = _OpenBatch()
         frames: list[bytes] = []
         received: list[int] = []
-        for _offset, received_us, payload in self.wal.records(first, last):
+        kinds: list[RecordKind] = []
+        for _offset, received_us, kind, payload in self.wal.records(first, last):
             frames.append(payload)
             received.append(received_us)
+            kinds.append(RecordKind(kind))
         if frames:
-            normalized = normalizer.process(frames, received)
-            if normalized.trades.num_rows:
-                batch.trades.append(normalized.trades)
-                batch.rows = normalized.trades.num_rows
-                self._remember_latest(normalized.trades)
-            if normalized.rejects.num_rows:
-                batch.rejects.append(normalized.rejects)
+            self._process(normalizer, frames, received, kinds, batch)
         return batch

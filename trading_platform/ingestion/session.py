@@ -47,10 +47,14 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
 class FeedSession:
     def __init__(self, exchange: Exchange, url: str, on_frame: Callable[[bytes, int], None],
                  reconnect_initial_s: float = 0.5, reconnect_max_s: float = 30.0,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 on_connected: Callable[[str, int], None] | None = None) -> None:
         self.exchange = exchange
         self.url = url
         self.on_frame = on_frame
+        self.on_connected = on_connected or (lambda url, received_us: None)
+        self._ws: ClientConnection | None = None
+        self._reconnect_reason: str | None = None
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.on_status = on_status or (lambda message: log.info(message))
@@ -65,25 +69,53 @@ class FeedSession:
                     attempt = 0
                     self.stats.connects += 1
                     self.stats.connected = True
+                    self._ws = ws
+                    self._reconnect_reason = None
+                    # Recorded before the first frame: books and per-connection sequences restart here.
+                    self.on_connected(self.url, time.time_ns() // 1000)
                     self.on_status(f"{self.exchange.name}: connected to {self.url.split('?')[0]}")
                     for frame in self.exchange.subscribe_frames():
                         await ws.send(frame)
                     await self._receive(ws, stop)
                     if stop.is_set():
                         return
+                    if self._reconnect_reason is not None:
+                        raise ConnectionError(f"reconnect requested: {self._reconnect_reason}")
                     raise ConnectionError("server closed the connection")
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as error:
                 self.stats.connected = False
                 self.stats.disconnects += 1
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 self.stats.errors = ([*self.stats.errors, self.stats.last_error])[-20:]
-                delay = backoff_delay(attempt, self.reconnect_initial_s, self.reconnect_max_s)
-                attempt += 1
+                requested = self._reconnect_reason is not None
+                delay = 0.0 if requested else backoff_delay(attempt, self.reconnect_initial_s, self.reconnect_max_s)
+                attempt = 0 if requested else attempt + 1
+                self._reconnect_reason = None
                 self.on_status(f"{self.exchange.name}: connection lost or refused ({self.stats.last_error}); "
                                f"reconnecting in {delay:.1f}s (attempt {attempt})")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         self.stats.connected = False
+
+    async def send(self, frames: tuple[str, ...] | list[str]) -> bool:
+        """Send on the current connection; False when there is none (the next one resubscribes)."""
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            for frame in frames:
+                await ws.send(frame)
+        except websockets.exceptions.ConnectionClosed:
+            return False
+        return True
+
+    async def reconnect(self, reason: str) -> None:
+        """Drop the connection (e.g. it lost messages); the run loop opens a fresh one at once."""
+        ws = self._ws
+        if ws is not None and self._reconnect_reason is None:
+            self._reconnect_reason = reason
+            self.on_status(f"{self.exchange.name}: reconnecting: {reason}")
+            await ws.close()
 
     async def _receive(self, ws: ClientConnection, stop: asyncio.Event) -> None:
         drain = asyncio.create_task(self._drain_on_stop(ws, stop))
@@ -107,6 +139,7 @@ class FeedSession:
                 raise
         finally:
             drain.cancel()
+            self._ws = None
             self.stats.connected = False
 
     async def _drain_on_stop(self, ws: ClientConnection, stop: asyncio.Event) -> None:

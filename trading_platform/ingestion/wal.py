@@ -1,8 +1,9 @@
 """Write-ahead log of received frames, so a crashed or killed run loses nothing it had received.
 
 Layout, one folder per exchange:
-- ``{first_offset:012d}.wal`` segments of records ``offset u64 | received_us i64 | length u32 | crc32 u32
-  | payload``. Offsets number frames from 0, forever, across runs. A new segment starts at every batch
+- ``{first_offset:012d}.wal`` segments of records ``offset u64 | received_us i64 | kind u8 | length u32 |
+  crc32 u32 | payload`` (kind: ``exchanges.base.RecordKind``: frame, REST response, connection
+  opened). Offsets number frames from 0, forever, across runs. A new segment starts at every batch
   boundary, so a segment is deleted whole once its batch is durably in the object store.
 - ``checkpoint.json``: the last offset durably flushed, the quality-rule state after it, and the sealed
   batches not yet confirmed in the store (a new run re-flushes exactly those, with the same batch ids,
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_HEADER = struct.Struct("<QqII")
+_HEADER = struct.Struct("<QqBII")
 _CHECKPOINT = "checkpoint.json"
 
 
@@ -58,12 +59,12 @@ class WriteAheadLog:
         self._dirty = False
 
     # --- appending -------------------------------------------------------------------------------
-    def append(self, received_us: int, payload: bytes) -> int:
+    def append(self, received_us: int, payload: bytes, kind: int = 0) -> int:
         if self._fd is None:
             self._open_segment()
         assert self._fd is not None
         offset = self.next_offset
-        os.write(self._fd, _HEADER.pack(offset, received_us, len(payload), zlib.crc32(payload)) + payload)
+        os.write(self._fd, _HEADER.pack(offset, received_us, kind, len(payload), zlib.crc32(payload)) + payload)
         self.next_offset += 1
         self._dirty = True
         if self.fsync_interval_s == 0 or time.monotonic() - self._last_sync >= self.fsync_interval_s:
@@ -102,19 +103,19 @@ class WriteAheadLog:
         self._close_segment()
 
     # --- reading ---------------------------------------------------------------------------------
-    def records(self, first: int, last: int | None = None) -> Iterator[tuple[int, int, bytes]]:
-        """(offset, received_us, payload) for offsets in [first, last] (last None: to the end)."""
+    def records(self, first: int, last: int | None = None) -> Iterator[tuple[int, int, int, bytes]]:
+        """(offset, received_us, kind, payload) for offsets in [first, last] (last None: to the end)."""
         for path, seg_first, seg_last in self._segments():
             if seg_last is not None and seg_last < first:
                 continue
             if last is not None and seg_first > last:
                 break
-            for offset, received_us, payload in _read_segment(path):
+            for offset, received_us, kind, payload in _read_segment(path):
                 if offset < first:
                     continue
                 if last is not None and offset > last:
                     return
-                yield offset, received_us, payload
+                yield offset, received_us, kind, payload
 
     def unflushed_tail_start(self) -> int:
         """First offset after everything flushed or sealed-pending."""
@@ -150,7 +151,7 @@ class WriteAheadLog:
             return self.checkpoint.flushed_through + 1
         path, first, _ = segments[-1]
         next_offset, good_bytes = first, 0
-        for offset, _received, payload in _read_segment(path):
+        for offset, _received, _kind, payload in _read_segment(path):
             next_offset = offset + 1
             good_bytes += _HEADER.size + len(payload)
         if good_bytes != path.stat().st_size:
@@ -185,16 +186,16 @@ class WriteAheadLog:
         _fsync_dir(self.directory)
 
 
-def _read_segment(path: Path) -> Iterator[tuple[int, int, bytes]]:
+def _read_segment(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
     data = path.read_bytes()
     position = 0
     while position + _HEADER.size <= len(data):
-        offset, received_us, length, crc = _HEADER.unpack_from(data, position)
+        offset, received_us, kind, length, crc = _HEADER.unpack_from(data, position)
         start = position + _HEADER.size
         payload = data[start:start + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
             return  # torn by a crash mid-append: everything before it is intact
-        yield offset, received_us, payload
+        yield offset, received_us, kind, payload
         position = start + length
 
 

@@ -108,3 +108,38 @@ def _newest_age(store: ObjectStore, keys: list[str]) -> float | None:
     table = pq.read_table(io.BytesIO(store.get(by_batch[-1])), columns=["received_at"])
     newest_us = table.column("received_at").cast("int64").to_pylist()
     return round(time.time() - max(newest_us) / 1e6, 3) if newest_us else None
+
+
+def crossed_books(ch: ClickHouse, days: list[date]) -> dict[str, int]:
+    """Snapshots whose best bid is at or above the best ask, per exchange:symbol."""
+    day_list = ", ".join(f"'{d.isoformat()}'" for d in days)
+    rows = ch.query_arrow(
+        "SELECT concat(exchange, ':', symbol) AS book, count() AS n FROM trading.orderbook_snapshots "
+        f"WHERE toDate(timestamp) IN ({day_list}) AND bids[1].1 >= asks[1].1 GROUP BY book"
+    ).to_pylist()
+    return {r["book"]: int(r["n"]) for r in rows}
+
+
+@dataclass
+class BookIntegrity:
+    counts: dict[str, int]  # "exchange:kind" -> events
+    unresolved: list[str]  # exchange:symbol whose last failure has no in-sync snapshot after it
+
+
+def unresolved_book_failures(ch: ClickHouse, days: list[date]) -> BookIntegrity:
+    day_list = ", ".join(f"'{d.isoformat()}'" for d in days)
+    counts = ch.query_arrow(
+        "SELECT concat(exchange, ':', kind) AS key, count() AS n FROM trading.book_events "
+        f"WHERE toDate(timestamp) IN ({day_list}) GROUP BY key"
+    ).to_pylist()
+    unresolved = ch.query_arrow(
+        "SELECT concat(f.exchange, ':', f.symbol) AS book FROM "
+        "(SELECT exchange, symbol, max(timestamp) AS failed_at FROM trading.book_events "
+        f" WHERE kind NOT IN ('resync') AND toDate(timestamp) IN ({day_list}) GROUP BY exchange, symbol) AS f "
+        "LEFT JOIN (SELECT exchange, symbol, max(received_at) AS last_snapshot FROM trading.orderbook_snapshots "
+        f" WHERE toDate(timestamp) IN ({day_list}) GROUP BY exchange, symbol) AS s "
+        "ON f.exchange = s.exchange AND f.symbol = s.symbol "
+        "WHERE s.last_snapshot IS NULL OR s.last_snapshot < f.failed_at OR s.last_snapshot = toDateTime64(0, 6) "
+        "ORDER BY book"
+    ).to_pylist()
+    return BookIntegrity({r["key"]: int(r["n"]) for r in counts}, [r["book"] for r in unresolved])

@@ -33,6 +33,10 @@ return 1
 """
 
 
+# Top of book has its own time field, so trade and book writes never block each other.
+_SET_BOOK_IF_NEWER = _SET_IF_NEWER.replace("'trade_time_us'", "'book_time_us'")
+
+
 def price_key(exchange: str, symbol: str) -> str:
     return f"{KEY_PREFIX}{exchange}:{symbol}"
 
@@ -48,6 +52,17 @@ class LatestTrade:
     trade_time_us: int
 
 
+@dataclass(frozen=True)
+class LatestBook:
+    exchange: str
+    symbol: str
+    best_bid: float
+    best_bid_quantity: float
+    best_ask: float
+    best_ask_quantity: float
+    book_time_us: int
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
 
@@ -56,6 +71,7 @@ class PriceCache:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._set_book_if_newer = client.register_script(_SET_BOOK_IF_NEWER)
 
     def write(self, trades: Iterable[LatestTrade], publish: bool = True) -> int:
         """Write each trade unless a newer one is cached; one pipelined round trip. Returns writes."""
@@ -72,6 +88,25 @@ class PriceCache:
                                args=[trade.trade_time_us, *fields], client=pipe)
             if publish:
                 pipe.publish(UPDATES_CHANNEL, f"{trade.exchange}:{trade.symbol}:{trade.price!r}")
+            count += 1
+        if count:
+            pipe.execute()
+        return count
+
+    def write_books(self, books: Iterable[LatestBook]) -> int:
+        """Best bid/ask per symbol (fields best_bid, best_ask, *_quantity, book_time_us), one round trip."""
+        now_us = time.time_ns() // 1000
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for book in books:
+            fields: list[Any] = [
+                "exchange", book.exchange, "symbol", book.symbol, "best_bid", repr(book.best_bid),
+                "best_bid_quantity", repr(book.best_bid_quantity), "best_ask", repr(book.best_ask),
+                "best_ask_quantity", repr(book.best_ask_quantity), "book_time_us", book.book_time_us,
+                "book_updated_us", now_us,
+            ]
+            self._set_book_if_newer(keys=[price_key(book.exchange, book.symbol)],
+                                    args=[book.book_time_us, *fields], client=pipe)
             count += 1
         if count:
             pipe.execute()

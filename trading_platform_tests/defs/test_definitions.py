@@ -33,14 +33,17 @@ def test_lineage_runs_from_the_lake_to_the_cache(definitions: dg.Definitions) ->
     graph = definitions.resolve_asset_graph()
     key = dg.AssetKey
     assert graph.get(key("market_trades")).parent_keys == {key("raw_trades")}
-    assert graph.get(key("latest_prices")).parent_keys == {key("market_trades")}
+    assert graph.get(key("latest_prices")).parent_keys == {key("market_trades"), key("orderbook_snapshots")}
+    assert graph.get(key("orderbook_snapshots")).parent_keys == {key("raw_orderbook")}
+    assert graph.get(key("book_events")).parent_keys == {key("raw_book_events")}
     assert graph.get(key("quarantine")).parent_keys == {key("raw_quarantine")}
 
 
 def test_every_asset_has_a_check(definitions: dg.Definitions) -> None:
     graph = definitions.resolve_asset_graph()
     checked = {check.asset_key for check in graph.asset_check_keys}
-    assert checked >= {dg.AssetKey(name) for name in ("raw_trades", "market_trades", "quarantine", "latest_prices")}
+    assets = ("raw_trades", "market_trades", "orderbook_snapshots", "book_events", "quarantine", "latest_prices")
+    assert checked >= {dg.AssetKey(name) for name in assets}
 
 
 def test_each_enabled_exchange_has_a_job_and_a_running_supervisor(definitions: dg.Definitions) -> None:
@@ -53,7 +56,7 @@ def test_each_enabled_exchange_has_a_job_and_a_running_supervisor(definitions: d
 
 def test_clickhouse_writers_share_one_pool(definitions: dg.Definitions) -> None:
     graph = definitions.resolve_asset_graph()
-    for name in ("market_trades", "quarantine", "latest_prices"):
+    for name in ("market_trades", "orderbook_snapshots", "book_events", "quarantine", "latest_prices"):
         assert graph.get(dg.AssetKey(name)).pools == {"clickhouse"}
 
 

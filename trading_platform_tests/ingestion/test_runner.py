@@ -215,7 +215,7 @@ def test_kill_9_loses_nothing_that_reached_the_wal(tmp_path: Path, replay: Repla
     process.kill()
     process.wait()
     wal = WriteAheadLog(tmp_path / "wal" / "binance")
-    received = [payload for _, _, payload in wal.records(0)]
+    received = [payload for _, _, kind, payload in wal.records(0) if kind == 0]
     wal.close()
     in_wal = {(row["native_symbol"], row["trade_id"])
               for row in binance.decode(received, [0] * len(received)).trades.to_pylist()}

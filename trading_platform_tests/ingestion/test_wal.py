@@ -12,7 +12,7 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     wal.close()
     reopened = WriteAheadLog(tmp_path)
     assert reopened.next_offset == 5
-    assert [payload for _, _, payload in reopened.records(0)] == [b"frame-%d" % i for i in range(5)]
+    assert [payload for _, _, _, payload in reopened.records(0)] == [b"frame-%d" % i for i in range(5)]
 
 
 def test_a_torn_tail_is_truncated_and_offsets_continue(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_a_torn_tail_is_truncated_and_offsets_continue(tmp_path: Path) -> None:
     segment = next(tmp_path.glob("*.wal"))
     segment.write_bytes(segment.read_bytes()[:-4])
     reopened = WriteAheadLog(tmp_path)
-    assert [p for _, _, p in reopened.records(0)] == [b"complete"]
+    assert [p for _, _, _, p in reopened.records(0)] == [b"complete"]
     assert reopened.append(3, b"next") == 1
 
 
@@ -54,10 +54,18 @@ def test_flushed_segments_are_deleted_and_the_rest_kept(tmp_path: Path) -> None:
     wal.seal({})
     wal.mark_flushed(first, {})
     assert [p.name for p in sorted(tmp_path.glob("*.wal"))] == ["000000000001.wal"]
-    assert [p for _, _, p in wal.records(0)] == [b"y"]
+    assert [p for _, _, _, p in wal.records(0)] == [b"y"]
 
 
 def test_sealing_nothing_records_nothing(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path)
     assert wal.seal({}) is None
     assert wal.checkpoint.pending == []
+
+
+def test_record_kinds_are_kept(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(1, b"ws://x", kind=2)
+    wal.append(2, b"frame")
+    wal.close()
+    assert [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)] == [(2, b"ws://x"), (0, b"frame")]

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from trading_platform.ingestion.lake_writer import write_batch
-from trading_platform.schema import MARKET_TRADES, QUARANTINE
+from trading_platform.schema import MARKET_TRADES
 from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
 from trading_platform.storage.lake_loader import lake_days, list_lake_keys, load_new_batches, read_parquet
 from trading_platform.storage.object_store import ObjectStore, open_object_store
@@ -44,19 +44,15 @@ def trades(first_id: int, count: int, symbols: tuple[str, ...] = ("BTC-USDT", "E
     })
 
 
-def no_rejects() -> pa.Table:
-    return QUARANTINE.arrow_schema.empty_table().drop_columns(["batch_id"])
-
-
 def count(ch: ClickHouse) -> int:
     return int(ch.query_arrow("SELECT count() AS n FROM trading.market_trades").column("n")[0].as_py())
 
 
 def test_each_batch_loads_once_however_often_the_load_runs(lake: ObjectStore, warehouse: ClickHouse) -> None:
-    write_batch(lake, "binance", "binance-000000000000-000000000099", trades(1, 100), no_rejects())
+    write_batch(lake, "binance", "binance-000000000000-000000000099", {MARKET_TRADES: trades(1, 100)})
     first = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
     assert (first.files, first.rows) == (2, 100)
-    write_batch(lake, "binance", "binance-000000000100-000000000149", trades(101, 50), no_rejects())
+    write_batch(lake, "binance", "binance-000000000100-000000000149", {MARKET_TRADES: trades(101, 50)})
     second = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
     again = load_new_batches(lake, warehouse, MARKET_TRADES, 2)
     assert (second.files, second.rows, again.files) == (2, 50, 0)
@@ -64,7 +60,7 @@ def test_each_batch_loads_once_however_often_the_load_runs(lake: ObjectStore, wa
 
 
 def test_a_load_that_died_after_inserting_does_not_duplicate(lake: ObjectStore, warehouse: ClickHouse) -> None:
-    write_batch(lake, "binance", "binance-000000000000-000000000009", trades(1, 10), no_rejects())
+    write_batch(lake, "binance", "binance-000000000000-000000000009", {MARKET_TRADES: trades(1, 10)})
     key = list_lake_keys(lake, MARKET_TRADES, lake_days(1))[0]
     rows, _ = read_parquet(lake, key, MARKET_TRADES)
     warehouse.insert_arrow(MARKET_TRADES.qualified_name, rows, dedup_token=key)  # no manifest row: "crashed"
@@ -75,8 +71,8 @@ def test_a_load_that_died_after_inserting_does_not_duplicate(lake: ObjectStore, 
 
 def test_a_rewritten_batch_overwrites_its_lake_files(lake: ObjectStore, warehouse: ClickHouse) -> None:
     batch = "binance-000000000000-000000000019"
-    write_batch(lake, "binance", batch, trades(1, 20), no_rejects())
-    write_batch(lake, "binance", batch, trades(1, 20), no_rejects())  # WAL recovery re-flush
+    write_batch(lake, "binance", batch, {MARKET_TRADES: trades(1, 20)})
+    write_batch(lake, "binance", batch, {MARKET_TRADES: trades(1, 20)})  # WAL recovery re-flush
     assert len(list_lake_keys(lake, MARKET_TRADES, lake_days(1))) == 2
     load_new_batches(lake, warehouse, MARKET_TRADES, 1)
     assert count(warehouse) == 20
@@ -84,7 +80,7 @@ def test_a_rewritten_batch_overwrites_its_lake_files(lake: ObjectStore, warehous
 
 def test_loaded_rows_keep_every_column(lake: ObjectStore, warehouse: ClickHouse) -> None:
     written = trades(7, 3, ("SOL-USDT",))
-    write_batch(lake, "binance", "binance-000000000000-000000000002", written, no_rejects())
+    write_batch(lake, "binance", "binance-000000000000-000000000002", {MARKET_TRADES: written})
     load_new_batches(lake, warehouse, MARKET_TRADES, 1)
     stored = warehouse.query_arrow(
         "SELECT exchange, symbol, native_symbol, trade_id, price, quantity, side, timestamp, received_at "
