@@ -43,12 +43,21 @@ def _prices(settings: Settings, args: argparse.Namespace) -> int:
     rows = sorted(entries, key=lambda e: (e["exchange"], e["symbol"]))
     if args.exchange:
         rows = [r for r in rows if r["exchange"] == args.exchange]
-    print(f"{'exchange':<10} {'symbol':<11} {'price':>16} {'quantity':>14} {'side':<4} {'trade age':>10} {'age':>8}")
+
+    def number(row: dict[str, str], key: str) -> str:
+        return f"{float(row[key]):.8g}" if key in row else "-"
+
+    def age(row: dict[str, str], key: str) -> str:
+        return f"{now - int(row[key]) / 1e6:.1f}s" if key in row else "-"
+
+    print(f"{'exchange':<9} {'symbol':<10} {'last':>12} {'side':<4} {'bid':>12} {'ask':>12} {'spread':>10} "
+          f"{'trade age':>9} {'cache age':>9} {'book age':>8}")
     for row in rows:
-        trade_age = now - int(row["trade_time_us"]) / 1e6
-        age = now - int(row["updated_us"]) / 1e6
-        print(f"{row['exchange']:<10} {row['symbol']:<11} {float(row['price']):>16.8g} "
-              f"{float(row['quantity']):>14.8g} {row['side']:<4} {trade_age:>9.1f}s {age:>7.1f}s")
+        spread = (f"{float(row['best_ask']) - float(row['best_bid']):.6g}"
+                  if "best_bid" in row and "best_ask" in row else "-")
+        print(f"{row['exchange']:<9} {row['symbol']:<10} {number(row, 'price'):>12} {row.get('side', '-'):<4} "
+              f"{number(row, 'best_bid'):>12} {number(row, 'best_ask'):>12} {spread:>10} "
+              f"{age(row, 'trade_time_us'):>9} {age(row, 'updated_us'):>9} {age(row, 'book_updated_us'):>8}")
     print(f"{len(rows)} symbols cached at {settings.resolved_redis_url}")
     return 0 if rows else 1
 
@@ -57,6 +66,35 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from trading_platform.replay import run_replay
 
     run_replay(settings, rate_per_symbol=args.rate)
+    return 0
+
+
+def _normalize(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trading_platform.config import load_exchanges
+    from trading_platform.ingestion.importer import import_capture
+
+    exchanges = load_exchanges(settings.exchanges_file)
+    if args.exchange not in exchanges.exchanges:
+        print(f"--exchange: unknown exchange {args.exchange!r}; allowed: {sorted(exchanges.exchanges)}",
+              file=sys.stderr)
+        return 2
+    config = exchanges.exchanges[args.exchange]  # type: ignore[index]
+    if args.symbols:
+        config = config.model_copy(update={"symbols": args.symbols.split(",")})
+    config = config.model_copy(update={"channels": ["trades", "book"]})
+    snapshots: dict[str, Path] = {}
+    for item in args.snapshot or []:
+        symbol, _, file = item.rpartition("=")
+        if not symbol:
+            if len(config.symbols) != 1:
+                print("--snapshot: name the symbol (SYMBOL=FILE) when importing several symbols", file=sys.stderr)
+                return 2
+            symbol = config.symbols[0]
+        snapshots[symbol] = Path(file)
+    report = import_capture(config, Path(args.input), Path(args.output), snapshots, settings.spike_threshold)
+    print("\n".join(report.lines()))
     return 0
 
 
@@ -102,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=_dev)
+    normalize = commands.add_parser("normalize", help="import a recorded capture into normalized Parquet datasets")
+    normalize.add_argument("--exchange", required=True)
+    normalize.add_argument("--input", required=True, help="capture: one raw frame per line, or cryptofeed raw data")
+    normalize.add_argument("--snapshot", action="append",
+                           help="REST snapshot body file, as SYMBOL=FILE (repeatable; FILE alone for one symbol)")
+    normalize.add_argument("--symbols", help="comma-separated normalized symbols (default: the configured ones)")
+    normalize.add_argument("--output", required=True, help="lake root folder to write raw/<dataset>/... into")
+    normalize.set_defaults(handler=_normalize)
     check = commands.add_parser("check-config", help="validate settings and exchanges.yaml")
     check.set_defaults(handler=_check_config)
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ only a batch holding a control or malformed frame falls back to frame-by-frame d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -113,6 +114,9 @@ class Exchange(ABC):
         self.config = config
         self.symbols = list(config.symbols)
         self.native_to_symbol = {self.native_symbol(s): s for s in self.symbols}
+        # Running totals the importer prints and the run logs: book_updates_applied, checksums_passed,
+        # checksums_failed, sequence_gaps, snapshots_applied (modules add their own keys freely).
+        self.counters: Counter[str] = Counter()
         self.books: dict[str, OrderBook] = {s: OrderBook() for s in self.symbols}
         self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)

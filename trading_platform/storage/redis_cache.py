@@ -137,7 +137,16 @@ def reseed_from_clickhouse(ch: ClickHouse, cache: PriceCache, lookback_hours: in
     ).to_pylist()
     trades = (LatestTrade(row["exchange"], row["symbol"], row["last_price"], row["last_quantity"], row["last_side"],
                           row["last_trade_id"], int(row["last_trade_time_us"])) for row in rows)
-    return cache.write(trades, publish=False)
+    written = cache.write(trades, publish=False)
+    books = ch.query_arrow(
+        "SELECT exchange, symbol, argMax(bids[1].1, timestamp) AS bid, argMax(bids[1].2, timestamp) AS bid_qty, "
+        "argMax(asks[1].1, timestamp) AS ask, argMax(asks[1].2, timestamp) AS ask_qty, "
+        "toUnixTimestamp64Micro(max(timestamp)) AS book_time_us FROM trading.orderbook_snapshots "
+        f"WHERE timestamp >= now() - INTERVAL {int(lookback_hours)} HOUR GROUP BY exchange, symbol"
+    ).to_pylist()
+    cache.write_books(LatestBook(row["exchange"], row["symbol"], row["bid"], row["bid_qty"], row["ask"], row["ask_qty"],
+                                 int(row["book_time_us"])) for row in books)
+    return written + len(books)
 
 
 class EmbeddedValkey:
