@@ -95,3 +95,51 @@ def load_new_batches(store: ObjectStore, ch: ClickHouse, table: Table, lookback_
     result = load_keys(store, ch, table, pending)
     result.pending_before = len(pending)
     return result
+
+
+@dataclass
+class RebuildResult:
+    day: date
+    exchange: str
+    files: int = 0
+    rows: dict[str, int] = field(default_factory=dict)  # table -> rows after the rebuild
+
+
+def day_fingerprint(ch: ClickHouse, table: Table, exchange: str, day: date) -> tuple[int, int]:
+    """(rows, order-independent content hash) of one exchange-day, to prove a rebuild changed nothing."""
+    columns = ", ".join(c for c in table.column_names if c not in ("batch_id", "received_at"))
+    result = ch.query_arrow(
+        f"SELECT count() AS n, sum(cityHash64({columns})) AS h FROM {table.qualified_name} "
+        f"WHERE exchange = '{exchange}' AND toDate({table.time_column}) = '{day.isoformat()}'"
+    ).to_pylist()[0]
+    return int(result["n"]), int(result["h"] or 0)
+
+
+def rebuild_day(store: ObjectStore, ch: ClickHouse, tables: Iterable[Table], exchange: str, day: date,
+                attempt_token: str) -> RebuildResult:
+    """Replace one exchange-day in ClickHouse by what the lake holds; safe to retry from the start.
+
+    Deleting first makes a retry after a crash half-way start clean. The inserts carry a token unique
+    to this attempt, because ClickHouse would silently drop a re-insert under the original token.
+    """
+    result = RebuildResult(day, exchange)
+    for table in tables:
+        keys = [k for k in list_lake_keys(store, table, [day]) if f"/exchange={exchange}/" in k]
+        ch.command(f"DELETE FROM {table.qualified_name} WHERE exchange = '{exchange}' "
+                   f"AND toDate({table.time_column}) = '{day.isoformat()}' SETTINGS mutations_sync = 2")
+        if keys:
+            key_list = ", ".join(f"'{k}'" for k in keys)
+            ch.command(f"DELETE FROM {LOAD_MANIFEST.qualified_name} WHERE table_name = '{table.name}' "
+                       f"AND lake_key IN ({key_list}) SETTINGS mutations_sync = 2")
+        manifest: list[dict[str, object]] = []
+        for key in keys:
+            rows, checksum = read_parquet(store, key, table)
+            ch.insert_arrow(table.qualified_name, rows, dedup_token=f"{key}@{attempt_token}")
+            manifest.append({"table_name": table.name, "lake_key": key,
+                             "batch_id": key.rsplit("/", 1)[-1].removesuffix(".parquet"), "rows": rows.num_rows,
+                             "checksum": checksum, "loaded_at": datetime.now(UTC)})
+        if manifest:
+            _write_manifest(ch, manifest)
+        result.files += len(keys)
+        result.rows[table.name] = day_fingerprint(ch, table, exchange, day)[0]
+    return result
