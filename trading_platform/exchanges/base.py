@@ -109,6 +109,9 @@ class Exchange(ABC):
     """
 
     name: str
+    # Larger frames are quarantined, not decoded. Coinbase's full level2 snapshot of a busy book can be
+    # several MiB, so modules raise this where their protocol needs it.
+    max_frame_bytes: int = 1 << 20
 
     def __init__(self, config: ExchangeConfig) -> None:
         self.config = config

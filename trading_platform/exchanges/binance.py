@@ -1,15 +1,32 @@
-"""Binance Spot: combined-stream ``@trade`` frames (see exchange-protocols.md, section 1)."""
+"""Binance Spot: combined-stream ``@trade`` frames and ``@depth@100ms`` order books (exchange-protocols.md, §1).
+
+Trades are decoded a batch at a time into Arrow columns. Depth updates, REST snapshots, connection
+records and ``serverShutdown`` are handled one by one, in receive order, by the documented Spot local
+order book procedure (the corrected 2025-11-12 text, not the futures ``pu`` rule).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections import deque
+from operator import itemgetter
+from typing import Literal, cast
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, DecodedFrames, Exchange, RecordKind, Rejects
+from trading_platform.exchanges.base import (
+    DECODED_TRADE_SCHEMA,
+    DecodedFrames,
+    Exchange,
+    FetchSnapshot,
+    Reconnect,
+    RecordKind,
+    Rejects,
+)
+from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.settings import ConfigError
 
 
 # gc=False: a tick decodes thousands of these at once and they hold no reference cycles, so keeping
@@ -23,8 +40,52 @@ class _Trade(msgspec.Struct, tag_field="e", tag="trade", gc=False):
     m: bool
 
 
+class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
+    """Legacy archives recorded ``@aggTrade``. The trade id column carries the aggregate id ``a`` (one row
+    per aggregate, whose f..l trade ids are not kept): attribute ``t`` so both kinds share one column path."""
+
+    s: str
+    t: int = msgspec.field(name="a")
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate", gc=False):
+    E: int
+    s: str
+    U: int
+    u: int
+    b: list[tuple[str, str]]
+    a: list[tuple[str, str]]
+
+
+class _Shutdown(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
+    E: int = 0
+
+
+class _RawShutdown(msgspec.Struct):
+    """``{"e":"serverShutdown","E":…}`` on a raw (non-combined) stream. A tagged Struct decoded on its own
+    treats a missing tag as a match, so the tag is a required field here."""
+
+    e: Literal["serverShutdown"]
+
+
 class _Combined(msgspec.Struct, gc=False):
-    data: _Trade
+    """The hot path's shape: a batch of trades only. Any other frame fails it and takes the split path."""
+
+    data: _Trade | _AggTrade
+
+
+class _AnyCombined(msgspec.Struct, gc=False):
+    data: _Trade | _AggTrade | _Depth | _Shutdown
+
+
+class _Snapshot(msgspec.Struct):
+    lastUpdateId: int
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
 
 
 class _Control(msgspec.Struct):
@@ -32,13 +93,29 @@ class _Control(msgspec.Struct):
     result: object = None
 
 
+_TradePayload = _Trade | _AggTrade
+_Payload = _Trade | _AggTrade | _Depth | _Shutdown
+
 _batch_decoder = msgspec.json.Decoder(list[_Combined])
-_frame_decoder = msgspec.json.Decoder(_Combined)
+_any_batch_decoder = msgspec.json.Decoder(list[_AnyCombined])
+_frame_decoder = msgspec.json.Decoder(_AnyCombined)
+_raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
+_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 _control_decoder = msgspec.json.Decoder(_Control)
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
 _SUBSCRIBE_ID = 1
+_MAX_STREAMS = 1024  # per connection
+# Snapshot depth. Weight by limit: 1-100 → 5, 101-500 → 25, 501-1000 → 50, 1001-5000 → 250. The IP budget is
+# exchangeInfo's REQUEST_WEIGHT (6000/min today, 1200/min historically): 20 symbols resyncing at once cost
+# 20 x 50 = 1000 at limit=1000, inside even the old budget with room for retries, whereas limit=5000 would
+# cost 5000 and a second round would be refused. 1000 levels per side is far beyond the emitted depth.
+SNAPSHOT_LIMIT = 1000
+# Events kept per symbol while its snapshot is awaited (~100 s at 100 ms). Dropping the oldest is safe: a
+# snapshot older than the first kept event fails the staleness check and is fetched again.
+_MAX_BUFFERED = 1000
+_DEFAULT_REST_URL = "https://api.binance.com"
 
 
 class Binance(Exchange):
@@ -48,17 +125,32 @@ class Binance(Exchange):
         super().__init__(config)
         self._native_symbols = pa.array(list(self.native_to_symbol), pa.string())
         self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
+        streams = len(self._streams())
+        if streams > _MAX_STREAMS:
+            raise ConfigError(f"exchanges.binance: {streams} streams exceed Binance's {_MAX_STREAMS} per connection "
+                              f"(each symbol needs one per channel); configure fewer symbols")
+        # Remembered from connect_url; the offline importer never connects and never performs actions.
+        self._rest_url = (config.live.rest_url or _DEFAULT_REST_URL).rstrip("/")
+        self._buffers: dict[str, deque[_Depth]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
+        self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
+        self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
         return symbol.replace("-", "")
 
     def _streams(self) -> list[str]:
-        return [f"{self.native_symbol(s).lower()}@trade" for s in self.symbols]
+        natives = [self.native_symbol(s).lower() for s in self.symbols]
+        streams = [f"{n}@trade" for n in natives] if "trades" in self.config.channels or not self.wants_books else []
+        if self.wants_books:
+            streams += [f"{n}@depth@100ms" for n in natives]
+        return streams
 
     def connect_url(self, endpoints: Endpoints) -> str:
         # Streams ride on the URL: no SUBSCRIBE frames, so the 5 msg/s inbound limit is not touched
-        # at connect (1024 streams per connection is far above 20 symbols).
+        # at connect (at most 1024 streams, checked at construction).
+        if endpoints.rest_url:
+            self._rest_url = endpoints.rest_url.rstrip("/")
         return f"{endpoints.ws_url}?streams={'/'.join(self._streams())}"
 
     def subscribe_frames(self) -> list[str]:
@@ -76,36 +168,86 @@ class Binance(Exchange):
         except msgspec.DecodeError:
             return False
 
+    def snapshot_url(self, symbol: str) -> str:
+        return f"{self._rest_url}/api/v3/depth?symbol={self.native_symbol(symbol)}&limit={SNAPSHOT_LIMIT}"
+
+    # --- decoding ------------------------------------------------------------------------------
     def decode(self, frames: list[bytes], received_us: list[int],
                kinds: list[RecordKind] | None = None) -> DecodedFrames:
-        rejects = Rejects()
-        control = 0
+        out = DecodedFrames(DECODED_TRADE_SCHEMA.empty_table(), Rejects(),
+                            book_snapshots=BookSnapshots(self.name), book_events=BookEvents(self.name))
+        records: list[int] = []  # positions of REST / CONNECTED records
+        positions: list[int] | None = None  # positions of the FRAME records, None when all are frames
+        batch = frames
         if kinds is not None and any(kinds):
-            if RecordKind.CONNECTED in kinds:
-                self.reset_books()
-            keep = [i for i, record_kind in enumerate(kinds) if record_kind == RecordKind.FRAME]
-            frames = [frames[i] for i in keep]
-            received_us = [received_us[i] for i in keep]
-        try:
-            combined: list[_Combined] = _batch_decoder.decode(b"[" + b",".join(frames) + b"]")
-            indices: list[int] = list(range(len(frames)))
-        except msgspec.DecodeError:
-            combined, indices = [], []
-            for index, frame in enumerate(frames):
-                try:
-                    combined.append(_frame_decoder.decode(frame))
-                    indices.append(index)
-                except msgspec.DecodeError as error:
-                    kind, detail = _classify(frame)
-                    if kind == "control":
-                        control += 1
-                    else:
-                        rejects.add(received_us[index], kind, detail or str(error), frame)
-        return DecodedFrames(self._columns(combined, indices, received_us, frames, rejects), rejects, control)
+            positions = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
+            records = [i for i, kind in enumerate(kinds) if kind != RecordKind.FRAME]
+            batch = [frames[i] for i in positions]
 
-    def _columns(self, combined: list[_Combined], indices: list[int], received_us: list[int],
+        payloads, indices, trades_only = self._decode_frames(batch, positions, frames, received_us, out)
+        sequential: list[tuple[int, _Payload | None]] = [(i, None) for i in records]
+        if not trades_only:
+            # Book frames are rare next to trades (~10/s per symbol); one pass picks them out.
+            others = [k for k, p in enumerate(payloads) if type(p) is _Depth or type(p) is _Shutdown]
+            if others:
+                sequential += [(indices[k], payloads[k]) for k in others]
+                skip = set(others)
+                keep = [k for k in range(len(payloads)) if k not in skip]
+                payloads = [payloads[k] for k in keep]
+                indices = [indices[k] for k in keep]
+        if payloads:
+            trades = cast(list[_TradePayload], payloads)  # only trades are left
+            out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
+        if sequential:
+            sequential.sort(key=itemgetter(0))
+            for index, payload in sequential:
+                self._sequential(index, payload, frames, received_us, kinds, out)
+        return out
+
+    def _decode_frames(self, batch: list[bytes], positions: list[int] | None, frames: list[bytes],
+                       received_us: list[int], out: DecodedFrames) -> tuple[list[_Payload], list[int], bool]:
+        """Payloads with their positions in ``frames``; True when every payload is a trade."""
+        if not batch:
+            return [], [], True
+        joined = b"[" + b",".join(batch) + b"]"
+        try:
+            if self.wants_books:
+                # Nearly every tick holds depth frames: decode all kinds at once rather than fail the trade shape.
+                decoded: list[_AnyCombined] | list[_Combined] = _any_batch_decoder.decode(joined)
+                trades_only = False
+            else:
+                decoded = _batch_decoder.decode(joined)
+                trades_only = True
+            return [c.data for c in decoded], positions if positions is not None else list(range(len(batch))), \
+                trades_only
+        except msgspec.DecodeError:
+            pass
+        payloads: list[_Payload] = []
+        indices: list[int] = []
+        for k, frame in enumerate(batch):
+            index = positions[k] if positions is not None else k
+            try:
+                payloads.append(_frame_decoder.decode(frame).data)
+                indices.append(index)
+                continue
+            except msgspec.DecodeError as error:
+                first_error = error
+            try:
+                _raw_shutdown_decoder.decode(frame)
+                payloads.append(_Shutdown())
+                indices.append(index)
+                continue
+            except msgspec.DecodeError:
+                pass
+            kind, detail = _classify(frame)
+            if kind == "control":
+                out.control_frames += 1
+            else:
+                out.rejects.add(received_us[index], kind, detail or str(first_error), frames[index])
+        return payloads, indices, False
+
+    def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
                  frames: list[bytes], rejects: Rejects) -> pa.Table:
-        trades = [c.data for c in combined]
         native = pa.array([t.s for t in trades], pa.string())
         # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
         position = pc.index_in(native, value_set=self._native_symbols)
@@ -114,12 +256,14 @@ class Binance(Exchange):
                 "exchange": pa.array([self.name] * len(trades), pa.string()),
                 "symbol": self._normalized_symbols.take(position),
                 "native_symbol": native,
+                # @trade: the trade id t; @aggTrade: the aggregate trade id a.
                 "trade_id": pc.cast(pa.array([t.t for t in trades], pa.int64()), pa.string()),
                 "price": _to_float([t.p for t in trades]),
                 "quantity": _to_float([t.q for t in trades]),
                 # m: the buyer is the maker, so the aggressor (taker) sold.
                 "side": pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
                 "timestamp": pc.multiply(pa.array([t.T for t in trades], pa.int64()), 1000).cast(_UTC_US),
+                # indices are sorted and unique, so equal lengths mean every record is a trade
                 "received_at": pa.array(received_us if len(indices) == len(received_us)
                                         else [received_us[i] for i in indices], pa.int64()).cast(_UTC_US),
                 "frame_index": pa.array(indices, pa.int64()),
@@ -134,6 +278,140 @@ class Binance(Exchange):
                             f"symbol {symbol!r} is not configured for {self.name}", frames[index])
             table = table.filter(pc.is_valid(position))
         return table
+
+    # --- order books: one record at a time, in receive order -----------------------------------
+    def _sequential(self, index: int, payload: _Payload | None, frames: list[bytes], received_us: list[int],
+                    kinds: list[RecordKind] | None, out: DecodedFrames) -> None:
+        if payload is None:
+            assert kinds is not None
+            if kinds[index] == RecordKind.CONNECTED:
+                self._on_connected()
+            elif kinds[index] == RecordKind.REST:
+                self._on_snapshot(frames[index], received_us[index], out)
+        elif type(payload) is _Shutdown:
+            # The server is going away: reconnect now. Expected control traffic, not bad data.
+            out.control_frames += 1
+            if Reconnect("serverShutdown") not in out.actions:
+                out.actions.append(Reconnect("serverShutdown"))
+        elif type(payload) is _Depth:
+            symbol = self.native_to_symbol.get(payload.s)
+            if symbol is None:
+                out.rejects.add(received_us[index], "unknown_symbol",
+                                f"symbol {payload.s!r} is not configured for {self.name}", frames[index])
+            elif not self.wants_books:
+                out.control_frames += 1  # a stream we did not ask for (e.g. an archive): not data for us
+            elif not _numeric(payload.b) or not _numeric(payload.a):
+                # Dropped like a lost frame: the next event's U shows the hole and the book resyncs.
+                out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
+            else:
+                self._on_depth(symbol, payload, received_us[index], out)
+
+    def _on_connected(self) -> None:
+        """A new connection: books, buffers and outstanding snapshot requests all belong to the old one.
+        An unclosed gap stays open, so the next sync still records its `resync`."""
+        self.reset_books()
+        for symbol in self.symbols:
+            self._buffers[symbol].clear()
+            self._pending[symbol] = False
+
+    def _on_depth(self, symbol: str, event: _Depth, received_us: int, out: DecodedFrames) -> None:
+        """Buffer one diff event while unsynced (asking for a snapshot once), else apply it (step 6)."""
+        if not self.synced[symbol]:
+            self._buffers[symbol].append(event)
+            if not self._pending[symbol]:
+                self._pending[symbol] = True
+                out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
+            return
+        book = self.books[symbol]
+        if event.u < book.sequence:
+            return  # already contained in the book
+        expected = book.sequence + 1
+        if event.U > expected:  # noqa: SIM300  (U is Binance's field name, not a constant)
+            self._gap(symbol, event.E * 1000, f"expected U={expected}, got U={event.U} u={event.u}", out)
+            self._on_depth(symbol, event, received_us, out)  # buffered: the first event of the resync
+            return
+        for price, quantity in event.b:
+            book.set_level("bid", price, quantity)
+        for price, quantity in event.a:
+            book.set_level("ask", price, quantity)
+        book.sequence = event.u
+        self.emit_if_due(symbol, event.E * 1000, received_us, _snapshots(out))
+
+    def _gap(self, symbol: str, event_us: int, detail: str, out: DecodedFrames) -> None:
+        _events(out).add(symbol, event_us, "sequence_gap", detail)
+        self.books[symbol].clear()
+        self.synced[symbol] = False
+        self._buffers[symbol].clear()
+        self._after_gap[symbol] = True
+
+    def _on_snapshot(self, payload: bytes, received_us: int, out: DecodedFrames) -> None:
+        """A REST record ``b"<symbol>\\n" + body`` answering a FetchSnapshot (steps 2-6 of the procedure)."""
+        symbol_text, _, body = payload.partition(b"\n")
+        symbol = symbol_text.decode("utf-8", "replace").strip()
+        if symbol not in self.books:
+            out.rejects.add(received_us, "unknown_symbol", f"snapshot for {symbol!r}, not configured", payload)
+            return
+        if not self._pending[symbol]:
+            out.control_frames += 1  # answers a request forgotten at a reconnect, or a duplicate
+            return
+        events = _events(out)
+        try:
+            snapshot = _snapshot_decoder.decode(body)
+            if not _numeric(snapshot.bids) or not _numeric(snapshot.asks):
+                raise ValueError("a level is not a number")
+        except (msgspec.DecodeError, ValueError) as error:
+            out.rejects.add(received_us, "bad_snapshot", f"not a depth snapshot: {error}", payload)
+            out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
+            return
+        last = snapshot.lastUpdateId
+        buffer = self._buffers[symbol]
+        if buffer and last < buffer[0].U:
+            events.add(symbol, received_us, "stale_snapshot",
+                       f"lastUpdateId={last} < U={buffer[0].U} of the first buffered event")
+            out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
+            return
+        remaining = [event for event in buffer if event.u > last]
+        buffer.clear()
+        self._pending[symbol] = False
+        if remaining and remaining[0].U > last + 1:  # noqa: SIM300  (U is a field name)
+            first = remaining[0]
+            self._gap(symbol, first.E * 1000, f"snapshot lastUpdateId={last}: expected U<={last + 1}, "
+                                              f"got U={first.U} u={first.u}", out)
+        else:
+            book = self.books[symbol]
+            book.clear()
+            for price, quantity in snapshot.bids:
+                book.set_level("bid", price, quantity)
+            for price, quantity in snapshot.asks:
+                book.set_level("ask", price, quantity)
+            book.sequence = last
+            self.synced[symbol] = True
+        # Buffered events meet the live rules; after a gap they are buffered again for the next snapshot.
+        for event in remaining:
+            self._on_depth(symbol, event, received_us, out)
+        if self.synced[symbol] and self._after_gap[symbol]:
+            self._after_gap[symbol] = False
+            events.add(symbol, received_us, "resync",
+                       f"synced from snapshot lastUpdateId={last}, book at u={self.books[symbol].sequence}")
+
+
+def _numeric(levels: list[tuple[str, str]]) -> bool:
+    try:
+        for price, quantity in levels:
+            float(price), float(quantity)  # parsing is the check
+    except ValueError:
+        return False
+    return True
+
+
+def _snapshots(out: DecodedFrames) -> BookSnapshots:
+    assert out.book_snapshots is not None  # decode always creates both collectors
+    return out.book_snapshots
+
+
+def _events(out: DecodedFrames) -> BookEvents:
+    assert out.book_events is not None
+    return out.book_events
 
 
 def _to_float(values: list[str]) -> pa.Array:

@@ -5,7 +5,7 @@ Books are applied message by message and verified with Kraken's CRC32 checksum o
 the checksum is computed over the exchange's own number text, so book prices and quantities are decoded
 as raw JSON text (``msgspec.Raw``), never through ``float`` (``0.10000000`` must stay ``10000000``).
 
-The book code path (``Kraken._apply_book``) is shared with the v1 archive decoder in ``kraken_legacy``.
+The book code path (``Kraken.apply_book``) is shared with the v1 archive decoder in ``kraken_legacy``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from trading_platform.exchanges.book import BookEvents, BookSnapshots
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
 CHECKSUM_LEVELS = 10  # the checksum always covers the top 10 levels per side, whatever the depth
-# A snapshot that fails its own checksum this many times in a row on one connection means our text
-# handling cannot reproduce Kraken's (not a lost message): stop resubscribing rather than hammer the API.
+# Resubscribes of one book per connection without a verified snapshot in between. Beyond this, fresh
+# snapshots keep failing their own checksum: our text handling cannot reproduce Kraken's for that pair
+# (not a lost message), so stop asking rather than hammer the API; the book stays unsynced (not emitted).
 MAX_RESUBSCRIBES = 3
 
 _SUBSCRIBE_TRADE_ID = 1
@@ -129,7 +130,7 @@ def subscription_depth(book_depth: int) -> int:
 
 @dataclass
 class BookOutput:
-    """Where ``Kraken._apply_book`` records its results."""
+    """Where ``Kraken.apply_book`` records its results."""
 
     snapshots: BookSnapshots
     events: BookEvents
@@ -220,7 +221,7 @@ class Kraken(Exchange):
         return {(req_id, native) for req_id in ids for native in self._natives}
 
     def is_unsubscribe_ack(self, frame: bytes) -> bool:
-        if b'"unsubscribe"' not in frame or b'"channel":' in frame[:16]:
+        if b'"unsubscribe"' not in frame:
             return False
         try:
             message = _untyped_decoder.decode(frame)
@@ -276,6 +277,9 @@ class Kraken(Exchange):
         for i, message in zip(positions, messages, strict=True):
             while next_reset is not None and next_reset < i:
                 self.on_connected()
+                # Resubscribes asked on the old connection are moot: the new one subscribes every
+                # book with a fresh snapshot anyway (and the runner sends on the current connection).
+                actions.clear()
                 next_reset = next(resets, None)
             if isinstance(message, _TradeMessage):
                 trades += message.data
@@ -286,6 +290,7 @@ class Kraken(Exchange):
                 control += 1
         while next_reset is not None:
             self.on_connected()
+            actions.clear()
             next_reset = next(resets, None)
         table = self._trade_columns(trades, trade_index, received_us, frames, rejects)
         return DecodedFrames(table, rejects, control, out.snapshots, out.events, actions)
@@ -325,30 +330,32 @@ class Kraken(Exchange):
                 asks = [(_number_text(level.price), _number_text(level.qty)) for level in entry.asks]
                 bids = [(_number_text(level.price), _number_text(level.qty)) for level in entry.bids]
             except _NotANumber as error:
-                # The update is lost to us; the next checksum fails and the book resyncs.
-                rejects.add(received_us, "wrong_type", f"book level of {entry.symbol}: {error}", frame)
+                detail = f"book level of {entry.symbol}: {error}"
+                rejects.add(received_us, "wrong_type", detail, frame)
+                # A lost update could hide below the checksummed top 10, and a lost snapshot would leave
+                # the book waiting forever: resync rather than guess.
+                if self.synced[symbol] or is_snapshot:
+                    self.lose_sync(symbol, received_us, f"{message.type}_rejected", detail, out)
+                    self._request_resync(symbol, received_us, out, actions)
                 continue
             event_us = received_us if entry.timestamp is None else _datetime_us(entry.timestamp)
-            if not self._apply_book(symbol, asks, bids, entry.checksum, is_snapshot, self.depth,
-                                    event_us, received_us, out):
-                action = self._resync_action(symbol, received_us, out)
-                if action is not None:
-                    actions.append(action)
+            if not self.apply_book(symbol, asks, bids, entry.checksum, is_snapshot, self.depth,
+                                   event_us, received_us, out):
+                self._request_resync(symbol, received_us, out, actions)
 
-    def _resync_action(self, symbol: str, received_us: int, out: BookOutput) -> SendFrames | None:
+    def _request_resync(self, symbol: str, received_us: int, out: BookOutput, actions: list[Action]) -> None:
         self._resubscribes[symbol] += 1
-        if self._resubscribes[symbol] > MAX_RESUBSCRIBES:
-            if self._resubscribes[symbol] == MAX_RESUBSCRIBES + 1:
-                out.events.add(symbol, received_us, "resync_abandoned",
-                               f"{MAX_RESUBSCRIBES} resubscribes without a verified snapshot; "
-                               "the book stays unsynced until the next connection")
-            return None
-        return SendFrames(self.resubscribe_book_frames(symbol))
+        if self._resubscribes[symbol] <= MAX_RESUBSCRIBES:
+            actions.append(SendFrames(self.resubscribe_book_frames(symbol)))
+        elif self._resubscribes[symbol] == MAX_RESUBSCRIBES + 1:
+            out.events.add(symbol, received_us, "resync_abandoned",
+                           f"{MAX_RESUBSCRIBES} resubscribes without a verified snapshot; "
+                           "the book stays unsynced until the next connection")
 
     # --- the one book code path (v2 here, v1 archives in kraken_legacy) ---------------------
-    def _apply_book(self, symbol: str, asks: Sequence[tuple[str, str]], bids: Sequence[tuple[str, str]],
-                    checksum: int | None, is_snapshot: bool, depth: int, event_us: int, received_us: int,
-                    out: BookOutput) -> bool:
+    def apply_book(self, symbol: str, asks: Sequence[tuple[str, str]], bids: Sequence[tuple[str, str]],
+                   checksum: int | None, is_snapshot: bool, depth: int, event_us: int, received_us: int,
+                   out: BookOutput) -> bool:
         """Apply one book message (levels as exchange text) and verify it; False on a checksum mismatch.
 
         Snapshot: replace the book. Update: ignored while the book awaits a snapshot (after a connect or
@@ -360,8 +367,12 @@ class Kraken(Exchange):
         book = self.books[symbol]
         if is_snapshot:
             book.clear()
+            self.counters["snapshots_applied"] += 1
         elif not self.synced[symbol]:
+            self.counters["book_updates_ignored"] += 1  # awaiting a snapshot
             return True
+        else:
+            self.counters["book_updates_applied"] += 1
         for price, qty in asks:
             book.set_level("ask", price, qty)
         for price, qty in bids:
@@ -370,12 +381,12 @@ class Kraken(Exchange):
         if checksum is not None:
             computed = kraken_checksum(book.top_text("ask", CHECKSUM_LEVELS), book.top_text("bid", CHECKSUM_LEVELS))
             if computed != checksum:
-                self.synced[symbol] = False
-                self._resync_pending[symbol] = True
-                kind = "snapshot" if is_snapshot else "update"
-                out.events.add(symbol, received_us, "checksum_mismatch",
-                               f"{kind} checksum expected {checksum}, computed {computed}")
+                self.counters["checksums_failed"] += 1
+                self.lose_sync(symbol, received_us, "checksum_mismatch",
+                               f"{'snapshot' if is_snapshot else 'update'} checksum expected {checksum}, "
+                               f"computed {computed}", out)
                 return False
+            self.counters["checksums_passed"] += 1
         if is_snapshot:
             self.synced[symbol] = True
             self._resubscribes[symbol] = 0
@@ -384,6 +395,15 @@ class Kraken(Exchange):
                 out.events.add(symbol, received_us, "resync", "book replaced by a verified snapshot")
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
         return True
+
+    def lose_sync(self, symbol: str, received_us: int, kind: str, detail: str, out: BookOutput) -> None:
+        """Record a failure of ``symbol``'s book (a ``kind`` event row) and stop trusting it.
+
+        The book is not emitted again until a verified snapshot arrives, which is recorded as a ``resync``.
+        """
+        self.synced[symbol] = False
+        self._resync_pending[symbol] = True
+        out.events.add(symbol, received_us, kind, detail)
 
     # --- trade columns ---------------------------------------------------------------------
     def _trade_columns(self, trades: list[_Trade], indices: list[int], received_us: list[int],

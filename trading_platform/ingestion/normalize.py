@@ -46,14 +46,15 @@ class TradeNormalizer:
     def process(self, frames: list[bytes], received_us: list[int],
                 kinds: list[RecordKind] | None = None) -> Normalized:
         rejects = Rejects()
-        if frames and max(map(len, frames)) > MAX_FRAME_BYTES:
+        limit = getattr(self.exchange, "max_frame_bytes", MAX_FRAME_BYTES)
+        if frames and max(map(len, frames)) > limit:
             kept = [i for i, frame in enumerate(frames)
-                    if len(frame) <= MAX_FRAME_BYTES or (kinds is not None and kinds[i] != RecordKind.FRAME)]
+                    if len(frame) <= limit or (kinds is not None and kinds[i] != RecordKind.FRAME)]
             kept_set = set(kept)
             for i, frame in enumerate(frames):
                 if i not in kept_set:
                     rejects.add(received_us[i], "oversized",
-                                f"{len(frame)} bytes > {MAX_FRAME_BYTES}; raw text truncated",
+                                f"{len(frame)} bytes > {limit}; raw text truncated",
                                 frame[:_QUARANTINED_RAW_LIMIT])
             frames = [frames[i] for i in kept]
             received_us = [received_us[i] for i in kept]

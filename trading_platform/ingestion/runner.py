@@ -29,7 +29,8 @@ from trading_platform.storage.redis_cache import LatestBook, LatestTrade, PriceC
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a store still down after this keeps the data in the WAL
+SHUTDOWN_FLUSH_TIMEOUT_S = 60.0
+SNAPSHOT_MIN_INTERVAL_S = 1.0  # a store still down after this keeps the data in the WAL
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class IngestionRunner:
         self._received_us: list[int] = []
         self._kinds: list[RecordKind] = []
         self._fetching: set[str] = set()
+        self._last_fetch: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._latest_books: dict[str, LatestBook] = {}
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
@@ -229,7 +231,13 @@ class IngestionRunner:
     async def _fetch_snapshot(self, action: FetchSnapshot) -> None:
         """GET a REST snapshot with backoff; the body joins the record stream (and the WAL) in order."""
         attempt = 0
+        # Re-asks after a stale or bad snapshot come straight back: space them, per symbol, so a
+        # misbehaving endpoint is not hammered (Binance weighs a 1000-level snapshot at 50).
+        wait = self._last_fetch.get(action.symbol, 0.0) + SNAPSHOT_MIN_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         while action.symbol in self._fetching:
+            self._last_fetch[action.symbol] = time.monotonic()
             try:
                 body = await asyncio.to_thread(http_get, action.url)
             except OSError as error:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 5.0
 # Frames above MAX_FRAME_BYTES are quarantined by the normalizer; the socket limit is higher so such
 # a frame is seen and recorded instead of killing the connection.
-SOCKET_MAX_SIZE = 16 << 20
+SOCKET_MAX_SIZE = 64 << 20
 
 
 @dataclass

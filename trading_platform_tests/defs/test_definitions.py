@@ -60,10 +60,9 @@ def test_clickhouse_writers_share_one_pool(definitions: dg.Definitions) -> None:
         assert graph.get(dg.AssetKey(name)).pools == {"clickhouse"}
 
 
-def test_enabling_an_exchange_without_a_module_fails_naming_the_key(tmp_path: Path) -> None:
+def test_an_exchange_without_a_module_fails_naming_the_key() -> None:
+    from trading_platform.exchanges.registry import exchange_class
     from trading_platform.settings import ConfigError
 
-    config = tmp_path / "exchanges.yaml"
-    config.write_text(CONFIG_FILE.read_text().replace("enabled: false", "enabled: true", 1))
-    with pytest.raises(ConfigError, match=r"exchanges\.coinbase\.enabled"):
-        build_definitions(Settings(state_dir=tmp_path, exchanges_file=config))
+    with pytest.raises(ConfigError, match=r"exchanges\.bitstamp\.enabled.*trading_platform/exchanges/bitstamp\.py"):
+        exchange_class("bitstamp")
