@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import pyarrow as pa
 
@@ -154,6 +155,14 @@ class Exchange(ABC):
                kinds: list[RecordKind] | None = None) -> DecodedFrames:
         """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
         rejects and actions."""
+
+    # --- state kept across runs -------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """What a later run needs to continue exactly (kept in the WAL checkpoint at every flush)."""
+        return {}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Restore ``export_state()`` from the previous run."""
 
     # --- shared book bookkeeping -------------------------------------------------------------
     def reset_books(self) -> None:

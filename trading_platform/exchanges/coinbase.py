@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import pyarrow as pa
@@ -271,6 +271,13 @@ class Coinbase(Exchange):
             self.new_connection()
         else:
             batch.control += 1  # Coinbase uses no REST records
+
+    def export_state(self) -> dict[str, Any]:
+        # Snapshot trades after a restart must not re-add trades an earlier run stored.
+        return {"trade_high_water": dict(self.trade_high_water)}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self.trade_high_water.update(state.get("trade_high_water", {}))
 
     def new_connection(self) -> None:
         """Books and the per-connection sequence restart; trade high-water marks carry over."""

@@ -110,6 +110,7 @@ class IngestionRunner:
         self.on_flush = on_flush or (lambda report: None)
         self.on_status = on_status or (lambda message: log.info(message))
         self.wal = WriteAheadLog(config.wal_dir / exchange.name, config.wal_fsync_interval_s)
+        exchange.import_state(self.wal.checkpoint.exchange_state)
         self.normalizer = TradeNormalizer(
             exchange, config.spike_threshold, SpikeReference.from_json(self.wal.checkpoint.reference))
         self.summary = RunSummary()
@@ -318,7 +319,7 @@ class IngestionRunner:
         written = await asyncio.to_thread(write_batch, self.store, self.exchange.name, batch_id, batch.tables())
         # The reference after this batch is the one the next sealed batch started from.
         next_reference = self._reference_after(sealed)
-        self.wal.mark_flushed(sealed, next_reference)
+        self.wal.mark_flushed(sealed, next_reference, self.exchange.export_state())
         self.summary.batches += 1
         self.summary.recovered_batches += int(recovered)
         self.summary.trades_flushed += written.trade_rows

@@ -44,6 +44,7 @@ class Checkpoint:
     flushed_through: int = -1
     reference: dict[str, Any] = field(default_factory=dict)  # quality-rule state after flushed_through
     pending: list[SealedBatch] = field(default_factory=list)
+    exchange_state: dict[str, Any] = field(default_factory=dict)  # Exchange.export_state() at the last flush
 
 
 class WriteAheadLog:
@@ -89,11 +90,14 @@ class WriteAheadLog:
         self._write_checkpoint()
         return batch
 
-    def mark_flushed(self, batch: SealedBatch, reference_after: dict[str, Any]) -> None:
+    def mark_flushed(self, batch: SealedBatch, reference_after: dict[str, Any],
+                     exchange_state: dict[str, Any] | None = None) -> None:
         """The batch is durably in the store: advance the checkpoint and drop its segments."""
         self.checkpoint.pending = [p for p in self.checkpoint.pending if p.first != batch.first]
         self.checkpoint.flushed_through = max(self.checkpoint.flushed_through, batch.last)
         self.checkpoint.reference = reference_after
+        if exchange_state is not None:
+            self.checkpoint.exchange_state = exchange_state
         self._write_checkpoint()
         for path, _first, last in self._segments():
             if last is not None and last <= self.checkpoint.flushed_through:
@@ -168,6 +172,7 @@ class WriteAheadLog:
             flushed_through=data["flushed_through"],
             reference=data.get("reference", {}),
             pending=[SealedBatch(p["first"], p["last"], p["reference"]) for p in data["pending"]],
+            exchange_state=data.get("exchange_state", {}),
         )
 
     def _write_checkpoint(self) -> None:
@@ -177,6 +182,7 @@ class WriteAheadLog:
             "flushed_through": self.checkpoint.flushed_through,
             "reference": self.checkpoint.reference,
             "pending": [p.to_json() for p in self.checkpoint.pending],
+            "exchange_state": self.checkpoint.exchange_state,
         }
         with tmp.open("w") as handle:
             json.dump(payload, handle)

@@ -376,3 +376,13 @@ def test_level2_frames_are_ignored_when_books_are_not_configured(trades_only: Co
     decoded = decode(trades_only, book_snapshot(0))
     assert snapshot_rows(decoded) == []
     assert decoded.control_frames == 1
+
+
+def test_trade_high_water_marks_survive_a_restart_through_exported_state(exchanges_config) -> None:  # type: ignore[no-untyped-def]
+    from trading_platform.exchanges.coinbase import Coinbase
+
+    before = Coinbase(exchanges_config.exchanges["coinbase"])
+    before.trade_high_water["BTC-USD"] = 1000
+    after = Coinbase(exchanges_config.exchanges["coinbase"])
+    after.import_state(before.export_state())
+    assert after.trade_high_water == {"BTC-USD": 1000}

@@ -69,3 +69,13 @@ def test_record_kinds_are_kept(tmp_path: Path) -> None:
     wal.append(2, b"frame")
     wal.close()
     assert [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)] == [(2, b"ws://x"), (0, b"frame")]
+
+
+def test_exchange_state_is_kept_with_the_checkpoint(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(0, b"x")
+    sealed = wal.seal({})
+    assert sealed is not None
+    wal.mark_flushed(sealed, {}, {"trade_high_water": {"BTC-USD": 42}})
+    wal.close()
+    assert WriteAheadLog(tmp_path).checkpoint.exchange_state == {"trade_high_water": {"BTC-USD": 42}}
