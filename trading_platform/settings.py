@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     spike_threshold: float = Field(
         0.2, gt=0, description="Relative jump from the previous trade's price that quarantines a trade."
     )
+    heartbeat_s: float = Field(15.0, gt=0, description="Ingestion run heartbeat event cadence.")
+    supervisor_dead_after_s: float = Field(
+        90.0, gt=0, description="A STARTED ingestion run silent this long is declared dead and replaced."
+    )
     load_lookback_days: int = Field(
         2, ge=1, description="Days of lake partitions an incremental load scans for unloaded batches."
     )

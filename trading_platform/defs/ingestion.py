@@ -1,6 +1,7 @@
 """Ingestion jobs (one long-running run per exchange) and the sensors that keep exactly one alive."""
 
 
+import contextlib
 import json
 import signal
 import threading
@@ -14,13 +15,14 @@ import dagster as dg
 
 from trading_platform.defs.assets import RAW_BOOK_EVENTS, RAW_ORDERBOOK, RAW_QUARANTINE, RAW_TRADES
 from trading_platform.defs.resources import FeedResource, LakeResource, RedisResource
-from trading_platform.ingestion.runner import FlushReport, IngestionRunner
+from trading_platform.ingestion.runner import FlushReport, IngestionRunner, RunSummary
 from trading_platform.schema import BOOK_EVENTS, ORDERBOOK_SNAPSHOTS, QUARANTINE
 
 INGESTION_TAG = "tp/ingestion"
 RELAUNCH_REASON_TAG = "tp/relaunch_reason"
 SUPERVISOR_BACKOFF_INITIAL_S = 5.0
 SUPERVISOR_BACKOFF_MAX_S = 300.0
+HEARTBEAT_MARK = "ingestion heartbeat"
 _ALIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
@@ -109,8 +111,13 @@ def build_ingestion_job(exchange: str) -> dg.JobDefinition:
             for event in _materializations(report):
                 context.log_event(event)
 
+        def on_heartbeat(summary: RunSummary) -> None:
+            # An event in the run's log: the supervisor reads its age to tell a live run from a killed one.
+            context.log.debug(f"{HEARTBEAT_MARK} frames={summary.frames_received} batches={summary.batches}")
+
         runner = IngestionRunner(venue, url, lake.store(), feed.runner_config(config.run_window_s),
-                                 price_cache=redis.cache, on_flush=on_flush, on_status=context.log.info)
+                                 price_cache=redis.cache, on_flush=on_flush, on_status=context.log.info,
+                                 on_heartbeat=on_heartbeat)
         stop = threading.Event()
         with stop_on_signals(stop):
             summary = runner.run(stop)
@@ -141,6 +148,13 @@ def _backoff_s(failures: int, run_id: str) -> float:
     return min(SUPERVISOR_BACKOFF_MAX_S, SUPERVISOR_BACKOFF_INITIAL_S * 2 ** max(failures - 1, 0)) * jitter
 
 
+def _silence_s(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float:
+    """Seconds since the run's last event of any kind (heartbeats arrive every HEARTBEAT_S)."""
+    records = instance.event_log_storage.get_records_for_run(run.run_id, ascending=False, limit=1).records
+    last = records[0].event_log_entry.timestamp if records else 0.0
+    return time.time() - last
+
+
 def build_supervisor(job: dg.JobDefinition, exchange: str) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"supervise_{exchange}",
@@ -149,11 +163,22 @@ def build_supervisor(job: dg.JobDefinition, exchange: str) -> dg.SensorDefinitio
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps exactly one {job.name} run alive; relaunches an ended or failed run with backoff.",
     )
-    def supervise(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    def supervise(context: dg.SensorEvaluationContext, feed: FeedResource) -> dg.RunRequest | dg.SkipReason:
         instance = context.instance
         alive = instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=_ALIVE), limit=1)
         if alive:
-            return dg.SkipReason(f"{job.name} run {alive[0].run_id[:8]} is {alive[0].status.value}")
+            run = alive[0]
+            silent_s = _silence_s(instance, run) if run.status == dg.DagsterRunStatus.STARTED else 0.0
+            if silent_s <= feed.supervisor_dead_after_s:
+                return dg.SkipReason(f"{job.name} run {run.run_id[:8]} is {run.status.value}")
+            # Dagster's default launcher cannot see a run process that died without a word: do it here.
+            message = (f"no event from the run for {silent_s:.0f}s (heartbeat every {feed.heartbeat_s:.0f}s): "
+                       "the run process is gone; marking it failed so it can be replaced")
+            with contextlib.suppress(Exception):
+                instance.run_launcher.terminate(run.run_id)
+            instance.report_run_failed(run, message)
+            context.log.warning(f"{job.name} run {run.run_id[:8]}: {message}")
+            return dg.SkipReason(f"run {run.run_id[:8]} declared dead ({message}); relaunching with backoff")
         cursor = json.loads(context.cursor) if context.cursor else {}
         records = instance.get_run_records(dg.RunsFilter(job_name=job.name), limit=1)
         failures = int(cursor.get("failures", 0))

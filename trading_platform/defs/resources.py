@@ -72,6 +72,8 @@ class FeedResource(dg.ConfigurableResource):
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
     load_lookback_days: int = 2
+    heartbeat_s: float = 15.0
+    supervisor_dead_after_s: float = 90.0
 
     def settings(self) -> Settings:
         return Settings.model_validate({
@@ -93,7 +95,7 @@ class FeedResource(dg.ConfigurableResource):
             batch_max_age_s=self.batch_max_age_s, hot_tick_s=self.hot_tick_s,
             wal_fsync_interval_s=self.wal_fsync_interval_s, run_window_s=run_window_s or self.run_window_s,
             spike_threshold=self.spike_threshold, reconnect_initial_s=self.reconnect_initial_s,
-            reconnect_max_s=self.reconnect_max_s,
+            reconnect_max_s=self.reconnect_max_s, heartbeat_s=self.heartbeat_s,
         )
 
 
@@ -116,6 +118,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             hot_tick_s=settings.hot_tick_s, wal_fsync_interval_s=settings.wal_fsync_interval_s,
             run_window_s=settings.run_window_s, spike_threshold=settings.spike_threshold,
             reconnect_initial_s=settings.reconnect_initial_s, reconnect_max_s=settings.reconnect_max_s,
-            load_lookback_days=settings.load_lookback_days,
+            load_lookback_days=settings.load_lookback_days, heartbeat_s=settings.heartbeat_s,
+            supervisor_dead_after_s=settings.supervisor_dead_after_s,
         ),
     }

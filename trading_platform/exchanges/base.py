@@ -161,7 +161,7 @@ class Exchange(ABC):
         """What a later run needs to continue exactly (kept in the WAL checkpoint at every flush)."""
         return {}
 
-    def import_state(self, state: dict[str, Any]) -> None:
+    def import_state(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook, empty by default)
         """Restore ``export_state()`` from the previous run."""
 
     # --- shared book bookkeeping -------------------------------------------------------------

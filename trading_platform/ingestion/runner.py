@@ -29,8 +29,8 @@ from trading_platform.storage.redis_cache import LatestBook, LatestTrade, PriceC
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_FLUSH_TIMEOUT_S = 60.0
-SNAPSHOT_MIN_INTERVAL_S = 1.0  # a store still down after this keeps the data in the WAL
+SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a store still down after this keeps the data in the WAL
+SNAPSHOT_MIN_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RunnerConfig:
     spike_threshold: float = 0.2
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
+    heartbeat_s: float = 15.0  # the supervisor declares a run dead after several missed heartbeats
 
 
 @dataclass
@@ -100,7 +101,8 @@ class IngestionRunner:
     def __init__(self, exchange: Exchange, url: str, store: ObjectStore, config: RunnerConfig,
                  price_cache: Callable[[], PriceCache] | None = None,
                  on_flush: Callable[[FlushReport], None] | None = None,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 on_heartbeat: Callable[[RunSummary], None] | None = None) -> None:
         self.exchange = exchange
         self.url = url
         self.store = store
@@ -109,6 +111,7 @@ class IngestionRunner:
         self._price_cache: PriceCache | None = None
         self.on_flush = on_flush or (lambda report: None)
         self.on_status = on_status or (lambda message: log.info(message))
+        self.on_heartbeat = on_heartbeat or (lambda summary: None)
         self.wal = WriteAheadLog(config.wal_dir / exchange.name, config.wal_fsync_interval_s)
         exchange.import_state(self.wal.checkpoint.exchange_state)
         self.normalizer = TradeNormalizer(
@@ -154,9 +157,13 @@ class IngestionRunner:
         watcher = asyncio.create_task(watch_stop())
         receiver = asyncio.create_task(session.run(stop))
         try:
+            next_heartbeat = 0.0
             while not receiver.done():
                 await asyncio.wait({receiver}, timeout=self.config.hot_tick_s)
                 await self._tick(final=False)
+                if time.monotonic() >= next_heartbeat:
+                    self.on_heartbeat(self.summary)
+                    next_heartbeat = time.monotonic() + self.config.heartbeat_s
             receiver.result()
         finally:
             watcher.cancel()

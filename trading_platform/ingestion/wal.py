@@ -15,6 +15,7 @@ every ``fsync_interval_s`` so a machine crash loses at most that window.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import struct
@@ -52,6 +53,7 @@ class WriteAheadLog:
         self.directory = directory
         self.fsync_interval_s = fsync_interval_s
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(directory)
         self.checkpoint = self._read_checkpoint()
         self.next_offset = self._recover_tail()
         self._fd: int | None = None
@@ -105,6 +107,9 @@ class WriteAheadLog:
 
     def close(self) -> None:
         self._close_segment()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     # --- reading ---------------------------------------------------------------------------------
     def records(self, first: int, last: int | None = None) -> Iterator[tuple[int, int, int, bytes]]:
@@ -203,6 +208,24 @@ def _read_segment(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
             return  # torn by a crash mid-append: everything before it is intact
         yield offset, received_us, kind, payload
         position = start + length
+
+
+class WalLocked(RuntimeError):
+    """Another live process owns this WAL (two runs of one exchange would interleave their frames)."""
+
+
+def _lock(directory: Path) -> int | None:
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise WalLocked(f"WAL {directory} is in use by another ingestion process ({owner or 'unknown'}); "
+                        "a second run of the same exchange must not start") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    return fd
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -38,6 +38,10 @@ query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) { __typename ... on Sensor { id sensorState { status } } }
 }"""
 STOP_SENSOR = """mutation Stop($id: String!) { stopSensor(id: $id) { __typename } }"""
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) { __typename } }"""
+SUPERVISOR = {"repositoryLocationName": "trading_platform", "repositoryName": "__repository__",
+              "sensorName": "supervise_binance"}
 RUNS_QUERY = """
 query Runs($job: String!) {
   runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId status tags { key value } } } }
@@ -76,7 +80,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
         port = free_port()
         env = dict(os.environ, DAGSTER_HOME=str(home), TP_STATE_DIR=str(root / "state"),
                    TP_REPLAY_PORT=str(replay.port), TP_REDIS_URL=redis_server, TP_BATCH_MAX_AGE_S="2",
-                   TP_HOT_TICK_S="0.5")
+                   TP_HOT_TICK_S="0.5", TP_HEARTBEAT_S="2", TP_SUPERVISOR_DEAD_AFTER_S="12")
         log = root / "dagster.log"
         with log.open("w") as output:
             process = subprocess.Popen(
@@ -141,9 +145,7 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
     wait_for(lambda: _lake_rows(platform.state_dir) > 0, 60, "a first lake batch", interval_s=1)
 
     # Stop supervision (so nothing relaunches), then terminate as the UI's button does: it must drain.
-    sensor = platform.graphql(SENSOR_QUERY, selector={
-        "repositoryLocationName": "trading_platform", "repositoryName": "__repository__",
-        "sensorName": "supervise_binance"})["sensorOrError"]
+    sensor = platform.graphql(SENSOR_QUERY, selector=SUPERVISOR)["sensorOrError"]
     assert sensor["sensorState"]["status"] == "RUNNING"
     platform.graphql(STOP_SENSOR, id=sensor["id"])
     time.sleep(3)  # mid-batch
@@ -186,3 +188,61 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
     coverage = wait_for(lambda: _latest_check(platform.dagster_home, "latest_prices", "coverage"), 120,
                         "the latest_prices coverage check", interval_s=3)
     assert coverage.passed
+
+
+def _run_pid(home: Path, run_id: str) -> int:
+    """The process executing the run, from the run's own "Executing steps in process (pid: N)" event."""
+    import re
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    for entry in instance.all_logs(run_id):
+        match = re.search(r"in process \(pid: (\d+)\)", entry.message or "")
+        if match:
+            return int(match.group(1))
+    raise AssertionError(f"no pid in the logs of run {run_id}")
+
+
+def test_a_killed_run_is_declared_dead_and_replaced_with_nothing_lost(platform: Platform) -> None:
+    from trading_platform.ingestion.wal import WriteAheadLog
+
+    previous = {r["runId"] for r in platform.runs("ingest_binance")}
+    platform.graphql(START_SENSOR, selector=SUPERVISOR)
+    victim = wait_for(lambda: next((r for r in platform.runs("ingest_binance")
+                                    if r["runId"] not in previous and r["status"] == "STARTED"), None),
+                      120, "the supervisor to start a run", interval_s=1)
+    lake = LocalObjectStore(platform.state_dir / "lake")
+    rows_before = len(lake_trade_ids(lake))
+    wait_for(lambda: len(lake_trade_ids(lake)) > rows_before, 60, "the run to flush", interval_s=1)
+    time.sleep(1.2)  # mid-batch
+    os.kill(_run_pid(platform.dagster_home, victim["runId"]), signal.SIGKILL)
+
+    # The supervisor notices the silence, fails the run, and starts a replacement that recovers the WAL.
+    replacement = wait_for(lambda: next((r for r in platform.runs("ingest_binance")
+                                         if r["runId"] not in previous | {victim["runId"]}
+                                         and r["status"] == "STARTED"), None),
+                           180, "a replacement run", interval_s=1)
+    assert platform.client.get_run_status(victim["runId"]) == dg.DagsterRunStatus.FAILURE
+    tags = {t["key"]: t["value"] for t in replacement["tags"]}
+    assert victim["runId"][:8] in tags["tp/relaunch_reason"]
+    time.sleep(4)
+    sensor = platform.graphql(SENSOR_QUERY, selector=SUPERVISOR)["sensorOrError"]
+    platform.graphql(STOP_SENSOR, id=sensor["id"])
+    platform.client.terminate_run(replacement["runId"])
+    wait_for(lambda: platform.client.get_run_status(replacement["runId"]).value in ("SUCCESS", "CANCELED", "FAILURE"),
+             60, "the replacement to drain", interval_s=1)
+
+    ids = lake_trade_ids(lake)
+    sent = platform.replay.ledger.trades("binance")
+    assert len(ids) == len(set(ids)), "the recovery duplicated trades"
+    assert set(ids) <= sent
+    wal = WriteAheadLog(platform.state_dir / "wal" / "binance")
+    try:
+        assert not wal.checkpoint.pending, "batches left unflushed"
+    finally:
+        wal.close()
+    # Frames the kernel had accepted for the killed process but it never read are the only loss.
+    lost = len(sent - set(ids))
+    from trading_platform_tests.faults.test_fault_injection import record
+
+    record("kill -9 of the ingestion run mid-batch, supervised restart", trades_sent=len(sent), in_lake=len(ids),
+           lost_in_kernel_buffer_of_killed_process=lost)

@@ -79,3 +79,18 @@ def test_exchange_state_is_kept_with_the_checkpoint(tmp_path: Path) -> None:
     wal.mark_flushed(sealed, {}, {"trade_high_water": {"BTC-USD": 42}})
     wal.close()
     assert WriteAheadLog(tmp_path).checkpoint.exchange_state == {"trade_high_water": {"BTC-USD": 42}}
+
+
+def test_a_second_process_cannot_open_a_wal_in_use(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    wal = WriteAheadLog(tmp_path)
+    script = ("import sys; from pathlib import Path\n"
+              "from trading_platform.ingestion.wal import WriteAheadLog, WalLocked\n"
+              "try:\n    WriteAheadLog(Path(sys.argv[1]))\nexcept WalLocked as e:\n    print(e); sys.exit(3)")
+    held = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert held.returncode == 3 and "in use by another ingestion process" in held.stdout
+    wal.close()
+    free = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert free.returncode == 0, free.stdout + free.stderr
