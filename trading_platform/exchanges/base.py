@@ -68,10 +68,19 @@ class RecordKind(IntEnum):
 
 @dataclass(frozen=True)
 class FetchSnapshot:
-    """Ask the runner to GET ``url`` and feed the body back as a REST record for ``symbol``."""
+    """Ask the runner to GET ``url`` and feed the body back as a REST record for ``symbol``.
+
+    The record's first line is ``symbol`` for the book snapshot, or ``symbol purpose`` for any other
+    request (e.g. ``BTC-USDT trades 101 150``, a trade-gap backfill), so the answer finds its question.
+    """
 
     symbol: str
     url: str
+    purpose: str = ""
+
+    @property
+    def header(self) -> bytes:
+        return (f"{self.symbol} {self.purpose}" if self.purpose else self.symbol).encode()
 
 
 @dataclass(frozen=True)

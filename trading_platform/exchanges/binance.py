@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from operator import itemgetter
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import msgspec
 import pyarrow as pa
@@ -112,6 +112,18 @@ _MAX_STREAMS = 1024  # per connection
 # 20 x 50 = 1000 at limit=1000, inside even the old budget with room for retries, whereas limit=5000 would
 # cost 5000 and a second round would be refused. 1000 levels per side is far beyond the emitted depth.
 SNAPSHOT_LIMIT = 1000
+HISTORICAL_LIMIT = 1000  # historicalTrades page size (the maximum)
+
+
+class _HistoricalTrade(msgspec.Struct, gc=False):
+    id: int
+    price: str
+    qty: str
+    time: int
+    isBuyerMaker: bool
+
+
+_historical_decoder = msgspec.json.Decoder(list[_HistoricalTrade])
 # Events kept per symbol while its snapshot is awaited (~100 s at 100 ms). Dropping the oldest is safe: a
 # snapshot older than the first kept event fails the staleness check and is fetched again.
 _MAX_BUFFERED = 1000
@@ -134,6 +146,9 @@ class Binance(Exchange):
         self._buffers: dict[str, deque[_Depth]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
+        # Trade ids are consecutive per symbol: the last one seen tells a reconnect or restart what it
+        # missed, and the gap is filled from REST historicalTrades, so no trade is lost.
+        self._last_trade_id: dict[str, int] = {}
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
@@ -198,6 +213,9 @@ class Binance(Exchange):
         if payloads:
             trades = cast(list[_TradePayload], payloads)  # only trades are left
             out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
+            if trades_only or all(type(t) is _Trade for t in trades):  # aggTrade ids are another sequence
+                self._check_trade_gaps(out.trades, pc.cast(out.trades.column("trade_id"), pa.int64()),
+                                       received_us[indices[-1]], out)
         if sequential:
             sequential.sort(key=itemgetter(0))
             for index, payload in sequential:
@@ -246,6 +264,72 @@ class Binance(Exchange):
                 out.rejects.add(received_us[index], kind, detail or str(first_error), frames[index])
         return payloads, indices, False
 
+    def export_state(self) -> dict[str, Any]:
+        return {"last_trade_id": dict(self._last_trade_id)}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._last_trade_id.update({k: int(v) for k, v in state.get("last_trade_id", {}).items()})
+
+    def _check_trade_gaps(self, table: pa.Table, ids: pa.Array, received_us: int, out: DecodedFrames) -> None:
+        """Ask REST for trade ids missing before or inside this batch (per-symbol ids step by one)."""
+        if not table.num_rows:
+            return
+        grouped = pa.table({"symbol": table.column("symbol"), "id": ids}).group_by("symbol").aggregate(
+            [("id", "min"), ("id", "max"), ("id", "count")]).to_pylist()
+        for row in grouped:
+            symbol, low, high, count = row["symbol"], row["id_min"], row["id_max"], row["id_count"]
+            last = self._last_trade_id.get(symbol)
+            if (last is not None and low > last + 1) or high - low + 1 != count:
+                mine = sorted(pc.filter(ids, pc.equal(table.column("symbol"), symbol)).to_pylist())
+                previous = last if last is not None else mine[0] - 1
+                for trade_id in mine:
+                    if trade_id > previous + 1:
+                        self._request_trades(symbol, previous + 1, trade_id - 1, received_us, out, record=True)
+                    previous = max(previous, trade_id)
+            self._last_trade_id[symbol] = max(high, last if last is not None else high)
+
+    def _request_trades(self, symbol: str, first: int, last: int, received_us: int, out: DecodedFrames,
+                        record: bool) -> None:
+        if record:
+            _events(out).add(symbol, received_us, "trade_gap",
+                             f"trade ids {first}..{last} not received ({last - first + 1}); backfilling from REST")
+            self.counters["trade_gaps"] += 1
+        url = (f"{self._rest_url}/api/v3/historicalTrades?symbol={self.native_symbol(symbol)}"
+               f"&fromId={first}&limit={min(HISTORICAL_LIMIT, last - first + 1)}")
+        out.actions.append(FetchSnapshot(symbol, url, purpose=f"trades {first} {last}"))
+
+    def _on_trades_backfill(self, index: int, header: str, body: bytes, received_us: int,
+                            out: DecodedFrames) -> None:
+        """REST historicalTrades answering a trade gap: add the missing ids as ordinary trade rows."""
+        symbol, _, first_text, last_text = header.split(" ")
+        first, last = int(first_text), int(last_text)
+        try:
+            history = _historical_decoder.decode(body)
+        except msgspec.DecodeError as error:
+            out.rejects.add(received_us, "bad_snapshot", f"not historicalTrades: {error}", header.encode() + body)
+            self._request_trades(symbol, first, last, received_us, out, record=False)
+            return
+        wanted = [t for t in history if first <= t.id <= last]
+        if wanted:
+            native = self.native_symbol(symbol)
+            rows = pa.table({
+                "exchange": pa.array([self.name] * len(wanted), pa.string()),
+                "symbol": pa.array([symbol] * len(wanted), pa.string()),
+                "native_symbol": pa.array([native] * len(wanted), pa.string()),
+                "trade_id": pa.array([str(t.id) for t in wanted], pa.string()),
+                "price": _to_float([t.price for t in wanted]),
+                "quantity": _to_float([t.qty for t in wanted]),
+                "side": pa.array(["sell" if t.isBuyerMaker else "buy" for t in wanted], pa.string()),
+                "timestamp": pa.array([t.time * 1000 for t in wanted], pa.int64()).cast(_UTC_US),
+                "received_at": pa.array([received_us] * len(wanted), pa.int64()).cast(_UTC_US),
+                "frame_index": pa.array([index] * len(wanted), pa.int64()),
+            }, schema=DECODED_TRADE_SCHEMA)
+            out.trades = pa.concat_tables([out.trades, rows])
+            self.counters["trades_backfilled"] += len(wanted)
+        got = max((t.id for t in wanted), default=first - 1)
+        if got < last and len(history) >= min(HISTORICAL_LIMIT, last - first + 1):
+            self._request_trades(symbol, got + 1, last, received_us, out, record=False)  # the next page
+
     def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
                  frames: list[bytes], rejects: Rejects) -> pa.Table:
         native = pa.array([t.s for t in trades], pa.string())
@@ -287,7 +371,11 @@ class Binance(Exchange):
             if kinds[index] == RecordKind.CONNECTED:
                 self._on_connected()
             elif kinds[index] == RecordKind.REST:
-                self._on_snapshot(frames[index], received_us[index], out)
+                header, _, body = frames[index].partition(b"\n")
+                if b" trades " in header:
+                    self._on_trades_backfill(index, header.decode(), body, received_us[index], out)
+                else:
+                    self._on_snapshot(frames[index], received_us[index], out)
         elif type(payload) is _Shutdown:
             # The server is going away: reconnect now. Expected control traffic, not bad data.
             out.control_frames += 1

@@ -164,7 +164,7 @@ def import_capture(config: ExchangeConfig, capture: Path, output: Path, snapshot
                 parts[table].append(rows)
         for action in normalized.actions:
             # Offline, a snapshot request is served from a snapshot file the user gave, once.
-            if isinstance(action, FetchSnapshot) and action.symbol in snapshots:
+            if isinstance(action, FetchSnapshot) and not action.purpose and action.symbol in snapshots:
                 body = snapshots.pop(action.symbol).read_bytes()
                 at = chunk[-1].received_us if chunk else 0
                 pending_rest.append(Record(RecordKind.REST, at, action.symbol.encode() + b"\n" + body, prefixed=True))

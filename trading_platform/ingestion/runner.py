@@ -120,8 +120,8 @@ class IngestionRunner:
         self._frames: list[bytes] = []
         self._received_us: list[int] = []
         self._kinds: list[RecordKind] = []
-        self._fetching: set[str] = set()
-        self._last_fetch: dict[str, float] = {}
+        self._fetching: set[bytes] = set()  # headers of requests in flight
+        self._last_fetch: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._latest_books: dict[str, LatestBook] = {}
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
@@ -225,8 +225,8 @@ class IngestionRunner:
 
     async def _perform(self, action: Action) -> None:
         if isinstance(action, FetchSnapshot):
-            if action.symbol not in self._fetching:
-                self._fetching.add(action.symbol)
+            if action.header not in self._fetching:
+                self._fetching.add(action.header)
                 task = asyncio.create_task(self._fetch_snapshot(action))
                 self._tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
                 task.add_done_callback(self._tasks.discard)
@@ -237,26 +237,27 @@ class IngestionRunner:
             await self._session.reconnect(action.reason)
 
     async def _fetch_snapshot(self, action: FetchSnapshot) -> None:
-        """GET a REST snapshot with backoff; the body joins the record stream (and the WAL) in order."""
+        """GET a REST resource with backoff; the body joins the record stream (and the WAL) in order."""
         attempt = 0
-        # Re-asks after a stale or bad snapshot come straight back: space them, per symbol, so a
+        # Re-asks after a stale or bad snapshot come straight back: space them, per request, so a
         # misbehaving endpoint is not hammered (Binance weighs a 1000-level snapshot at 50).
-        wait = self._last_fetch.get(action.symbol, 0.0) + SNAPSHOT_MIN_INTERVAL_S - time.monotonic()
+        key = action.header
+        wait = self._last_fetch.get(key, 0.0) + SNAPSHOT_MIN_INTERVAL_S - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        while action.symbol in self._fetching:
-            self._last_fetch[action.symbol] = time.monotonic()
+        while key in self._fetching:
+            self._last_fetch[key] = time.monotonic()
             try:
                 body = await asyncio.to_thread(http_get, action.url)
             except OSError as error:
                 delay = backoff_delay(attempt, 0.5, 10.0)
                 attempt += 1
-                self.on_status(f"{self.exchange.name}: snapshot {action.url} failed ({error}); retry in {delay:.1f}s")
+                self.on_status(f"{self.exchange.name}: GET {action.url} failed ({error}); retry in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 continue
-            if action.symbol in self._fetching:
-                self._fetching.discard(action.symbol)
-                self._record(action.symbol.encode() + b"\n" + body, time.time_ns() // 1000, RecordKind.REST)
+            if key in self._fetching:
+                self._fetching.discard(key)
+                self._record(key + b"\n" + body, time.time_ns() // 1000, RecordKind.REST)
             return
 
     def _seal(self, recovered: bool) -> None:
