@@ -29,15 +29,17 @@ ROUNDS = 5
 def make_frames(exchange: Binance, count: int, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
     prices = {s: rng.uniform(0.1, 90_000) for s in exchange.symbols}
+    next_id = {s: rng.randrange(1_000_000, 9_000_000) for s in exchange.symbols}  # consecutive per symbol
     now_ms = int(time.time() * 1000)
     frames = []
     for i in range(count):
         symbol = rng.choice(exchange.symbols)
         prices[symbol] *= 1 + rng.gauss(0, 0.0005)
         native = exchange.native_symbol(symbol)
+        next_id[symbol] += 1
         frames.append(orjson.dumps({
             "stream": f"{native.lower()}@trade",
-            "data": {"e": "trade", "E": now_ms + i, "s": native, "t": 1_000_000 + i, "p": f"{prices[symbol]:.8f}",
+            "data": {"e": "trade", "E": now_ms + i, "s": native, "t": next_id[symbol], "p": f"{prices[symbol]:.8f}",
                      "q": f"{0.00001 + rng.expovariate(1.0):.5f}", "T": now_ms + i, "m": rng.random() < 0.5, "M": True},
         }))
     return frames

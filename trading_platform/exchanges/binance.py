@@ -12,6 +12,7 @@ from operator import itemgetter
 from typing import Any, Literal, cast
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -149,6 +150,7 @@ class Binance(Exchange):
         # Trade ids are consecutive per symbol: the last one seen tells a reconnect or restart what it
         # missed, and the gap is filled from REST historicalTrades, so no trade is lost.
         self._last_trade_id: dict[str, int] = {}
+        self._batch_ids: pa.Array = pa.array([], pa.int64())
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
@@ -214,8 +216,7 @@ class Binance(Exchange):
             trades = cast(list[_TradePayload], payloads)  # only trades are left
             out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
             if trades_only or all(type(t) is _Trade for t in trades):  # aggTrade ids are another sequence
-                self._check_trade_gaps(out.trades, pc.cast(out.trades.column("trade_id"), pa.int64()),
-                                       received_us[indices[-1]], out)
+                self._check_trade_gaps(out.trades, received_us[indices[-1]], out)
         if sequential:
             sequential.sort(key=itemgetter(0))
             for index, payload in sequential:
@@ -270,23 +271,32 @@ class Binance(Exchange):
     def import_state(self, state: dict[str, Any]) -> None:
         self._last_trade_id.update({k: int(v) for k, v in state.get("last_trade_id", {}).items()})
 
-    def _check_trade_gaps(self, table: pa.Table, ids: pa.Array, received_us: int, out: DecodedFrames) -> None:
-        """Ask REST for trade ids missing before or inside this batch (per-symbol ids step by one)."""
+    def _check_trade_gaps(self, table: pa.Table, received_us: int, out: DecodedFrames) -> None:
+        """Ask REST for trade ids missing before or inside this batch (per-symbol ids step by one).
+
+        Vectorized: one stable sort by symbol, then a difference of neighbouring ids; Python only
+        touches the (rare) gaps and one boundary per symbol.
+        """
         if not table.num_rows:
             return
-        grouped = pa.table({"symbol": table.column("symbol"), "id": ids}).group_by("symbol").aggregate(
-            [("id", "min"), ("id", "max"), ("id", "count")]).to_pylist()
-        for row in grouped:
-            symbol, low, high, count = row["symbol"], row["id_min"], row["id_max"], row["id_count"]
+        codes = pc.index_in(table.column("symbol"), value_set=self._normalized_symbols).to_numpy()
+        ids = self._batch_ids.to_numpy()
+        order = np.argsort(codes, kind="stable")
+        codes, ids = codes[order], ids[order]
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        ends = np.r_[starts[1:], len(codes)] - 1
+        inner = np.flatnonzero((codes[1:] == codes[:-1]) & (ids[1:] != ids[:-1] + 1))
+        symbols = self._normalized_symbols.to_pylist()
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            symbol = symbols[codes[start]]
             last = self._last_trade_id.get(symbol)
-            if (last is not None and low > last + 1) or high - low + 1 != count:
-                mine = sorted(pc.filter(ids, pc.equal(table.column("symbol"), symbol)).to_pylist())
-                previous = last if last is not None else mine[0] - 1
-                for trade_id in mine:
-                    if trade_id > previous + 1:
-                        self._request_trades(symbol, previous + 1, trade_id - 1, received_us, out, record=True)
-                    previous = max(previous, trade_id)
-            self._last_trade_id[symbol] = max(high, last if last is not None else high)
+            if last is not None and ids[start] > last + 1:
+                self._request_trades(symbol, last + 1, int(ids[start]) - 1, received_us, out, record=True)
+            self._last_trade_id[symbol] = max(int(ids[end]), last if last is not None else int(ids[end]))
+        for k in inner.tolist():
+            if ids[k + 1] > ids[k] + 1:
+                self._request_trades(symbols[codes[k]], int(ids[k]) + 1, int(ids[k + 1]) - 1, received_us, out,
+                                     record=True)
 
     def _request_trades(self, symbol: str, first: int, last: int, received_us: int, out: DecodedFrames,
                         record: bool) -> None:
@@ -333,6 +343,7 @@ class Binance(Exchange):
     def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
                  frames: list[bytes], rejects: Rejects) -> pa.Table:
         native = pa.array([t.s for t in trades], pa.string())
+        ids = pa.array([t.t for t in trades], pa.int64())
         # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
         position = pc.index_in(native, value_set=self._native_symbols)
         table = pa.table(
@@ -341,7 +352,7 @@ class Binance(Exchange):
                 "symbol": self._normalized_symbols.take(position),
                 "native_symbol": native,
                 # @trade: the trade id t; @aggTrade: the aggregate trade id a.
-                "trade_id": pc.cast(pa.array([t.t for t in trades], pa.int64()), pa.string()),
+                "trade_id": pc.cast(ids, pa.string()),
                 "price": _to_float([t.p for t in trades]),
                 "quantity": _to_float([t.q for t in trades]),
                 # m: the buyer is the maker, so the aggressor (taker) sold.
@@ -361,6 +372,8 @@ class Binance(Exchange):
                 rejects.add(received_us[index], "unknown_symbol",
                             f"symbol {symbol!r} is not configured for {self.name}", frames[index])
             table = table.filter(pc.is_valid(position))
+            ids = ids.filter(pc.is_valid(position))
+        self._batch_ids = ids  # the integer ids of ``table``'s rows, for the trade-gap check
         return table
 
     # --- order books: one record at a time, in receive order -----------------------------------
