@@ -6,8 +6,11 @@
          (&ids=0 omits "ids"; without exchange= every exchange that sent something)
     GET  /_replay/connections                 [{"id","exchange","path","streams",…}, …]
     GET  /_replay/faults                      {"binance":{"malformed_json":2,…}}  (faults that took effect)
-    POST /_replay/faults  {"kind":…,…}        inject (see faults.Fault); answers {"kind","exchanges",
-                                               "connections"} or 400 with the reason
+    POST /_replay/faults  {"kind":…,…}        inject (see faults.Fault: malformed_json, wrong_type,
+                                               unknown_symbol, server_shutdown, drop_connections,
+                                               refuse_connections, sequence_gap, bad_checksum);
+                                               answers {"kind","exchanges","connections"} or 400 with
+                                               the reason (also: a kind the named exchange cannot do)
 
 Served from websockets' ``process_request`` hook, so it shares the port with the feeds.
 """
@@ -21,7 +24,7 @@ from urllib.parse import parse_qs
 
 from websockets.http11 import Request, Response
 
-from trading_platform.replay.connection import ReplayConnection
+from trading_platform.replay.connection import ReplayConnection, json_text_response
 from trading_platform.replay.faults import Fault
 
 if TYPE_CHECKING:
@@ -31,10 +34,7 @@ PREFIX = "/_replay"
 
 
 def json_response(ws: ReplayConnection, status: int, doc: object) -> Response:
-    response = ws.respond(status, json.dumps(doc, separators=(",", ":")) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
+    return json_text_response(ws, status, json.dumps(doc, separators=(",", ":")) + "\n")
 
 
 def handle(server: ReplayServer, ws: ReplayConnection, request: Request, path: str, raw_query: str) -> Response:

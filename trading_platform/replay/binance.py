@@ -1,14 +1,27 @@
-"""Binance Spot public market-data WebSocket protocol (protocols doc, section 1), trades only.
+"""Binance Spot public market-data protocol (protocols doc, section 1): trades, diff depth, REST snapshot.
 
 Paths (under ``/binance``): ``/ws`` and ``/ws/<stream>[/<stream>...]`` (raw: payloads unwrapped),
 ``/stream`` and ``/stream?streams=<s1>/<s2>`` (combined: ``{"stream":…,"data":…}``). Live requests:
 SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET_PROPERTY/GET_PROPERTY ``combined``; errors use the
 documented ``{"error":{"code":…,"msg":…},"id":…}`` shape (code 3 for bad JSON, 2 for bad requests).
+Streams with data: ``<symbol>@trade``, ``<symbol>@depth@100ms`` and ``<symbol>@depth`` (also spelled
+``<symbol>@depth@1000ms``), freely mixed on one connection.
+
+Depth: every book event (a taker order, a maker action) takes the next update id of its symbol. A
+diff covers the events since the previous diff of the same cadence: ``U`` its first id, ``u`` the
+last, so ``U == previous u + 1`` on each cadence; levels are absolute, zero quantity removes, bids
+best first then asks best first. Diffs go out on wall-clock boundaries (every 100 ms / 1000 ms); a
+cadence with no book event sends nothing.
+
+REST (plain HTTP on the same port): ``GET /binance/api/v3/depth?symbol=BTCUSDT&limit=N`` (limit 1..5000,
+default 100) answers ``{"lastUpdateId":…,"bids":[[p,q],…],"asks":[…]}``, best first, where
+``lastUpdateId`` is the id of the last book event included; the documented sync procedure (buffer
+diffs, drop ``u <= lastUpdateId``, first kept diff has ``U <= lastUpdateId + 1 <= u``) rebuilds exactly
+the server's book. Unknown symbol: HTTP 400 ``{"code":-1121,"msg":"Invalid symbol."}``.
 
 Choices where the docs are silent:
-- Any stream name is accepted (like Binance, which acknowledges streams it has no data for); only
-  ``<symbol>@trade`` for a configured symbol, spelled in lower case, carries data. Depth and other
-  channels are acknowledged but silent until the book simulation exists.
+- Any stream name is accepted (like Binance, which acknowledges streams it has no data for); only the
+  streams above for a configured symbol, spelled in lower case, carry data.
 - More than 1024 streams: a URL is refused with HTTP 400; a SUBSCRIBE is answered with error code 2
   and changes nothing.
 - More than 5 incoming messages within one second closes the connection with 1008 (Binance
@@ -25,13 +38,17 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
-from trading_platform.replay.connection import ReplayConnection
-from trading_platform.replay.faults import Fault, FaultKind
+from trading_platform.replay.book import ChangeTracker
+from trading_platform.replay.connection import ReplayConnection, json_text_response
+from trading_platform.replay.faults import CONNECTION_FAULTS, FRAME_FAULTS, Fault, FaultKind
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
-from trading_platform.replay.market import SymbolSpec, Trade
+from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
 
 MAX_STREAMS = 1024
@@ -39,6 +56,8 @@ MAX_MESSAGES_PER_S = 5
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _ID_STRING = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 _INT64 = (-(2**63), 2**63 - 1)
+DEPTH_CADENCES_MS = (100, 1000)
+DEPTH_LIMIT_DEFAULT, DEPTH_LIMIT_MAX = 100, 5000
 
 
 def native_symbol(symbol: str) -> str:
@@ -48,6 +67,12 @@ def native_symbol(symbol: str) -> str:
 
 def trade_stream(symbol: str) -> str:
     return f"{native_symbol(symbol).lower()}@trade"
+
+
+def depth_streams(symbol: str) -> dict[str, int]:
+    """Diff-depth stream names of ``symbol`` and their cadence in ms."""
+    base = f"{native_symbol(symbol).lower()}@depth"
+    return {f"{base}@100ms": 100, base: 1000, f"{base}@1000ms": 1000}
 
 
 @dataclass(frozen=True)
@@ -86,16 +111,35 @@ def _dumps(doc: object) -> str:
 
 class BinanceFeed(ExchangeFeed):
     name = "binance"
+    supported_faults = FRAME_FAULTS | CONNECTION_FAULTS | {FaultKind.SEQUENCE_GAP}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._native = {symbol: native_symbol(symbol) for symbol in self.config.symbols}
+        self._by_native = {native: symbol for symbol, native in self._native.items()}
         self._stream_symbol = {trade_stream(symbol): symbol for symbol in self.config.symbols}
         self._formats = {
             spec.symbol: (f".{spec.price_decimals}f", f".{spec.qty_decimals}f")
             for spec in (market.spec for market in self.market.markets.values())
         }
         self._subscribers: dict[str, set[BinanceSession]] = {}
+        # Depth: stream name -> (symbol, cadence); subscribers per stream; one tracker per symbol and cadence.
+        self._depth_stream: dict[str, tuple[str, int]] = {
+            stream: (symbol, cadence)
+            for symbol in self.config.symbols
+            for stream, cadence in depth_streams(symbol).items()
+        }
+        self._depth_subscribers: dict[str, set[BinanceSession]] = {}
+        self._streams_of: dict[tuple[str, int], list[str]] = {}
+        for stream, key in self._depth_stream.items():
+            self._streams_of.setdefault(key, []).append(stream)
+        self._trackers: dict[tuple[str, int], ChangeTracker] = {
+            (symbol, cadence): self.market.markets[symbol].book.tracker()
+            for symbol in self.config.symbols
+            for cadence in DEPTH_CADENCES_MS
+        }
+        self._due_ms = dict.fromkeys(DEPTH_CADENCES_MS, 0)
+        self._gaps: dict[str, int] = {}  # symbol -> update ids to skip at the next 100 ms boundary
 
     # -- connection setup ----------------------------------------------------------------------------
 
@@ -196,6 +240,8 @@ class BinanceFeed(ExchangeFeed):
             symbol = self._stream_symbol.get(stream)
             if symbol is not None:
                 self._subscribers.setdefault(symbol, set()).add(session)
+            elif stream in self._depth_stream:
+                self._depth_subscribers.setdefault(stream, set()).add(session)
 
     def _remove_streams(self, session: BinanceSession, streams: list[str]) -> None:
         for stream in streams:
@@ -204,6 +250,8 @@ class BinanceFeed(ExchangeFeed):
                 symbol = self._stream_symbol.get(stream)
                 if symbol is not None:
                     self._subscribers.get(symbol, set()).discard(session)
+                elif stream in self._depth_stream:
+                    self._depth_subscribers.get(stream, set()).discard(session)
 
     # -- data ----------------------------------------------------------------------------------------
 
@@ -232,7 +280,95 @@ class BinanceFeed(ExchangeFeed):
                 else:
                     session.outbox.push_trades(raw)
 
+    def publish_books(self, now_ms: int) -> None:
+        if now_ms < self._due_ms[100]:
+            return
+        self._due_ms[100] = (now_ms // 100 + 1) * 100
+        slow_due = now_ms >= self._due_ms[1000]
+        if slow_due:
+            self._due_ms[1000] = (now_ms // 1000 + 1) * 1000
+        for symbol in self.config.symbols:
+            market = self.market.markets[symbol]
+            self._emit_depth(symbol, market, 100, now_ms)
+            gap = self._gaps.pop(symbol, 0)
+            if slow_due or gap:
+                # A gap cuts the 1000 ms window here too, so both cadences see U == previous u + 1 + gap.
+                self._emit_depth(symbol, market, 1000, now_ms)
+            if gap:
+                market.book.update_id += gap
+                self.faults.add(self.name, FaultKind.SEQUENCE_GAP, gap)
+
+    def flush_books(self, now_ms: int) -> None:
+        # Cuts both cadences' windows early; continuity (U == previous u + 1) is unaffected.
+        for symbol in self.config.symbols:
+            market = self.market.markets[symbol]
+            for cadence in DEPTH_CADENCES_MS:
+                self._emit_depth(symbol, market, cadence, now_ms)
+
+    def _emit_depth(self, symbol: str, market: SymbolMarket, cadence: int, now_ms: int) -> None:
+        tracker = self._trackers[(symbol, cadence)]
+        if not tracker.first_id:
+            return
+        subscribers = self._depth_subscribers
+        streams = self._streams_of[(symbol, cadence)]
+        targets = [(stream, subscribers[stream]) for stream in streams if subscribers.get(stream)]
+        if targets:
+            book, spec = market.book, market.spec
+            bids = ",".join(
+                f'["{spec.price_text(p)}","{spec.qty_text(book.bids.get(p, 0))}"]'
+                for p in sorted(tracker.bids, reverse=True)
+            )
+            asks = ",".join(
+                f'["{spec.price_text(p)}","{spec.qty_text(book.asks.get(p, 0))}"]' for p in sorted(tracker.asks)
+            )
+            payload = (
+                f'{{"e":"depthUpdate","E":{now_ms},"s":"{self._native[symbol]}","U":{tracker.first_id},'
+                f'"u":{book.update_id},"b":[{bids}],"a":[{asks}]}}'
+            )
+            for stream, sessions in targets:
+                wrapped = f'{{"stream":"{stream}","data":{payload}}}'
+                for session in sessions:
+                    session.outbox.push_control(wrapped if session.combined else payload)
+        tracker.clear()
+
+    # -- REST ----------------------------------------------------------------------------------------
+
+    def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
+        if path.rstrip("/") != f"{self.path_prefix}/api/v3/depth":
+            return None
+        query = parse_qs(request.path.partition("?")[2])
+        native = query.get("symbol", [""])[0]
+        if not native:
+            error = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+            return _rest_error(ws, -1102, error)
+        symbol = self._by_native.get(native)
+        if symbol is None:
+            return _rest_error(ws, -1121, "Invalid symbol.")
+        raw_limit = query.get("limit", [str(DEPTH_LIMIT_DEFAULT)])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= DEPTH_LIMIT_MAX:
+            error = f"Illegal characters found in parameter 'limit'; legal range is '1-{DEPTH_LIMIT_MAX}'."
+            return _rest_error(ws, -1100, error)
+        body = self.depth_snapshot(symbol, int(raw_limit))
+        if self.recorder is not None:
+            self.recorder.rest(request.path, body)
+        return json_text_response(ws, 200, body)
+
+    def depth_snapshot(self, symbol: str, limit: int) -> str:
+        """The REST depth answer for ``symbol``: the top ``limit`` levels and the last update id."""
+        market = self.market.markets[symbol]
+        book, spec = market.book, market.spec
+        bids = ",".join(f'["{spec.price_text(p)}","{spec.qty_text(book.bids[p])}"]' for p in book.top_bids(limit))
+        asks = ",".join(f'["{spec.price_text(p)}","{spec.qty_text(book.asks[p])}"]' for p in book.top_asks(limit))
+        return f'{{"lastUpdateId":{book.update_id},"bids":[{bids}],"asks":[{asks}]}}'
+
     # -- faults --------------------------------------------------------------------------------------
+
+    def inject_book_fault(self, fault: Fault) -> int:
+        # SEQUENCE_GAP: applied at the next 100 ms boundary, between two diffs of both cadences.
+        symbol = self.target_symbol(fault, native_symbol)
+        self._gaps[symbol] = self._gaps.get(symbol, 0) + fault.count
+        streams = [stream for cadence in DEPTH_CADENCES_MS for stream in self._streams_of[(symbol, cadence)]]
+        return len({session for stream in streams for session in self._depth_subscribers.get(stream, ())})
 
     def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
         assert isinstance(session, BinanceSession)
@@ -267,6 +403,10 @@ class BinanceFeed(ExchangeFeed):
         if fault.kind is FaultKind.MALFORMED_JSON:
             frame = frame[: len(frame) // 2]  # cut mid-object: not parseable JSON
         return [frame] * fault.count
+
+
+def _rest_error(ws: ServerConnection, code: int, msg: str) -> Response:
+    return json_text_response(ws, 400, json.dumps({"code": code, "msg": msg}, separators=(",", ":")))
 
 
 def _wrap(session: BinanceSession, stream: str, payload: str) -> str:

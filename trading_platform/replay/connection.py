@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
@@ -68,3 +69,11 @@ class ReplayConnection(ServerConnection):
     def abort(self) -> None:
         """Close the TCP connection without a WebSocket close handshake (a network failure)."""
         self.transport.abort()
+
+
+def json_text_response(ws: ServerConnection, status: int, text: str) -> Response:
+    """A plain-HTTP answer with a JSON body (REST endpoints, admin API)."""
+    response = ws.respond(status, text)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response

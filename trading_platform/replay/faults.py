@@ -6,6 +6,16 @@ recorded in the trade ledger; :class:`FaultCounters` counts them once sent. Conn
 sockets: ``drop_connections`` aborts the TCP transports (no close handshake), ``refuse_connections``
 rejects new WebSocket handshakes for a while (``reset``: the TCP connection is aborted; ``http_503``:
 a 503 response, like an overloaded exchange). The admin HTTP endpoints keep working meanwhile.
+
+Book faults, per exchange (``symbol`` picks the native symbol, default the exchange's first one):
+- ``sequence_gap``: Binance skips ``count`` depth update ids of one symbol (the next diff's ``U`` is
+  ``previous u + 1 + count`` on both diff cadences; no level change is lost, the ids are just never
+  used); Coinbase skips ``count`` ``sequence_num`` values on every open connection.
+- ``bad_checksum``: Kraken sends the next ``count`` book updates of one symbol with a wrong
+  ``checksum`` (levels are right, and the server's book is untouched, so a resubscribe's snapshot is
+  correct).
+An exchange a fault makes no sense for (e.g. ``bad_checksum`` on Binance) is skipped when the fault
+targets every exchange, and refused (ValueError, HTTP 400) when it names that exchange.
 """
 
 from __future__ import annotations
@@ -29,21 +39,26 @@ class FaultKind(StrEnum):
     SERVER_SHUTDOWN = "server_shutdown"
     DROP_CONNECTIONS = "drop_connections"
     REFUSE_CONNECTIONS = "refuse_connections"
+    SEQUENCE_GAP = "sequence_gap"
+    BAD_CHECKSUM = "bad_checksum"
 
 
 FRAME_FAULTS = frozenset(
     {FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL, FaultKind.SERVER_SHUTDOWN}
 )
+CONNECTION_FAULTS = frozenset({FaultKind.DROP_CONNECTIONS, FaultKind.REFUSE_CONNECTIONS})
 
 
 @dataclass(frozen=True)
 class Fault:
     """One injection. ``exchange`` None targets every served exchange.
 
-    - ``count``: bad frames per connection (frame faults only).
-    - ``variant``: for ``wrong_type``: ``price_object`` (``"p":{"x":1}``) or ``trade_id_string``
-      (``"t":"abc"``).
-    - ``symbol``: native symbol for ``unknown_symbol`` (default: the exchange's ``ZZZ`` pair).
+    - ``count``: bad frames per connection (frame faults); ids / sequence numbers skipped
+      (``sequence_gap``); book updates with a wrong checksum (``bad_checksum``).
+    - ``variant``: for ``wrong_type``: ``price_object`` (price is ``{"x":1}``) or ``trade_id_string``
+      (trade id is ``"abc"``).
+    - ``symbol``: native symbol for ``unknown_symbol`` (default: the exchange's ``ZZZ`` pair), or the
+      symbol ``sequence_gap`` (Binance) / ``bad_checksum`` (Kraken) hits (default: the first one).
     - ``seconds`` / ``mode``: for ``refuse_connections``.
     """
 

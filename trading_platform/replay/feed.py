@@ -1,8 +1,8 @@
 """What every exchange protocol shares: sessions, the market, fan-out bookkeeping and faults.
 
-An exchange module (``binance.py``; later Coinbase and Kraken) subclasses :class:`ExchangeFeed` and
-supplies the wire format: which paths it answers, how requests on a connection are handled, how a
-tick's trades are encoded, and what its bad frames look like.
+An exchange module (``binance.py``, ``coinbase.py``, ``kraken.py``) subclasses :class:`ExchangeFeed`
+and supplies the wire format: which paths it answers, how requests on a connection are handled, how a
+tick's trades and book changes are encoded, and what its bad frames look like.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
@@ -19,10 +21,18 @@ from websockets.http11 import Request, Response
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.replay.connection import ReplayConnection
-from trading_platform.replay.faults import FRAME_FAULTS, Fault, FaultCounters, FaultKind, RefuseMode
+from trading_platform.replay.faults import (
+    CONNECTION_FAULTS,
+    FRAME_FAULTS,
+    Fault,
+    FaultCounters,
+    FaultKind,
+    RefuseMode,
+)
 from trading_platform.replay.ledger import TradeLedger
-from trading_platform.replay.market import MarketSimulator, SymbolSpec, Trade
+from trading_platform.replay.market import DEFAULT_BOOK_RATE, MarketSimulator, SymbolSpec, Trade
 from trading_platform.replay.outbox import Outbox
+from trading_platform.replay.recording import FrameRecorder
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,10 @@ class FeedOptions:
     max_pending_frames: int = 500_000
     # Apply the exchange's documented per-connection limits (incoming message rate).
     enforce_limits: bool = True
+    # Maker events (level adds, resizes, cancels) per second per symbol, on top of the taker fills.
+    book_rate_per_symbol: float = DEFAULT_BOOK_RATE
+    # Coinbase closes a connection that has not subscribed within this many seconds.
+    subscribe_timeout_s: float = 5.0
 
 
 class RequestRejected(Exception):
@@ -52,7 +66,14 @@ class Session:
     def __init__(self, ws: ReplayConnection, feed: ExchangeFeed) -> None:
         self.ws = ws
         self.connection_id = ws.connection_id
-        self.outbox = Outbox(feed.name, ws.connection_id, feed.ledger, feed.faults, feed.options.max_pending_frames)
+        self.outbox = Outbox(
+            feed.name,
+            ws.connection_id,
+            feed.ledger,
+            feed.faults,
+            feed.options.max_pending_frames,
+            feed.recorder.frame if feed.recorder is not None else None,
+        )
         self.exchange = feed.name
         self.opened_at = time.time()
 
@@ -71,6 +92,8 @@ class ExchangeFeed(ABC):
     """Shared core of one exchange's replay endpoint. All methods run on the server's event loop."""
 
     name: str
+    # Faults this exchange can act on (see faults.py); others are refused when aimed at it by name.
+    supported_faults: frozenset[FaultKind] = FRAME_FAULTS | CONNECTION_FAULTS
 
     def __init__(
         self, config: ExchangeConfig, ledger: TradeLedger, faults: FaultCounters, options: FeedOptions
@@ -80,9 +103,16 @@ class ExchangeFeed(ABC):
         self.faults = faults
         self.options = options
         self.market = MarketSimulator(
-            self.name, config.symbols, options.rate_per_symbol, options.seed, int(time.time() * 1000)
+            self.name,
+            config.symbols,
+            options.rate_per_symbol,
+            options.seed,
+            int(time.time() * 1000),
+            options.book_rate_per_symbol,
         )
         self.sessions: set[Session] = set()
+        # Gets every frame text sent on this exchange (set by the server when recording).
+        self.recorder: FrameRecorder | None = None
         self._refuse_until = 0.0
         self._refuse_mode: RefuseMode = "reset"
 
@@ -115,12 +145,44 @@ class ExchangeFeed(ABC):
         """Plain HTTP (REST) on this feed's prefix; None means 404. Exchanges override when needed."""
         return None
 
+    def publish_books(self, now_ms: int) -> None:
+        """Called every tick after the trades: send book changes when the exchange's cadence is due."""
+        return None
+
+    def flush_books(self, now_ms: int) -> None:
+        """Send every pending book change now, off cadence (the server is pausing)."""
+        return None
+
+    def inject_book_fault(self, fault: Fault) -> int:
+        """Apply a ``sequence_gap`` / ``bad_checksum`` fault listed in :attr:`supported_faults`."""
+        raise ValueError(f"{fault.kind} is not supported on {self.name}")
+
     # -- shared --------------------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> None:
         batches = self.market.advance(now_ms)
         if batches and self.sessions:
             self.publish(batches, now_ms)
+        self.publish_books(now_ms)
+
+    def book(self, symbol: str) -> dict[str, Any]:
+        """The server's book of a normalized symbol: update id and (price, qty) texts, best first."""
+        market = self.market.markets[symbol]
+        book, spec = market.book, market.spec
+        return {
+            "update_id": book.update_id,
+            "bids": [(spec.price_text(p), spec.qty_text(book.bids[p])) for p in book.top_bids(len(book.bids))],
+            "asks": [(spec.price_text(p), spec.qty_text(book.asks[p])) for p in book.ask_prices],
+        }
+
+    def target_symbol(self, fault: Fault, native: Callable[[str], str]) -> str:
+        """The normalized symbol a book fault names by its native spelling (default: the first one)."""
+        if fault.symbol is None:
+            return self.config.symbols[0]
+        for symbol in self.config.symbols:
+            if native(symbol) == fault.symbol:
+                return symbol
+        raise ValueError(f"{self.name} does not serve {fault.symbol!r}")
 
     def route(self, path: str, raw_query: str) -> object:
         return self.parse_ws_target(path, parse_qs(raw_query, keep_blank_values=True))
@@ -131,6 +193,10 @@ class ExchangeFeed(ABC):
 
     def inject(self, fault: Fault, now: float) -> int:
         """Apply ``fault`` to this feed; returns how many connections it reached."""
+        if fault.kind not in self.supported_faults:
+            raise ValueError(f"{fault.kind} is not supported on {self.name}")
+        if fault.kind not in FRAME_FAULTS and fault.kind not in CONNECTION_FAULTS:
+            return self.inject_book_fault(fault)
         if fault.kind in FRAME_FAULTS:
             event_ms = int(time.time() * 1000)
             for session in self.sessions:
@@ -158,6 +224,8 @@ class ExchangeFeed(ABC):
     def start_session(self, session: Session) -> asyncio.Task[None]:
         """Register ``session`` and start its sender; the caller runs the receive loop."""
         self.sessions.add(session)
+        if self.recorder is not None and session.ws.request is not None:
+            self.recorder.connected(session.ws.request.path)
         name = f"{self.name}-send-{session.connection_id}"
         return asyncio.create_task(session.outbox.run(session.ws), name=name)
 

@@ -2,8 +2,15 @@
 
 A trade is recorded once a connection's ``send`` accepted its frame (frames still queued when a
 connection dies, or whose send raised ``ConnectionClosed``, are not). The same trade delivered to two
-connections is one trade (``count``) but two frames (``frames``). Ids are kept as merged ranges, so a
-long run stays small in memory and ``ranges`` shows gaps at a glance.
+connections is one trade (``count``) but two deliveries (``frames``; a Coinbase or Kraken frame that
+carries several trades counts one per trade). Ids are kept as merged ranges, so a long run stays small
+in memory and ``ranges`` shows gaps at a glance.
+
+Every exchange is recorded the same way: (exchange, native symbol — ``BTCUSDT``, ``BTC-USD``,
+``BTC/USD`` — trade id). Coinbase's ``market_trades`` and Kraken's ``trade`` snapshots re-send the
+last 50 trades on every subscribe: they are recorded too (the client did receive them, and some were
+never sent live), and since ids are a set they collapse with the live deliveries of the same trades:
+``trades(exchange)`` and ``count`` stay distinct trades, only ``frames`` grows.
 
 Thread-safe: the server mutates it on its event-loop thread while a synchronous test reads it.
 """

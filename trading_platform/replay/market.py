@@ -1,11 +1,25 @@
-"""Synthetic market: per-symbol price walk, bursty trade arrivals and plausible trade sizes.
+"""Synthetic market: per-symbol L2 order book, bursty taker orders filled at the touch, price walk.
 
-Exchange-agnostic: it produces numeric trades for normalized symbols (``BTC-USDT``); each exchange
-module turns them into its own wire format. One :class:`MarketSimulator` per exchange, advanced by the
-server's tick loop, so the work per tick is a handful of random draws per symbol, not a task per trade.
+Exchange-agnostic: it produces numeric trades and an integer book (:mod:`replay.book`) for normalized
+symbols (``BTC-USDT``); each exchange module turns them into its own wire format. One
+:class:`MarketSimulator` per exchange, advanced by the server's tick loop.
 
-Determinism: with a seed, each symbol's sequence of trade ids, prices, sizes and sides is reproducible
-(content draws use their own RNG per symbol); how many trades fall in each tick follows the wall clock.
+The model, per symbol:
+- A fair value follows a slowly mean-reverting log random walk (one step per taker order).
+- The book has levels on a grid of ``step`` ticks (about 0.005 % of the price), 50 to 80 per side.
+  Bids are always strictly below the fair value and asks strictly above it, so the book is never
+  crossed. When the fair value moves, makers cancel the levels it passed and quote the nearest grid
+  slot if the touch drifted too far away.
+- Taker orders arrive as a two-state (calm/burst) Markov-modulated Poisson process. An order fills
+  1 + Geometric fills at the touch: a buy takes the best ask, a sell the best bid; each fill prints a
+  trade at that level's price for at most the level's quantity and reduces (or removes) the level, so
+  a sweep walks the book.
+- Maker events (``book_rate_per_s``, Poisson) add, resize or cancel a level, mostly near the touch.
+Each taker order and each maker event is one book update (one Binance update id).
+
+Determinism: the whole process is event-driven in continuous time, with its own RNGs per symbol
+(timing and content), so with a seed the sequence of trades, book updates and update ids is the same
+whatever the tick pattern; only how many of them fall in each tick follows the wall clock.
 """
 
 from __future__ import annotations
@@ -14,8 +28,12 @@ import math
 import random
 import secrets
 import zlib
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from trading_platform.replay.book import SyntheticBook
 
 # Rough USD prices per base asset (late 2025) so the synthetic tape looks like the real one.
 REFERENCE_USD: dict[str, float] = {
@@ -62,7 +80,7 @@ REFERENCE_USD: dict[str, float] = {
 }
 
 # Order flow: a taker order fills 1 + Geometric(SWEEP_CONTINUE) trades at the same time and side,
-# like a real order walking several book levels (Binance prints each fill as its own trade).
+# like a real order meeting several resting orders (Binance prints each fill as its own trade).
 SWEEP_CONTINUE = 0.3
 MAX_FILLS = 10
 MEAN_FILLS = 1.0 / (1.0 - SWEEP_CONTINUE)  # ignoring the MAX_FILLS cap, which changes it by < 1e-5
@@ -76,18 +94,31 @@ BURST_MULTIPLIER = 6.0
 _BURST_SHARE = BURST_MEAN_S / (BURST_MEAN_S + CALM_MEAN_S)
 _MEAN_MULTIPLIER = (1.0 - _BURST_SHARE) + _BURST_SHARE * BURST_MULTIPLIER
 
-# Price: log-mid follows a slowly mean-reverting walk per order (≈1 %/h at the default rate); the cap
-# keeps any one step far below the 5 % per-trade jump the quality checks treat as a spike.
+# Price: log fair value follows a slowly mean-reverting walk per order (≈1 %/h at the default rate);
+# the cap keeps any one step far below the 5 % per-trade jump the quality checks treat as a spike.
 SIGMA_PER_ORDER = 1e-4
 REVERSION_PER_ORDER = 2e-6
 MAX_LOG_STEP = 0.005
-HALF_SPREAD_REL = 5e-5
-MAX_SWEEP_REL = 0.004
 
-# Trade size: notional in USD is log-normal (median ~$120, heavy right tail), capped.
+# Trade size: notional in USD is log-normal (median ~$120, heavy right tail), capped; a fill takes at
+# most what the touch level holds.
 NOTIONAL_MEDIAN_USD = 120.0
 NOTIONAL_SIGMA = 1.7
 NOTIONAL_CAP_USD = 2_000_000.0
+
+# Book: grid spacing relative to the price (the walk moves about two slots per order), levels per side,
+# resting size per level, and the maker process (events/s, distance from the fair value in slots).
+LEVEL_STEP_REL = 5e-5
+MIN_LEVELS = 50
+MAX_LEVELS = 80
+INITIAL_LEVELS = 64
+LEVEL_MEDIAN_USD = 1_500.0
+LEVEL_SIGMA = 1.0
+MAX_TOUCH_GAP_SLOTS = 2  # a touch further than this from the fair value gets a new quote at the nearest slot
+DEFAULT_BOOK_RATE = 20.0
+MAKER_MEAN_DISTANCE = 6.0
+MAKER_CANCEL_SHARE = 0.3
+RECENT_TRADES = 50  # kept per symbol for the trade snapshots Coinbase and Kraken send on subscribe
 
 
 def reference_usd(asset: str) -> float:
@@ -119,6 +150,13 @@ class SymbolSpec:
     def lot(self) -> float:
         return 10.0**-self.qty_decimals
 
+    def price_text(self, ticks: int) -> str:
+        """Exact decimal text of a price in ticks, with all ``price_decimals`` (trailing zeros kept)."""
+        return _decimal_text(ticks, self.price_decimals)
+
+    def qty_text(self, lots: int) -> str:
+        return _decimal_text(lots, self.qty_decimals)
+
     @classmethod
     def for_symbol(cls, symbol: str) -> SymbolSpec:
         base, quote = symbol.split("-", 1)
@@ -133,110 +171,282 @@ class SymbolSpec:
 
 
 class Trade(NamedTuple):
-    """One synthetic trade. ``buyer_maker`` True means the aggressor sold (Binance ``m``)."""
+    """One synthetic trade. ``buyer_maker`` True means the aggressor sold (Binance ``m``).
+
+    ``price_ticks`` / ``qty_lots`` are the exact integer values; ``price`` / ``qty`` the nearest floats.
+    """
 
     trade_id: int
     price: float
     qty: float
     time_ms: int
     buyer_maker: bool
+    price_ticks: int = 0
+    qty_lots: int = 0
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0.0:
-        return 0
-    if lam < 30.0:
-        # Knuth: exact and cheap for the small per-tick means of normal operation.
-        limit = math.exp(-lam)
-        count, product = 0, rng.random()
-        while product > limit:
-            count += 1
-            product *= rng.random()
-        return count
-    # Benchmark rates: the normal approximation is indistinguishable here and O(1).
-    return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+def _decimal_text(units: int, decimals: int) -> str:
+    if decimals == 0:
+        return str(units)
+    digits = str(units).rjust(decimals + 1, "0")
+    return f"{digits[:-decimals]}.{digits[-decimals:]}"
 
 
 class SymbolMarket:
-    """Price walk, arrival process and trade-id counter of one symbol."""
+    """Fair-value walk, book, taker and maker processes and the trade-id counter of one symbol."""
 
-    def __init__(self, spec: SymbolSpec, rate_per_s: float, seed: int, exchange: str, start_ms: int) -> None:
+    def __init__(
+        self,
+        spec: SymbolSpec,
+        rate_per_s: float,
+        seed: int,
+        exchange: str,
+        start_ms: int,
+        book_rate_per_s: float = DEFAULT_BOOK_RATE,
+    ) -> None:
+        if rate_per_s < 0 or book_rate_per_s < 0:
+            raise ValueError(f"rates must be >= 0, got {rate_per_s} and {book_rate_per_s}")
         self.spec = spec
-        # Separate RNGs: arrival timing depends on the wall clock, trade content must not.
+        # Separate RNGs: timing and content; both consumed in event order only, never per tick.
         self._content = random.Random(f"{seed}/{exchange}/{spec.symbol}/content")
         self._arrivals = random.Random(f"{seed}/{exchange}/{spec.symbol}/arrivals")
         self.next_trade_id = self._content.randrange(100_000_000, 4_000_000_000)
+        self._price_scale = 10**spec.price_decimals
+        self._qty_scale = 10**spec.qty_decimals
         self._log_anchor = math.log(spec.start_price)
         self._log_mid = self._log_anchor
-        self._calm_order_rate = rate_per_s / MEAN_FILLS / _MEAN_MULTIPLIER
+        self.step = max(1, round(spec.start_price * LEVEL_STEP_REL * self._price_scale))  # grid, in ticks
+        # lots = notional_usd * _lots_per_usd / price_ticks
+        self._lots_per_usd = self._price_scale * self._qty_scale / spec.quote_usd
+        self.book = SyntheticBook(self._content.randrange(1_000_000_000, 9_000_000_000))
+        self.recent: deque[Trade] = deque(maxlen=RECENT_TRADES)
+        # Called with (trade, best bid, best ask) as each fill happens, before it changes the book:
+        # lets tests check that trades print at the touch. None in normal operation.
+        self.fill_observer: Callable[[Trade, int, int], None] | None = None
+        self._seed_book()
+        self.last_price = self.book.best_ask() / self._price_scale
+        if rate_per_s > 0:
+            self._seed_history(start_ms, 1000.0 / rate_per_s)
+
+        self._calm_order_rate = rate_per_s / MEAN_FILLS / _MEAN_MULTIPLIER / 1000.0  # per ms
+        self._maker_rate = book_rate_per_s / 1000.0
         # Start in the stationary regime distribution, so the first seconds are not biased to calm.
         self._bursting = self._arrivals.random() < _BURST_SHARE
         self._last_ms = start_ms
-        self.last_price = spec.start_price
+        self._next_switch = start_ms + self._expo(1.0 / ((BURST_MEAN_S if self._bursting else CALM_MEAN_S) * 1000))
+        self._next_order = start_ms + self._expo(self._order_rate())
+        self._next_maker = start_ms + self._expo(self._maker_rate)
 
     @property
     def mid(self) -> float:
         return math.exp(self._log_mid)
 
-    def _order_count(self, dt_s: float) -> int:
-        rng = self._arrivals
-        mean_stay = BURST_MEAN_S if self._bursting else CALM_MEAN_S
-        if rng.random() < -math.expm1(-dt_s / mean_stay):
-            self._bursting = not self._bursting
-        rate = self._calm_order_rate * (BURST_MULTIPLIER if self._bursting else 1.0)
-        return _poisson(rng, rate * dt_s)
+    # -- time ----------------------------------------------------------------------------------------
+
+    def _expo(self, rate_per_ms: float) -> float:
+        return self._arrivals.expovariate(rate_per_ms) if rate_per_ms > 0 else math.inf
+
+    def _order_rate(self) -> float:
+        return self._calm_order_rate * (BURST_MULTIPLIER if self._bursting else 1.0)
 
     def advance(self, now_ms: int) -> list[Trade]:
-        """Trades that happened in (last call, now_ms], oldest first, with consecutive ids."""
-        dt_ms = now_ms - self._last_ms
-        if dt_ms <= 0:
+        """Process every event in (last call, now_ms]; returns the trades, oldest first, consecutive ids."""
+        if now_ms <= self._last_ms:
             return []
-        start_ms = self._last_ms
         self._last_ms = now_ms
-        orders = self._order_count(dt_ms / 1000.0)
-        if not orders:
-            return []
-        times = sorted(start_ms + 1 + int(self._arrivals.random() * dt_ms) for _ in range(orders))
         trades: list[Trade] = []
-        for time_ms in times:
-            self._fill_order(time_ms, trades)
+        while True:
+            order_at, maker_at, switch_at = self._next_order, self._next_maker, self._next_switch
+            if switch_at <= order_at and switch_at <= maker_at:
+                if switch_at > now_ms:
+                    break
+                # Memoryless: after a regime switch the next order is redrawn at the new rate.
+                self._bursting = not self._bursting
+                stay_ms = (BURST_MEAN_S if self._bursting else CALM_MEAN_S) * 1000
+                self._next_switch = switch_at + self._expo(1.0 / stay_ms)
+                self._next_order = switch_at + self._expo(self._order_rate())
+            elif order_at <= maker_at:
+                if order_at > now_ms:
+                    break
+                self._taker_order(int(order_at), trades)
+                self._next_order = order_at + self._expo(self._order_rate())
+            else:
+                if maker_at > now_ms:
+                    break
+                self._maker_event()
+                self._next_maker = maker_at + self._expo(self._maker_rate)
         return trades
 
-    def _fill_order(self, time_ms: int, out: list[Trade]) -> None:
-        spec, rng = self.spec, self._content
+    def shift(self, ms: int) -> None:
+        """Move the clock ``ms`` later without events (the market was paused that long)."""
+        self._last_ms += ms
+        self._next_switch += ms
+        self._next_order += ms
+        self._next_maker += ms
+
+    # -- book ----------------------------------------------------------------------------------------
+
+    def _fair_ticks(self) -> float:
+        return math.exp(self._log_mid) * self._price_scale
+
+    def _first_slots(self, fair: float) -> tuple[int, int]:
+        """Grid prices of the best possible bid (< fair) and ask (> fair)."""
+        step = self.step
+        ask = (math.floor(fair / step) + 1) * step
+        bid = ask - step if ask - step < fair else ask - 2 * step
+        return bid, ask
+
+    def _level_lots(self, price: int) -> int:
+        notional = LEVEL_MEDIAN_USD * math.exp(LEVEL_SIGMA * self._content.gauss(0.0, 1.0))
+        return max(1, round(notional * self._lots_per_usd / price))
+
+    def _seed_book(self) -> None:
+        book, rng = self.book, self._content
+        first_bid, first_ask = self._first_slots(self._fair_ticks())
+        for is_bid, first in ((True, first_bid), (False, first_ask)):
+            direction = -1 if is_bid else 1
+            slot = 0
+            while len(book.bids if is_bid else book.asks) < INITIAL_LEVELS:
+                price = first + direction * slot * self.step
+                if price <= 0:
+                    break
+                if slot == 0 or rng.random() < 0.85:
+                    book.set_level(is_bid, price, self._level_lots(price))
+                slot += 1
+
+    def _seed_history(self, start_ms: int, interval_ms: float) -> None:
+        """Trade before ``start_ms`` until the last RECENT_TRADES exist, so snapshots are never empty."""
+        at = start_ms - (RECENT_TRADES + 1) * interval_ms
+        while len(self.recent) < RECENT_TRADES:
+            self._taker_order(int(at), [])
+            at += interval_ms * MEAN_FILLS
+
+    def _requote(self) -> None:
+        """Makers cancel what the fair value passed, quote near it if the touch is far, keep the depth."""
+        book, step = self.book, self.step
+        fair = self._fair_ticks()
+        bid_prices, ask_prices = book.bid_prices, book.ask_prices
+        while bid_prices and bid_prices[-1] >= fair:
+            book.set_level(True, bid_prices[-1], 0)
+        while ask_prices and ask_prices[0] <= fair:
+            book.set_level(False, ask_prices[0], 0)
+        first_bid, first_ask = self._first_slots(fair)
+        if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
+            book.set_level(True, first_bid, self._level_lots(first_bid))
+        if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
+            book.set_level(False, first_ask, self._level_lots(first_ask))
+        self._keep_depth()
+
+    def _keep_depth(self) -> None:
+        """50..80 levels per side: refill the vacant slot nearest the fair value, trim the far end.
+
+        Refilling near the touch (not behind the worst level) keeps the ladder dense where takers
+        trade, so a sweep never jumps across a void to far-away levels.
+        """
+        book, step = self.book, self.step
+        bids, asks = book.bids, book.asks
+        if len(bids) < MIN_LEVELS or len(asks) < MIN_LEVELS:
+            first_bid, first_ask = self._first_slots(self._fair_ticks())
+            price = first_bid
+            while len(bids) < MIN_LEVELS and price > 0:
+                if price not in bids:
+                    book.set_level(True, price, self._level_lots(price))
+                price -= step
+            price = first_ask
+            while len(asks) < MIN_LEVELS:
+                if price not in asks:
+                    book.set_level(False, price, self._level_lots(price))
+                price += step
+        bid_prices, ask_prices = book.bid_prices, book.ask_prices
+        while len(bid_prices) > MAX_LEVELS:
+            book.set_level(True, bid_prices[0], 0)
+        while len(ask_prices) > MAX_LEVELS:
+            book.set_level(False, ask_prices[-1], 0)
+
+    def _maker_event(self) -> None:
+        book, rng = self.book, self._content
+        book.begin_update()
+        is_bid = rng.random() < 0.5
+        distance = min(MAX_LEVELS, int(rng.expovariate(1.0 / MAKER_MEAN_DISTANCE)))
+        first_bid, first_ask = self._first_slots(self._fair_ticks())
+        price = first_bid - distance * self.step if is_bid else first_ask + distance * self.step
+        levels = book.bids if is_bid else book.asks
+        current = levels.get(price)
+        if price <= 0:
+            return
+        if current is None:
+            book.set_level(is_bid, price, self._level_lots(price))
+        elif rng.random() < MAKER_CANCEL_SHARE and len(levels) > 1:
+            book.set_level(is_bid, price, 0)
+        else:
+            book.set_level(is_bid, price, max(1, round(current * math.exp(0.6 * rng.gauss(0.0, 1.0)))))
+        self._keep_depth()
+
+    # -- trades --------------------------------------------------------------------------------------
+
+    def _taker_order(self, time_ms: int, out: list[Trade]) -> None:
+        book, rng = self.book, self._content
+        book.begin_update()
         step = SIGMA_PER_ORDER * rng.gauss(0.0, 1.0) - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
         self._log_mid += max(-MAX_LOG_STEP, min(MAX_LOG_STEP, step))
-        mid = math.exp(self._log_mid)
+        self._requote()
         aggressor_buys = rng.random() < 0.5
         fills = 1
         while fills < MAX_FILLS and rng.random() < SWEEP_CONTINUE:
             fills += 1
-        tick = spec.tick
-        half_spread = max(tick, mid * HALF_SPREAD_REL)
-        direction = 1.0 if aggressor_buys else -1.0
-        max_offset = max(half_spread, mid * MAX_SWEEP_REL)
-        for level in range(fills):
-            # A buy lifts asks above mid, a sell hits bids below; deeper fills walk further out, but
-            # never so far that consecutive prints of a coarse-tick pair look like a spike.
-            price = max(tick, mid + direction * min(half_spread + level * tick, max_offset))
-            notional_usd = min(NOTIONAL_CAP_USD, NOTIONAL_MEDIAN_USD * math.exp(NOTIONAL_SIGMA * rng.gauss(0, 1)))
-            qty = max(spec.lot, round(notional_usd / spec.quote_usd / price, spec.qty_decimals))
-            out.append(Trade(self.next_trade_id, price, qty, time_ms, not aggressor_buys))
+        levels = book.asks if aggressor_buys else book.bids
+        for _ in range(fills):
+            # At the touch: a buy lifts the best ask, a sell hits the best bid.
+            price = book.ask_prices[0] if aggressor_buys else book.bid_prices[-1]
+            resting = levels[price]
+            notional = min(NOTIONAL_CAP_USD, NOTIONAL_MEDIAN_USD * math.exp(NOTIONAL_SIGMA * rng.gauss(0.0, 1.0)))
+            lots = min(resting, max(1, round(notional * self._lots_per_usd / price)))
+            trade = Trade(
+                self.next_trade_id,
+                price / self._price_scale,
+                lots / self._qty_scale,
+                time_ms,
+                not aggressor_buys,
+                price,
+                lots,
+            )
+            if self.fill_observer is not None:
+                self.fill_observer(trade, book.bid_prices[-1], book.ask_prices[0])
+            book.set_level(not aggressor_buys, price, resting - lots)
+            out.append(trade)
+            self.recent.append(trade)
             self.next_trade_id += 1
-            self.last_price = price
+            self.last_price = trade.price
+            if len(levels) <= 1:
+                break  # never empty a side (unreachable with 50+ levels and at most 10 fills)
+        self._keep_depth()
 
 
 class MarketSimulator:
     """All symbols of one exchange; :meth:`advance` is called once per server tick."""
 
-    def __init__(self, exchange: str, symbols: list[str], rate_per_symbol: float, seed: int, start_ms: int) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        symbols: list[str],
+        rate_per_symbol: float,
+        seed: int,
+        start_ms: int,
+        book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
+    ) -> None:
         if rate_per_symbol < 0:
             raise ValueError(f"rate_per_symbol must be >= 0, got {rate_per_symbol}")
         self.exchange = exchange
         self.markets: dict[str, SymbolMarket] = {
-            symbol: SymbolMarket(SymbolSpec.for_symbol(symbol), rate_per_symbol, seed, exchange, start_ms)
+            symbol: SymbolMarket(
+                SymbolSpec.for_symbol(symbol), rate_per_symbol, seed, exchange, start_ms, book_rate_per_symbol
+            )
             for symbol in symbols
         }
+
+    def shift(self, ms: int) -> None:
+        for market in self.markets.values():
+            market.shift(ms)
 
     def advance(self, now_ms: int) -> list[tuple[SymbolSpec, list[Trade]]]:
         batches: list[tuple[SymbolSpec, list[Trade]]] = []

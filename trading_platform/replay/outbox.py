@@ -5,6 +5,8 @@ outbox, so the order on the socket is the order things were queued. That gives t
 exact accounting needs: an UNSUBSCRIBE removes the streams first and then queues its reply, so every
 trade frame of those streams is on the wire before the reply. Trades are recorded in the ledger right
 after ``send`` accepted them (a send that raises ``ConnectionClosed`` records nothing).
+
+A recorder (see ``capture.FrameRecorder``) gets the text of every frame once ``send`` accepted it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
@@ -25,11 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class TradeFrames:
-    """Frames of one symbol with consecutive trade ids from ``first_id`` (shared across connections)."""
+    """Frames of one symbol with consecutive trade ids from ``first_id`` (shared across connections).
+
+    ``per_frame`` is how many trades each frame carries (Binance: one; Coinbase and Kraken batch a
+    tick's trades of a symbol, or a snapshot's, into one frame).
+    """
 
     symbol: str
     first_id: int
     frames: list[str]
+    per_frame: int = 1
 
 
 @dataclass(slots=True)
@@ -62,8 +70,10 @@ class Outbox:
         ledger: TradeLedger,
         faults: FaultCounters,
         max_pending_frames: int,
+        recorder: Callable[[str], None] | None = None,
     ) -> None:
         self.exchange = exchange
+        self._recorder = recorder
         self.connection_id = connection_id
         self._ledger = ledger
         self._faults = faults
@@ -100,6 +110,10 @@ class Outbox:
     def push_close(self, code: int, reason: str) -> None:
         self._push(CloseAfter(code, reason))
 
+    def __len__(self) -> int:
+        """Items queued and not yet taken by the sender."""
+        return len(self._items)
+
     def _push(self, item: OutItem) -> None:
         if self._closed:
             return
@@ -129,9 +143,13 @@ class Outbox:
                     await self._send_trades(ws, item)
                 elif isinstance(item, ControlFrame):
                     await ws.send(item.text)
+                    if self._recorder is not None:
+                        self._recorder(item.text)
                 elif isinstance(item, FaultFrame):
                     await ws.send(item.text)
                     self._faults.add(self.exchange, item.kind)
+                    if self._recorder is not None:
+                        self._recorder(item.text)
                 else:
                     await ws.close(item.code, item.reason)
                     return
@@ -145,14 +163,18 @@ class Outbox:
 
     async def _send_trades(self, ws: ServerConnection, item: TradeFrames) -> None:
         sent = 0
+        recorder = self._recorder
         try:
             for frame in item.frames:
                 if self._closed:  # dropped as a slow consumer while this batch was draining
                     break
                 await ws.send(frame)
                 sent += 1
+                if recorder is not None:
+                    recorder(frame)
         finally:
             # Also on ConnectionClosed or cancellation: the prefix that was accepted counts, nothing more.
             if not self._closed:
                 self.pending_frames -= len(item.frames)
-            self._ledger.record(self.exchange, item.symbol, item.first_id, sent, self.connection_id)
+            trades = sent * item.per_frame
+            self._ledger.record(self.exchange, item.symbol, item.first_id, trades, self.connection_id)

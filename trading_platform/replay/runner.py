@@ -9,9 +9,11 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from trading_platform.config import ExchangesFile, load_exchanges
+from trading_platform.replay.recording import RecordFormat
 from trading_platform.replay.server import ReplayServer, start_replay_server
 from trading_platform.settings import Settings
 
@@ -20,15 +22,42 @@ log = logging.getLogger(__name__)
 DEFAULT_RATE_PER_SYMBOL = 5.0
 
 
-def run_replay(settings: Settings, rate_per_symbol: float | None = None) -> None:
-    """Serve every configured exchange on ``settings.replay_host:replay_port`` until SIGINT/SIGTERM."""
+def run_replay(
+    settings: Settings,
+    rate_per_symbol: float | None = None,
+    capture: Path | None = None,
+    capture_exchange: str | None = None,
+    speed: float = 1.0,
+    record: dict[str, Path] | None = None,
+    record_format: RecordFormat = "raw",
+    book_rate_per_symbol: float | None = None,
+) -> None:
+    """Serve every configured exchange on ``settings.replay_host:replay_port`` until SIGINT/SIGTERM.
+
+    ``capture`` + ``capture_exchange`` (e.g. ``trading-platform replay --capture FILE --exchange kraken
+    --speed 10``): that exchange's path replays the file (one raw frame per line, or cryptofeed
+    ``<ts>: <frame>`` lines whose timestamps set the pace; ``speed`` 0 = as fast as possible); the
+    other exchanges stay synthetic. ``record``: {exchange: file} writes every frame sent there.
+    Raises ValueError for a bad combination (capture without exchange, unknown exchange, missing file).
+    """
     exchanges = load_exchanges(settings.exchanges_file)
     rate = DEFAULT_RATE_PER_SYMBOL if rate_per_symbol is None else rate_per_symbol
-    asyncio.run(_serve_until_signalled(settings.replay_host, settings.replay_port, exchanges, rate))
+    options: dict[str, Any] = {
+        "capture": capture,
+        "capture_exchange": capture_exchange,
+        "speed": speed,
+        "record": record,
+        "record_format": record_format,
+    }
+    if book_rate_per_symbol is not None:
+        options["book_rate_per_symbol"] = book_rate_per_symbol
+    asyncio.run(_serve_until_signalled(settings.replay_host, settings.replay_port, exchanges, rate, options))
 
 
-async def _serve_until_signalled(host: str, port: int, exchanges: ExchangesFile, rate: float) -> None:
-    server = await start_replay_server(host, port, exchanges, rate_per_symbol=rate)
+async def _serve_until_signalled(
+    host: str, port: int, exchanges: ExchangesFile, rate: float, options: dict[str, Any]
+) -> None:
+    server = await start_replay_server(host, port, exchanges, rate_per_symbol=rate, **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -55,7 +84,8 @@ def running_replay_server(
     """Run a replay server on its own event loop in a background thread, for synchronous callers.
 
     The yielded server's ``ledger``, ``faults``, ``inject()``, ``connections()`` and URLs are safe to
-    use from the calling thread. ``options`` go to :func:`start_replay_server` (e.g. ``tick_interval``).
+    use from the calling thread. ``options`` go to :func:`start_replay_server` (e.g. ``tick_interval``,
+    ``book_rate_per_symbol``, ``capture``/``capture_exchange``/``speed``, ``record``).
     """
     started: concurrent.futures.Future[tuple[ReplayServer, asyncio.Event]] = concurrent.futures.Future()
 

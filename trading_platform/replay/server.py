@@ -1,9 +1,14 @@
 """The replay server: one websockets server, one port, every exchange under its own path prefix.
 
-``/binance/...`` is the Binance protocol (``binance.py``); ``/_replay/...`` is the admin HTTP API
-(``admin.py``). One tick task advances every exchange's market and fans the new trades out to the
+``/binance/...`` is the Binance protocol (``binance.py``, with its REST depth snapshot under
+``/binance/api/v3/depth``), ``/coinbase`` Coinbase Advanced Trade (``coinbase.py``), ``/kraken/v2``
+Kraken v2 (``kraken.py``); ``/_replay/...`` is the admin HTTP API (``admin.py``). One tick task
+advances every exchange's market (trades and book) and fans trades and book changes out to the
 subscribed connections' outboxes; per-connection sender tasks write them. So the cost per tick is one
 loop over symbols, whatever the trade rate.
+
+With a capture, one exchange's prefix serves the recorded frames instead (``capture.py``); with
+``record``, every frame sent on the named exchanges is written to a file (``recording.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -20,16 +26,27 @@ from websockets.http11 import Request, Response
 from trading_platform.config import ExchangesFile
 from trading_platform.replay import admin
 from trading_platform.replay.binance import BinanceFeed
+from trading_platform.replay.capture import CaptureFeed
+from trading_platform.replay.coinbase import CoinbaseFeed
 from trading_platform.replay.connection import ReplayConnection
 from trading_platform.replay.faults import Fault, FaultCounters, FaultKind, FaultResult
 from trading_platform.replay.feed import ExchangeFeed, FeedOptions, RequestRejected
+from trading_platform.replay.kraken import KrakenFeed
 from trading_platform.replay.ledger import TradeLedger
-from trading_platform.replay.market import new_seed
+from trading_platform.replay.market import DEFAULT_BOOK_RATE, new_seed
+from trading_platform.replay.recording import FrameRecorder, RecordFormat
 
 log = logging.getLogger(__name__)
 
-# Exchanges with a replay protocol; configured exchanges without one are not served (yet).
-FEED_TYPES: dict[str, type[ExchangeFeed]] = {"binance": BinanceFeed}
+# Exchanges with a replay protocol; configured exchanges without one are not served.
+FEED_TYPES: dict[str, type[ExchangeFeed]] = {"binance": BinanceFeed, "coinbase": CoinbaseFeed, "kraken": KrakenFeed}
+# WebSocket paths per exchange ({prefix} is the exchange name): what a client connects to.
+PATHS = {
+    "binance": "/binance/ws/<stream>, /binance/stream?streams=<s1>/<s2>, GET /binance/api/v3/depth",
+    "coinbase": "/coinbase",
+    "kraken": "/kraken/v2",
+}
+RECORD_FLUSH_S = 0.2
 
 PING_INTERVAL_S = 20.0  # Binance pings every 20 s ...
 PING_TIMEOUT_S = 60.0  # ... and disconnects after a minute without a pong.
@@ -48,22 +65,48 @@ class ReplayServer:
         tick_interval: float,
         enforce_limits: bool,
         max_pending_frames: int,
+        book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
+        subscribe_timeout_s: float = 5.0,
+        capture: Path | None = None,
+        capture_exchange: str | None = None,
+        speed: float = 1.0,
+        record: dict[str, Path] | None = None,
+        record_format: RecordFormat = "raw",
     ) -> None:
         self.host = host
         self.seed = new_seed() if seed is None else seed
         self.tick_interval = tick_interval
         self.ledger = TradeLedger()
         self.faults = FaultCounters()
-        options = FeedOptions(rate_per_symbol, self.seed, max_pending_frames, enforce_limits)
-        self.feeds: dict[str, ExchangeFeed] = {
-            name: FEED_TYPES[name](config, self.ledger, self.faults, options)
-            for name, config in exchanges.exchanges.items()
-            if name in FEED_TYPES
-        }
+        options = FeedOptions(
+            rate_per_symbol,
+            self.seed,
+            max_pending_frames,
+            enforce_limits,
+            book_rate_per_symbol,
+            subscribe_timeout_s,
+        )
+        if (capture is None) != (capture_exchange is None):
+            raise ValueError("capture and capture_exchange go together")
+        if capture_exchange is not None and capture_exchange not in exchanges.exchanges:
+            raise ValueError(f"capture exchange {capture_exchange!r} is not configured: {sorted(exchanges.exchanges)}")
+        self.capture_exchange = capture_exchange
+        self.feeds: dict[str, ExchangeFeed] = {}
+        for name, config in exchanges.exchanges.items():
+            if name == capture_exchange and capture is not None:
+                self.feeds[name] = CaptureFeed(name, capture, speed, config, self.ledger, self.faults, options)
+            elif name in FEED_TYPES:
+                self.feeds[name] = FEED_TYPES[name](config, self.ledger, self.faults, options)
+        self.recorders: dict[str, FrameRecorder] = {}
+        for recorded, path in (record or {}).items():
+            if recorded not in self.feeds:
+                raise ValueError(f"cannot record {recorded!r}: not served; served: {sorted(self.feeds)}")
+            self.recorders[recorded] = self.feeds[recorded].recorder = FrameRecorder(path, record_format)
         self.port = 0
         self._ws_server: Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused_at_ms: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -96,6 +139,8 @@ class ReplayServer:
             self._ws_server.close()
             await self._ws_server.wait_closed()
             self._ws_server = None
+        for recorder in self.recorders.values():
+            recorder.close()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -114,6 +159,7 @@ class ReplayServer:
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        flush_at = next_at + RECORD_FLUSH_S
         while True:
             next_at += self.tick_interval
             delay = next_at - loop.time()
@@ -125,11 +171,18 @@ class ReplayServer:
                 next_at = loop.time()
                 await asyncio.sleep(0)
             now_ms = time.time_ns() // 1_000_000
+            if self._paused_at_ms is not None:
+                continue
             for feed in self.feeds.values():
                 try:
                     feed.tick(now_ms)
                 except Exception:
                     log.exception("replay %s: tick failed", feed.name)
+            if self.recorders and loop.time() >= flush_at:
+                # Recordings are readable while the server runs, a fraction of a second behind.
+                flush_at = loop.time() + RECORD_FLUSH_S
+                for recorder in self.recorders.values():
+                    recorder.flush()
 
     # -- HTTP / routing ------------------------------------------------------------------------------
 
@@ -197,11 +250,49 @@ class ReplayServer:
     def _inject(self, fault: Fault) -> FaultResult:
         if fault.exchange is not None and fault.exchange not in self.feeds:
             raise ValueError(f"exchange {fault.exchange!r} is not served; served: {sorted(self.feeds)}")
-        targets = [self.feeds[fault.exchange]] if fault.exchange else list(self.feeds.values())
+        if fault.exchange:
+            targets = [self.feeds[fault.exchange]]  # refuses (ValueError) a kind this exchange cannot do
+        else:
+            targets = [feed for feed in self.feeds.values() if fault.kind in feed.supported_faults]
         reached = sum(feed.inject(fault, self.loop.time()) for feed in targets)
         if fault.kind is not FaultKind.REFUSE_CONNECTIONS:
             log.info("replay: injected %s on %s (%d connections)", fault.kind, [f.name for f in targets], reached)
         return FaultResult(fault.kind, [feed.name for feed in targets], reached)
+
+    def pause(self) -> None:
+        """Freeze every market (no trades, no book changes) after sending all pending book changes.
+
+        Once it returns, everything the server will send about the frozen state is queued on each
+        connection, ahead of any reply to a later request: a client that sends a request and reads up
+        to its reply has seen it all, and its book must equal :meth:`book`. Safe from any thread.
+        """
+
+        def freeze() -> None:
+            if self._paused_at_ms is None:
+                now_ms = time.time_ns() // 1_000_000
+                self._paused_at_ms = now_ms
+                for feed in self.feeds.values():
+                    feed.flush_books(now_ms)
+
+        self._on_loop(freeze)
+
+    def resume(self) -> None:
+        """Continue where :meth:`pause` stopped; the paused interval is skipped, not caught up."""
+
+        def thaw() -> None:
+            if self._paused_at_ms is not None:
+                paused_ms = time.time_ns() // 1_000_000 - self._paused_at_ms
+                self._paused_at_ms = None
+                for feed in self.feeds.values():
+                    feed.market.shift(paused_ms)
+
+        self._on_loop(thaw)
+
+    def book(self, exchange: str, symbol: str) -> dict[str, Any]:
+        """The server's current book of a normalized symbol (e.g. ``BTC-USD``) on ``exchange``:
+        ``{"update_id": int, "bids": [(price, qty), …], "asks": […]}``, texts with the symbol's
+        decimals, best first. Safe from any thread."""
+        return self._on_loop(lambda: self.feeds[exchange].book(symbol))  # type: ignore[no-any-return]
 
     def connections(self) -> list[dict[str, object]]:
         """Open client connections, as :meth:`Session.describe` reports them."""
@@ -241,20 +332,51 @@ async def start_replay_server(
     ping_interval: float | None = PING_INTERVAL_S,
     enforce_limits: bool = True,
     max_pending_frames: int = 500_000,
+    book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
+    subscribe_timeout_s: float = 5.0,
+    capture: Path | None = None,
+    capture_exchange: str | None = None,
+    speed: float = 1.0,
+    record: dict[str, Path] | None = None,
+    record_format: RecordFormat = "raw",
 ) -> ReplayServer:
     """Start serving on ``host:port`` (0: an ephemeral port, see ``server.port``).
 
     Every configured exchange with a replay protocol is served, enabled or not. ``rate_per_symbol`` is
-    the long-run average trades per second per symbol (arrivals are bursty around it). ``seed`` fixes
-    each symbol's trade sequence; without it a random seed is drawn and reported as ``server.seed``.
+    the long-run average trades per second per symbol (arrivals are bursty around it);
+    ``book_rate_per_symbol`` the maker events (level adds/resizes/cancels) per second per symbol on
+    top of the fills. ``seed`` fixes each symbol's trades and book; without it a random seed is drawn
+    and reported as ``server.seed``. ``subscribe_timeout_s``: Coinbase's subscribe deadline.
+
+    ``capture`` + ``capture_exchange``: that exchange's prefix replays the capture file (see
+    ``capture.py``) at ``speed`` (0: as fast as possible). ``record``: {exchange: file} to write every
+    frame sent on that exchange, one per line (``record_format`` ``raw`` or ``cryptofeed``).
     """
-    server = ReplayServer(exchanges, host, rate_per_symbol, seed, tick_interval, enforce_limits, max_pending_frames)
+    server = ReplayServer(
+        exchanges,
+        host,
+        rate_per_symbol,
+        seed,
+        tick_interval,
+        enforce_limits,
+        max_pending_frames,
+        book_rate_per_symbol,
+        subscribe_timeout_s,
+        capture,
+        capture_exchange,
+        speed,
+        record,
+        record_format,
+    )
     await server.start(port, ping_interval)
     log.info(
         "replay feed on %s (seed %d, %.3g trades/s per symbol): %s",
         server.ws_base_url,
         server.seed,
         rate_per_symbol,
-        ", ".join(f"{server.ws_base_url}/{name}/stream" for name in server.feeds),
+        "; ".join(
+            f"{name}: capture {capture}" if name == capture_exchange else f"{name}: {PATHS.get(name, '/' + name)}"
+            for name in server.feeds
+        ),
     )
     return server

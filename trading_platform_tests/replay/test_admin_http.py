@@ -71,6 +71,8 @@ def test_post_fault_is_injected(replay: ReplayServer) -> None:
         {"kind": "meteor"},
         {"kind": "malformed_json", "count": "two"},
         {"kind": "drop_connections", "exchange": "nyse"},
+        {"kind": "bad_checksum", "exchange": "binance"},
+        {"kind": "sequence_gap", "exchange": "binance", "symbol": "NOPEUSDT"},
         [1, 2],
     ],
 )
@@ -79,6 +81,11 @@ def test_bad_fault_request_is_400(replay: ReplayServer, body: object) -> None:
         post(replay, "/_replay/faults", body)
     assert error.value.code == 400
     assert "error" in json.loads(error.value.read())
+
+
+def test_post_book_fault(replay: ReplayServer) -> None:
+    answer = post(replay, "/_replay/faults", {"kind": "sequence_gap", "exchange": "binance", "symbol": "BTCUSDT"})
+    assert answer == {"kind": "sequence_gap", "exchanges": ["binance"], "connections": 0}
 
 
 def test_connections_lists_streams_and_ids(replay: ReplayServer) -> None:
@@ -95,8 +102,8 @@ def test_health_reports_seed_and_exchanges(replay: ReplayServer) -> None:
     assert get(replay, "/_replay/health") == {
         "status": "ok",
         "seed": 7,
-        "exchanges": ["binance"],
-        "connections": {"binance": 0},
+        "exchanges": ["binance", "coinbase", "kraken"],
+        "connections": {"binance": 0, "coinbase": 0, "kraken": 0},
     }
 
 

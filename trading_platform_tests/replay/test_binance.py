@@ -97,7 +97,7 @@ def test_list_subscriptions_in_subscription_order(replay: ReplayServer) -> None:
 
 def test_unknown_symbol_stream_is_accepted_but_silent(replay: ReplayServer) -> None:
     with connect(combined_url(replay)) as ws:
-        request(ws, "SUBSCRIBE", ["foousdt@trade", "btcusdt@depth"], request_id=4)
+        request(ws, "SUBSCRIBE", ["foousdt@trade", "foousdt@depth", "btcusdt@kline_1m"], request_id=4)
         assert recv_json(ws) == {"result": None, "id": 4}
         with pytest.raises(TimeoutError):
             ws.recv(timeout=0.3)

@@ -116,3 +116,34 @@ def test_frame_fault_reaches_every_open_connection(replay: ReplayServer) -> None
         request(b, "LIST_SUBSCRIPTIONS")
         read_until_reply(b, 1)  # b's session is registered once it answers
         assert replay.inject(Fault(FaultKind.MALFORMED_JSON)).connections == 2
+
+
+def test_book_faults_reach_only_the_exchanges_they_make_sense_for(replay: ReplayServer) -> None:
+    assert replay.inject(Fault(FaultKind.SEQUENCE_GAP)).exchanges == ["binance", "coinbase"]
+    assert replay.inject(Fault(FaultKind.BAD_CHECKSUM)).exchanges == ["kraken"]
+    assert replay.inject(Fault(FaultKind.SERVER_SHUTDOWN)).exchanges == ["binance"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(FaultKind.BAD_CHECKSUM, exchange="binance"),
+        Fault(FaultKind.SEQUENCE_GAP, exchange="kraken"),
+        Fault(FaultKind.SERVER_SHUTDOWN, exchange="coinbase"),
+        Fault(FaultKind.SEQUENCE_GAP, exchange="binance", symbol="FOOUSDT"),
+    ],
+)
+def test_book_fault_aimed_where_it_makes_no_sense_is_refused(replay: ReplayServer, fault: Fault) -> None:
+    with pytest.raises(ValueError):
+        replay.inject(fault)
+
+
+def test_frame_faults_reach_every_exchange_with_connections(replay: ReplayServer) -> None:
+    with (
+        connect(combined_url(replay, "btcusdt@trade")) as binance,
+        connect(f"{replay.ws_base_url}/kraken/v2") as kraken,
+    ):
+        recv_json(binance)
+        recv_json(kraken)  # status: the session is registered
+        result = replay.inject(Fault(FaultKind.UNKNOWN_SYMBOL))
+    assert result.exchanges == ["binance", "coinbase", "kraken"] and result.connections == 2
