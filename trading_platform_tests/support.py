@@ -11,14 +11,15 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trading_platform.schema import MARKET_TRADES, QUARANTINE
+from trading_platform.config import Endpoints, ExchangeConfig
+from trading_platform.schema import lake_table
 from trading_platform.storage.object_store import ObjectStore
 
 T = TypeVar("T")
 
 
 def read_dataset(store: ObjectStore, dataset: str) -> pa.Table:
-    table = MARKET_TRADES if dataset == "trades" else QUARANTINE
+    table = lake_table(dataset)
     keys = [k for k in store.list_keys(table.lake_prefix()) if k.endswith(".parquet")]
     if not keys:
         return table.arrow_schema.empty_table()
@@ -46,3 +47,10 @@ def local_lake(path: Path) -> ObjectStore:
     from trading_platform.storage.object_store import LocalObjectStore
 
     return LocalObjectStore(path)
+
+
+def replay_endpoints(config: ExchangeConfig, host: str, port: int) -> Endpoints:
+    """The exchange's replay endpoints (WebSocket and REST) on a test's replay server: never the internet."""
+    from trading_platform.settings import Settings
+
+    return config.endpoints(Settings(feed_mode="replay", replay_host=host, replay_port=port))

@@ -61,7 +61,7 @@ def test_a_badly_spelled_symbol_is_named(tmp_path: Path) -> None:
 
 
 def test_an_unknown_channel_names_the_allowed_ones(tmp_path: Path) -> None:
-    text = CONFIG_FILE.read_text().replace("channels: [trades]", "channels: [tradez]", 1)
+    text = CONFIG_FILE.read_text().replace("channels: [trades, book]", "channels: [tradez, book]", 1)
     with pytest.raises(ConfigError, match=r"exchanges\.binance\.channels\.0.*'trades' or 'book'"):
         load_exchanges(write_yaml(tmp_path, text))
 

@@ -33,6 +33,7 @@ Choices where the docs are silent:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections import deque
@@ -50,6 +51,8 @@ from trading_platform.replay.faults import CONNECTION_FAULTS, FRAME_FAULTS, Faul
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
+
+HISTORY_TRADES = 200_000  # per symbol, for REST historicalTrades (hours at the default rates)
 
 MAX_STREAMS = 1024
 MAX_MESSAGES_PER_S = 5
@@ -115,6 +118,7 @@ class BinanceFeed(ExchangeFeed):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._history: dict[str, deque[Trade]] = {}
         self._native = {symbol: native_symbol(symbol) for symbol in self.config.symbols}
         self._by_native = {native: symbol for symbol, native in self._native.items()}
         self._stream_symbol = {trade_stream(symbol): symbol for symbol in self.config.symbols}
@@ -257,6 +261,8 @@ class BinanceFeed(ExchangeFeed):
 
     def publish(self, batches: list[tuple[SymbolSpec, list[Trade]]], event_ms: int) -> None:
         for spec, trades in batches:
+            # Every trade that happened, watched or not: REST historicalTrades serves it later.
+            self._history.setdefault(spec.symbol, deque(maxlen=HISTORY_TRADES)).extend(trades)
             subscribers = self._subscribers.get(spec.symbol)
             if not subscribers:
                 continue
@@ -334,6 +340,8 @@ class BinanceFeed(ExchangeFeed):
     # -- REST ----------------------------------------------------------------------------------------
 
     def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
+        if path.rstrip("/") == f"{self.path_prefix}/api/v3/historicalTrades":
+            return self._historical_trades(ws, request)
         if path.rstrip("/") != f"{self.path_prefix}/api/v3/depth":
             return None
         query = parse_qs(request.path.partition("?")[2])
@@ -351,6 +359,35 @@ class BinanceFeed(ExchangeFeed):
         body = self.depth_snapshot(symbol, int(raw_limit))
         if self.recorder is not None:
             self.recorder.rest(request.path, body)
+        return json_text_response(ws, 200, body)
+
+    def _historical_trades(self, ws: ServerConnection, request: Request) -> Response:
+        """``GET /api/v3/historicalTrades?symbol=&fromId=&limit=`` (limit 1-1000, default 500), as Binance
+        answers it. Served trades count as sent in the ledger (connection id 0: REST)."""
+        query = parse_qs(request.path.partition("?")[2])
+        native = query.get("symbol", [""])[0]
+        symbol = self._by_native.get(native)
+        if symbol is None:
+            return _rest_error(ws, -1121, "Invalid symbol.")
+        raw_limit = query.get("limit", ["500"])[0]
+        raw_from = query.get("fromId", [""])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000 or (raw_from and not raw_from.isdigit()):
+            return _rest_error(ws, -1100, "Illegal characters found in parameter 'limit' or 'fromId'.")
+        history = self._history.get(symbol, deque())
+        limit = int(raw_limit)
+        if raw_from:  # ids are consecutive per symbol: index arithmetic, not a scan
+            start = max(0, int(raw_from) - history[0].trade_id) if history else 0
+            chosen = list(itertools.islice(history, start, start + limit))
+        else:
+            chosen = list(history)[-limit:]
+        price_format, qty_format = self._formats[symbol]
+        body = "[" + ",".join(
+            f'{{"id":{t.trade_id},"price":"{t.price:{price_format}}","qty":"{t.qty:{qty_format}}",'
+            f'"quoteQty":"{t.price * t.qty:.8f}","time":{t.time_ms},'
+            f'"isBuyerMaker":{"true" if t.buyer_maker else "false"},"isBestMatch":true}}'
+            for t in chosen) + "]"
+        for t in chosen:
+            self.ledger.record(self.name, native, t.trade_id, 1, 0)
         return json_text_response(ws, 200, body)
 
     def depth_snapshot(self, symbol: str, limit: int) -> str:

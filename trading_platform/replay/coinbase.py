@@ -12,8 +12,9 @@ from 0, across channels and products. Channels with data:
   (the AsyncAPI spec's type; the prose docs show a string).
 - ``market_trades``: first one ``snapshot`` message per product with its last 50 trades, then
   ``update`` messages (one per product and server tick). Trades are in ascending ``trade_id`` order;
-  ``trade_id`` is the decimal id as a string. ``side`` is the TAKER side (``BUY``: the aggressor
-  bought) — the live feed's meaning is unverified (protocols doc), so a parser should make it a switch.
+  ``trade_id`` is the decimal id as a string. ``side`` is the MAKER side (``BUY``: the resting order
+  bought, the aggressor sold), as Coinbase documents for its feeds and as ``exchanges/coinbase.py``
+  reads it (``MARKET_TRADES_SIDE_IS_MAKER``); the protocols notes mark the live meaning unverified.
 - ``level2``: frames carry ``"channel":"l2_data"``; first one ``snapshot`` per product with the whole
   book (bids best first, then offers best first, ``event_time`` the epoch as in the docs' example),
   then ``update`` events every 50 ms with the changed levels (``new_quantity`` absolute, ``"0"``
@@ -242,7 +243,7 @@ class CoinbaseFeed(ExchangeFeed):
         product = spec.symbol
         return ",".join(
             f'{{"trade_id":"{t.trade_id}","product_id":"{product}","price":"{spec.price_text(t.price_ticks)}",'
-            f'"size":"{spec.qty_text(t.qty_lots)}","side":"{"SELL" if t.buyer_maker else "BUY"}",'
+            f'"size":"{spec.qty_text(t.qty_lots)}","side":"{"BUY" if t.buyer_maker else "SELL"}",'
             f'"time":"{rfc3339_us(t.time_ms * 1000)}"}}'
             for t in trades
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from trading_platform.config import Endpoints, ExchangesFile
+from trading_platform.config import ExchangesFile
 from trading_platform.exchanges.binance import Binance
 from trading_platform.ingestion.runner import IngestionRunner, RunnerConfig
 from trading_platform.replay import Fault, FaultKind, ReplayServer, running_replay_server
@@ -30,7 +30,7 @@ from trading_platform.storage.lake_loader import load_new_batches
 from trading_platform.storage.object_store import ObjectStore, open_object_store
 from trading_platform.storage.redis_cache import EmbeddedValkey, PriceCache, connect
 from trading_platform_tests.conftest import free_port
-from trading_platform_tests.support import lake_trade_ids, wait_for
+from trading_platform_tests.support import lake_trade_ids, replay_endpoints, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ class Ingestion:
 
 def start_ingestion(tmp_path: Path, replay: ReplayServer, binance: Binance, store: ObjectStore,
                     redis_url: str | None = None) -> Ingestion:
-    url = binance.connect_url(Endpoints(ws_url=f"{replay.ws_base_url}/binance/stream"))
+    url = binance.connect_url(replay_endpoints(binance.config, replay.host, replay.port))
     runner = IngestionRunner(binance, url, store, RunnerConfig(
         wal_dir=tmp_path / "wal", batch_max_age_s=1.0, hot_tick_s=0.25, reconnect_initial_s=0.2, reconnect_max_s=2.0),
         price_cache=(lambda: PriceCache(connect(redis_url))) if redis_url else None)

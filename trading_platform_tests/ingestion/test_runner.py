@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from trading_platform.config import Endpoints, ExchangesFile
+from trading_platform.config import ExchangesFile
 from trading_platform.exchanges.binance import Binance
 from trading_platform.ingestion.runner import FlushReport, IngestionRunner, RunnerConfig
 from trading_platform.replay import Fault, FaultKind, ReplayServer, running_replay_server
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.storage.redis_cache import PriceCache, connect
 from trading_platform_tests.conftest import free_port
-from trading_platform_tests.support import lake_trade_ids, read_dataset, wait_for
+from trading_platform_tests.support import lake_trade_ids, read_dataset, replay_endpoints, wait_for
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def config(tmp_path: Path, **overrides: float) -> RunnerConfig:
 
 
 def url_for(server: ReplayServer, binance: Binance) -> str:
-    return binance.connect_url(Endpoints(ws_url=f"{server.ws_base_url}/binance/stream"))
+    return binance.connect_url(replay_endpoints(binance.config, server.host, server.port))
 
 
 def run_in_thread(runner: IngestionRunner, stop: threading.Event) -> threading.Thread:
@@ -82,7 +82,9 @@ def test_every_flush_reports_rows_symbols_time_range_and_lag(
     assert written.first_trade_us is not None and written.last_trade_us is not None
     assert written.first_trade_us <= written.last_trade_us
     assert written.max_receive_lag_ms is not None and written.max_receive_lag_ms >= 0
-    assert all(k.startswith("raw/trades/exchange=binance/symbol=") for k in written.keys)
+    trade_keys = [k for k in written.keys if k.startswith("raw/trades/")]
+    assert trade_keys and all(k.startswith("raw/trades/exchange=binance/symbol=") for k in trade_keys)
+    assert all("/exchange=binance/" in k for k in written.keys)
 
 
 def test_bad_frames_are_quarantined_with_raw_text_and_the_feed_goes_on(
@@ -126,7 +128,7 @@ def test_an_unreachable_endpoint_is_retried_with_backoff_and_reported(tmp_path: 
                                                                       exchanges_config: ExchangesFile) -> None:
     port = free_port()
     statuses: list[str] = []
-    runner = IngestionRunner(binance, binance.connect_url(Endpoints(ws_url=f"ws://127.0.0.1:{port}/binance/stream")),
+    runner = IngestionRunner(binance, binance.connect_url(replay_endpoints(binance.config, "127.0.0.1", port)),
                              LocalObjectStore(tmp_path / "lake"), config(tmp_path), on_status=statuses.append)
     stop = threading.Event()
     thread = run_in_thread(runner, stop)
@@ -170,9 +172,10 @@ from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.defs.ingestion import stop_on_signals
 import threading
 from pathlib import Path
-url, root, config_file = sys.argv[1:4]
+url, rest_url, root, config_file = sys.argv[1:5]
 binance = Binance(load_exchanges(Path(config_file)).exchanges["binance"])
-runner = IngestionRunner(binance, binance.connect_url(Endpoints(ws_url=url)), LocalObjectStore(Path(root) / "lake"),
+runner = IngestionRunner(binance, binance.connect_url(Endpoints(ws_url=url, rest_url=rest_url)),
+                         LocalObjectStore(Path(root) / "lake"),
                          RunnerConfig(wal_dir=Path(root) / "wal", batch_max_age_s=1.0, hot_tick_s=0.2),
                          on_status=lambda m: print(m, flush=True))
 stop = threading.Event()
@@ -186,7 +189,8 @@ def test_sigterm_drains_and_flushes_everything_received(tmp_path: Path, replay: 
     from trading_platform_tests.conftest import CONFIG_FILE
 
     process = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream", str(tmp_path), str(CONFIG_FILE)],
+        [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream",
+         f"{replay.http_base_url}/binance", str(tmp_path), str(CONFIG_FILE)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
     )
     store = LocalObjectStore(tmp_path / "lake")
@@ -206,7 +210,8 @@ def test_kill_9_loses_nothing_that_reached_the_wal(tmp_path: Path, replay: Repla
     from trading_platform_tests.conftest import CONFIG_FILE
 
     process = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream", str(tmp_path), str(CONFIG_FILE)],
+        [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream",
+         f"{replay.http_base_url}/binance", str(tmp_path), str(CONFIG_FILE)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     store = LocalObjectStore(tmp_path / "lake")
