@@ -173,6 +173,10 @@ class Exchange(ABC):
     def import_state(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook, empty by default)
         """Restore ``export_state()`` from the previous run."""
 
+    def outstanding_actions(self) -> list[Action]:
+        """Requests still owed after decoding the WAL (recovery performs no actions): the run asks again."""
+        return []
+
     # --- shared book bookkeeping -------------------------------------------------------------
     def reset_books(self) -> None:
         """A new connection: every book is untrusted until it resyncs from a fresh snapshot."""

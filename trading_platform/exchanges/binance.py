@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import (
     DECODED_TRADE_SCHEMA,
+    Action,
     DecodedFrames,
     Exchange,
     FetchSnapshot,
@@ -150,6 +151,9 @@ class Binance(Exchange):
         # Trade ids are consecutive per symbol: the last one seen tells a reconnect or restart what it
         # missed, and the gap is filled from REST historicalTrades, so no trade is lost.
         self._last_trade_id: dict[str, int] = {}
+        # Gaps asked for but not filled yet: kept across runs, so a run that ends (or dies) before
+        # REST answered does not lose them; the next run asks again.
+        self._open_gaps: dict[str, list[tuple[int, int]]] = {}
         self._batch_ids: pa.Array = pa.array([], pa.int64())
 
     @staticmethod
@@ -266,10 +270,20 @@ class Binance(Exchange):
         return payloads, indices, False
 
     def export_state(self) -> dict[str, Any]:
-        return {"last_trade_id": dict(self._last_trade_id)}
+        return {"last_trade_id": dict(self._last_trade_id),
+                "open_gaps": {symbol: [list(g) for g in gaps] for symbol, gaps in self._open_gaps.items() if gaps}}
 
     def import_state(self, state: dict[str, Any]) -> None:
         self._last_trade_id.update({k: int(v) for k, v in state.get("last_trade_id", {}).items()})
+        for symbol, gaps in state.get("open_gaps", {}).items():
+            self._open_gaps[symbol] = [(int(a), int(b)) for a, b in gaps]
+
+    def outstanding_actions(self) -> list[Action]:
+        out = DecodedFrames(DECODED_TRADE_SCHEMA.empty_table(), Rejects())
+        for symbol, gaps in self._open_gaps.items():
+            for first, last in gaps:
+                self._request_trades(symbol, first, last, 0, out, record=False)
+        return out.actions
 
     def _check_trade_gaps(self, table: pa.Table, received_us: int, out: DecodedFrames) -> None:
         """Ask REST for trade ids missing before or inside this batch (per-symbol ids step by one).
@@ -304,6 +318,7 @@ class Binance(Exchange):
             _events(out).add(symbol, received_us, "trade_gap",
                              f"trade ids {first}..{last} not received ({last - first + 1}); backfilling from REST")
             self.counters["trade_gaps"] += 1
+            self._open_gaps.setdefault(symbol, []).append((first, last))
         url = (f"{self._rest_url}/api/v3/historicalTrades?symbol={self.native_symbol(symbol)}"
                f"&fromId={first}&limit={min(HISTORICAL_LIMIT, last - first + 1)}")
         out.actions.append(FetchSnapshot(symbol, url, purpose=f"trades {first} {last}"))
@@ -337,8 +352,20 @@ class Binance(Exchange):
             out.trades = pa.concat_tables([out.trades, rows])
             self.counters["trades_backfilled"] += len(wanted)
         got = max((t.id for t in wanted), default=first - 1)
+        self._narrow_gap(symbol, first, last, got)
         if got < last and len(history) >= min(HISTORICAL_LIMIT, last - first + 1):
             self._request_trades(symbol, got + 1, last, received_us, out, record=False)  # the next page
+
+    def _narrow_gap(self, symbol: str, first: int, last: int, got: int) -> None:
+        """Ids first..got arrived: shrink (or close) the open gap they belonged to."""
+        gaps = self._open_gaps.get(symbol, [])
+        for k, (a, b) in enumerate(gaps):
+            if a <= first <= b or a <= last <= b:
+                if got >= b:
+                    gaps.pop(k)
+                elif got >= a:
+                    gaps[k] = (got + 1, b)
+                return
 
     def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
                  frames: list[bytes], rejects: Rejects) -> pa.Table:

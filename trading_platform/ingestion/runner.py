@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a store still down after this keeps the data in the WAL
 SNAPSHOT_MIN_INTERVAL_S = 1.0
+FINAL_FETCH_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ class IngestionRunner:
         self._sealed = asyncio.Queue()
         flusher = asyncio.create_task(self._flush_worker())
         self._recover()
+        for action in self.exchange.outstanding_actions():  # e.g. trade gaps a previous run left open
+            await self._perform(action)
         session = FeedSession(self.exchange, self.url, self._on_frame, self.config.reconnect_initial_s,
                               self.config.reconnect_max_s, self.on_status, on_connected=self._on_connected)
         self._session = session
@@ -167,6 +170,8 @@ class IngestionRunner:
             receiver.result()
         finally:
             watcher.cancel()
+            if self._tasks:  # let REST answers in flight (snapshots, trade backfills) land in this run
+                await asyncio.wait(self._tasks, timeout=FINAL_FETCH_WAIT_S)
             await self._tick(final=True)
             self._sealed.put_nowait(None)  # type: ignore[arg-type]
             try:
@@ -194,7 +199,9 @@ class IngestionRunner:
         self.summary.frames_received += 1
 
     def _on_connected(self, url: str, received_us: int) -> None:
-        self._fetching.clear()  # answers to the previous connection's requests no longer apply
+        # Book snapshots asked on the previous connection no longer apply (the books restart); other
+        # requests, such as trade-gap backfills, stay valid across connections.
+        self._fetching = {key for key in self._fetching if b" " in key}
         self._record(url.encode(), received_us, RecordKind.CONNECTED)
 
     def _process(self, normalizer: TradeNormalizer, frames: list[bytes], received: list[int],

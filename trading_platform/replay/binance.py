@@ -33,7 +33,7 @@ Choices where the docs are silent:
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
 import json
 import re
 from collections import deque
@@ -375,9 +375,10 @@ class BinanceFeed(ExchangeFeed):
             return _rest_error(ws, -1100, "Illegal characters found in parameter 'limit' or 'fromId'.")
         history = self._history.get(symbol, deque())
         limit = int(raw_limit)
-        if raw_from:  # ids are consecutive per symbol: index arithmetic, not a scan
-            start = max(0, int(raw_from) - history[0].trade_id) if history else 0
-            chosen = list(itertools.islice(history, start, start + limit))
+        if raw_from:  # history is in id order: binary search
+            ordered = list(history)
+            start = bisect.bisect_left(ordered, int(raw_from), key=lambda t: t.trade_id)
+            chosen = ordered[start:start + limit]
         else:
             chosen = list(history)[-limit:]
         price_format, qty_format = self._formats[symbol]

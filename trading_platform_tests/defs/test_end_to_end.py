@@ -29,7 +29,7 @@ from trading_platform.storage.clickhouse import open_clickhouse
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.storage.redis_cache import PriceCache, connect
 from trading_platform_tests.conftest import free_port
-from trading_platform_tests.support import lake_trade_ids, wait_for
+from trading_platform_tests.support import lake_trade_ids, read_dataset, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -137,45 +137,71 @@ def _latest_check(home: Path, asset: str, check: str) -> dg.AssetCheckEvaluation
     return None
 
 
+EXCHANGES = ("binance", "coinbase", "kraken")
+
+
+def _supervisor(exchange: str) -> dict[str, str]:
+    return {**SUPERVISOR, "sensorName": f"supervise_{exchange}"}
+
+
 def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platform) -> None:
-    # The supervisor sensor starts the ingestion run by itself.
-    run = wait_for(lambda: next((r for r in platform.runs("ingest_binance") if r["status"] == "STARTED"), None),
-                   120, "the supervisor to start ingest_binance", interval_s=1)
-    assert {"key": "tp/relaunch_reason", "value": "first start"} in run["tags"]
-    wait_for(lambda: _lake_rows(platform.state_dir) > 0, 60, "a first lake batch", interval_s=1)
+    # The supervisor sensors start one ingestion run per exchange by themselves.
+    runs = {}
+    for exchange in EXCHANGES:
+        run = wait_for(lambda ex=exchange: next((r for r in platform.runs(f"ingest_{ex}") if r["status"] == "STARTED"),
+                                                None), 120, f"the supervisor to start ingest_{exchange}", interval_s=1)
+        assert {"key": "tp/relaunch_reason", "value": "first start"} in run["tags"]
+        runs[exchange] = run
+    lake = LocalObjectStore(platform.state_dir / "lake")
+    wait_for(lambda: len({(r["exchange"], r["symbol"]) for r in read_dataset(lake, "orderbook").to_pylist()}) == 60,
+             90, "book snapshots of all 60 pairs", interval_s=2)
 
     # Stop supervision (so nothing relaunches), then terminate as the UI's button does: it must drain.
-    sensor = platform.graphql(SENSOR_QUERY, selector=SUPERVISOR)["sensorOrError"]
-    assert sensor["sensorState"]["status"] == "RUNNING"
-    platform.graphql(STOP_SENSOR, id=sensor["id"])
-    time.sleep(3)  # mid-batch
-    platform.client.terminate_run(run["runId"])
-    status = wait_for(lambda: (s := platform.client.get_run_status(run["runId"])).value in
-                      ("SUCCESS", "FAILURE", "CANCELED") and s, 60, "the terminated run to end", interval_s=1)
-    assert status == dg.DagsterRunStatus.CANCELED or status == dg.DagsterRunStatus.SUCCESS
+    for exchange in EXCHANGES:
+        sensor = platform.graphql(SENSOR_QUERY, selector=_supervisor(exchange))["sensorOrError"]
+        assert sensor["sensorState"]["status"] == "RUNNING"
+        platform.graphql(STOP_SENSOR, id=sensor["id"])
+    time.sleep(1.5)  # mid-batch
+    for run in runs.values():
+        platform.client.terminate_run(run["runId"])
+    for run in runs.values():
+        status = wait_for(lambda r=run: (st := platform.client.get_run_status(r["runId"])).value in
+                          ("SUCCESS", "FAILURE", "CANCELED") and st, 60, "the terminated runs to end", interval_s=1)
+        assert status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS)
 
-    # Every trade the exchange sent is in the lake exactly once.
-    ids = lake_trade_ids(LocalObjectStore(platform.state_dir / "lake"))
+    # Every trade the exchanges sent is in the lake exactly once.
+    sent = set().union(*(platform.replay.ledger.trades(exchange) for exchange in EXCHANGES))
+    ids = lake_trade_ids(lake)
     assert len(ids) == len(set(ids))
-    assert set(ids) == platform.replay.ledger.trades("binance")
+    assert set(ids) == sent
 
     # The load automation (no clicks) brings ClickHouse to the same rows.
     lake_rows = len(ids)
     wait_for(lambda: _clickhouse_rows(platform.clickhouse_url) == lake_rows, 180,
              f"ClickHouse to hold the lake's {lake_rows} rows", interval_s=3)
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60) as ch:
-        per_symbol = ch.query_arrow("SELECT native_symbol, count() AS n, uniqExact(trade_id) AS u "
-                                    "FROM trading.market_trades GROUP BY native_symbol").to_pylist()
-    assert len(per_symbol) == 20
-    sent = platform.replay.ledger.counts("binance")
-    assert {r["native_symbol"]: r["n"] for r in per_symbol} == sent
-    assert all(r["n"] == r["u"] for r in per_symbol)
+        per_pair = ch.query_arrow("SELECT exchange, native_symbol, count() AS n, uniqExact(trade_id) AS u "
+                                  "FROM trading.market_trades GROUP BY exchange, native_symbol").to_pylist()
+    wait_for(lambda: _books_loaded(platform.clickhouse_url) == 60, 120, "books of all 60 pairs in ClickHouse",
+             interval_s=3)
+    assert len(per_pair) == 60
+    expected = {(ex, symbol): n for ex in EXCHANGES for symbol, n in platform.replay.ledger.counts(ex).items()}
+    assert {(r["exchange"], r["native_symbol"]): r["n"] for r in per_pair} == expected
+    assert all(r["n"] == r["u"] for r in per_pair)
+    with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60) as ch:
+        touch = ch.query_arrow(
+            "SELECT exchange, symbol, argMax(bids[1].1, timestamp) AS bid, argMax(asks[1].1, timestamp) AS ask, "
+            "ask - bid AS spread, (ask + bid) / 2 AS mid FROM trading.orderbook_snapshots "
+            "GROUP BY exchange, symbol").to_pylist()
+    assert len(touch) == 60 and all(r["spread"] > 0 and r["bid"] < r["mid"] < r["ask"] for r in touch)
 
-    # Redis holds the last trade of each symbol.
-    cached = {e["symbol"].replace("-", ""): e for e in PriceCache(connect(platform.redis_url)).read_all()}
-    assert len(cached) == 20
-    for native in sent:
-        assert cached[native]["trade_id"] == str(platform.replay.ledger.ranges("binance", native)[-1][1])
+    # Redis holds the last trade and the top of book of each pair.
+    cached = {(e["exchange"], e["symbol"]): e for e in PriceCache(connect(platform.redis_url)).read_all()}
+    assert len(cached) == 60
+    assert all("best_bid" in e and "best_ask" in e and "price" in e for e in cached.values())
+    binance = {symbol.replace("-", ""): e for (ex, symbol), e in cached.items() if ex == "binance"}
+    for native, entry in binance.items():
+        assert entry["trade_id"] == str(platform.replay.ledger.ranges("binance", native)[-1][1])
 
     # The checks users read in the UI passed on the loaded data.
     def reconciled() -> bool:
@@ -183,11 +209,21 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
         return bool(evaluation and evaluation.passed
                     and evaluation.metadata["table_rows"].value == lake_rows)
     wait_for(reconciled, 120, "a passing lake_reconciliation check over all rows", interval_s=3)
-    duplicates = _latest_check(platform.dagster_home, "market_trades", "no_duplicate_trades")
-    assert duplicates is not None and duplicates.passed
+    for asset, check in (("market_trades", "no_duplicate_trades"), ("orderbook_snapshots", "no_crossed_books")):
+        evaluation = _latest_check(platform.dagster_home, asset, check)
+        assert evaluation is not None and evaluation.passed, (asset, check)
     coverage = wait_for(lambda: _latest_check(platform.dagster_home, "latest_prices", "coverage"), 120,
                         "the latest_prices coverage check", interval_s=3)
     assert coverage.passed
+
+
+def _books_loaded(url: str) -> int:
+    with open_clickhouse(url, lock_timeout_s=60) as ch:
+        try:
+            return int(ch.query_arrow("SELECT uniqExact(exchange, symbol) AS n FROM trading.orderbook_snapshots")
+                       .column("n")[0].as_py())
+        except Exception:
+            return -1
 
 
 def _run_pid(home: Path, run_id: str) -> int:
@@ -206,6 +242,7 @@ def test_a_killed_run_is_declared_dead_and_replaced_with_nothing_lost(platform: 
     from trading_platform.ingestion.wal import WriteAheadLog
 
     previous = {r["runId"] for r in platform.runs("ingest_binance")}
+    sent_before = {ex: platform.replay.ledger.trades(ex) for ex in ("coinbase", "kraken")}
     platform.graphql(START_SENSOR, selector=SUPERVISOR)
     victim = wait_for(lambda: next((r for r in platform.runs("ingest_binance")
                                     if r["runId"] not in previous and r["status"] == "STARTED"), None),
@@ -231,7 +268,7 @@ def test_a_killed_run_is_declared_dead_and_replaced_with_nothing_lost(platform: 
     wait_for(lambda: platform.client.get_run_status(replacement["runId"]).value in ("SUCCESS", "CANCELED", "FAILURE"),
              60, "the replacement to drain", interval_s=1)
 
-    ids = lake_trade_ids(lake)
+    ids = [key for key in lake_trade_ids(lake) if key not in sent_before["coinbase"] | sent_before["kraken"]]
     sent = platform.replay.ledger.trades("binance")
     assert len(ids) == len(set(ids)), "the recovery duplicated trades"
     assert set(ids) <= sent
@@ -240,9 +277,12 @@ def test_a_killed_run_is_declared_dead_and_replaced_with_nothing_lost(platform: 
         assert not wal.checkpoint.pending, "batches left unflushed"
     finally:
         wal.close()
-    # Frames the kernel had accepted for the killed process but it never read are the only loss.
-    lost = len(sent - set(ids))
     from trading_platform_tests.faults.test_fault_injection import record
 
+    gaps = [e for e in read_dataset(lake, "book_events").to_pylist() if e["kind"] == "trade_gap"]
     record("kill -9 of the ingestion run mid-batch, supervised restart", trades_sent=len(sent), in_lake=len(ids),
-           lost_in_kernel_buffer_of_killed_process=lost)
+           trade_gaps_backfilled=len(gaps))
+    # Frames the killed process never read, and trades while no run was connected, came back through
+    # the trade-gap backfill: exactly what the exchange sent.
+    assert set(ids) == sent
+

@@ -73,3 +73,13 @@ def test_the_last_trade_id_survives_a_restart(binance: Binance, exchanges_config
     restarted.import_state(binance.export_state())
     decoded = restarted.decode([trade(45)], [0])
     assert [a.purpose for a in decoded.actions if isinstance(a, FetchSnapshot)] == ["trades 43 44"]
+
+
+def test_an_unanswered_gap_is_asked_again_by_the_next_run(binance: Binance, exchanges_config: ExchangesFile) -> None:
+    binance.decode([trade(1)], [0])
+    binance.decode([trade(5)], [0])  # asks for 2..4, the run ends before REST answers
+    restarted = Binance(exchanges_config.exchanges["binance"])
+    restarted.import_state(binance.export_state())
+    assert [a.purpose for a in restarted.outstanding_actions() if isinstance(a, FetchSnapshot)] == ["trades 2 4"]
+    restarted.decode([b"BTC-USDT trades 2 4\n" + history(2, 3, 4)], [1], [RecordKind.REST])
+    assert restarted.export_state()["open_gaps"] == {}

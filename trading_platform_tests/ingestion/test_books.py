@@ -50,7 +50,7 @@ def snapshots(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_books_of_every_symbol_are_emitted_uncrossed_and_trades_arrive(
         tmp_path: Path, replay: ReplayServer, exchanges_config: ExchangesFile, name: str) -> None:
     exchange = exchange_for(exchanges_config.exchanges[name])  # type: ignore[index]
-    runner, stop, thread = start(tmp_path, replay, exchange)
+    _runner, stop, thread = start(tmp_path, replay, exchange)
     wait_for(lambda: len(set(snapshots(tmp_path).column("symbol").to_pylist())) == 20, 30,
              f"{name}: snapshots of all 20 books")
     stop.set()
