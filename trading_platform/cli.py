@@ -63,9 +63,17 @@ def _prices(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from trading_platform.replay import run_replay
 
-    run_replay(settings, rate_per_symbol=args.rate)
+    if args.capture and not args.exchange:
+        print("--capture needs --exchange (which exchange's clients receive the recording)", file=sys.stderr)
+        return 2
+    record = {args.exchange: Path(args.record)} if args.record and args.exchange else None
+    run_replay(settings, rate_per_symbol=args.rate, capture=Path(args.capture) if args.capture else None,
+               capture_exchange=args.exchange if args.capture else None, speed=args.speed,
+               record=record, record_format=args.record_format)
     return 0
 
 
@@ -135,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     prices.set_defaults(handler=_prices)
     replay = commands.add_parser("replay", help="serve the local exchange replay feed")
     replay.add_argument("--rate", type=float, default=None, help="average trades per second per symbol")
+    replay.add_argument("--exchange", help="the exchange --capture / --record apply to")
+    replay.add_argument("--capture", help="serve this recording (one raw frame per line, or cryptofeed raw data)")
+    replay.add_argument("--speed", type=float, default=1.0, help="capture pacing: 1 recorded, 10 faster, 0 no pauses")
+    replay.add_argument("--record", help="write every frame sent on --exchange to this file")
+    replay.add_argument("--record-format", choices=["raw", "cryptofeed"], default="raw")
     replay.set_defaults(handler=_replay)
     dev = commands.add_parser("dev", help="start embedded services, the replay feed and `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")

@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 
 from trading_platform.replay.book import ChangeTracker
 from trading_platform.replay.connection import ReplayConnection, json_text_response
-from trading_platform.replay.faults import CONNECTION_FAULTS, FRAME_FAULTS, Fault, FaultKind
+from trading_platform.replay.faults import CONNECTION_FAULTS, FRAME_FAULTS, OVERSIZED_BYTES, Fault, FaultKind
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
@@ -413,6 +413,12 @@ class BinanceFeed(ExchangeFeed):
         if fault.kind is FaultKind.SERVER_SHUTDOWN:
             event = f'{{"e":"serverShutdown","E":{event_ms}}}'
             return [_wrap(session, "!serverShutdown", event)]
+        if fault.kind is FaultKind.OVERSIZED:
+            # A real trade frame with an unknown field padded to 2 MiB: valid JSON, just too large.
+            padding = "x" * OVERSIZED_BYTES
+            payload = (f'{{"e":"trade","E":{event_ms},"s":"ZZZUSDT","t":1,"p":"1.00","q":"1.00000",'
+                       f'"T":{event_ms},"m":false,"M":true,"pad":"{padding}"}}')
+            return [_wrap(session, "zzzusdt@trade", payload)] * fault.count
         if fault.kind is FaultKind.UNKNOWN_SYMBOL:
             native = fault.symbol or "ZZZUSDT"
             payload = (

@@ -41,11 +41,14 @@ class FaultKind(StrEnum):
     REFUSE_CONNECTIONS = "refuse_connections"
     SEQUENCE_GAP = "sequence_gap"
     BAD_CHECKSUM = "bad_checksum"
+    OVERSIZED = "oversized"  # a trade frame padded past the platform's frame limit
 
 
 FRAME_FAULTS = frozenset(
-    {FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL, FaultKind.SERVER_SHUTDOWN}
+    {FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL, FaultKind.SERVER_SHUTDOWN,
+     FaultKind.OVERSIZED}
 )
+OVERSIZED_BYTES = 2 << 20
 CONNECTION_FAULTS = frozenset({FaultKind.DROP_CONNECTIONS, FaultKind.REFUSE_CONNECTIONS})
 
 

@@ -66,6 +66,10 @@ def test_rebuilding_a_day_gives_identical_rows_and_checksum(loaded: tuple[LocalO
     assert fingerprint(url) == before
     assert rebuild(store, url).success  # again: still identical, nothing doubled
     assert fingerprint(url) == before
+    from trading_platform_tests.faults.test_fault_injection import record
+
+    record("one-day rebuild of ClickHouse from the lake (twice)", rows_before=before[0], rows_after=fingerprint(url)[0],
+           content_hash_identical=fingerprint(url)[1] == before[1])
 
 
 def test_rebuild_repairs_a_damaged_day_and_leaves_other_exchanges_alone(loaded: tuple[LocalObjectStore, str]) -> None:

@@ -30,7 +30,7 @@ from trading_platform.storage.lake_loader import load_new_batches
 from trading_platform.storage.object_store import ObjectStore, open_object_store
 from trading_platform.storage.redis_cache import EmbeddedValkey, PriceCache, connect
 from trading_platform_tests.conftest import free_port
-from trading_platform_tests.support import lake_trade_ids, replay_endpoints, wait_for
+from trading_platform_tests.support import lake_trade_ids, read_dataset, replay_endpoints, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -119,12 +119,15 @@ def test_bad_frames_mixed_into_the_stream(tmp_path: Path, replay: ReplayServer, 
         replay.inject(Fault(FaultKind.WRONG_TYPE, exchange="binance",
                             variant="trade_id_string" if round_ % 2 else "price_object"))
         replay.inject(Fault(FaultKind.UNKNOWN_SYMBOL, exchange="binance"))
+        replay.inject(Fault(FaultKind.OVERSIZED, exchange="binance"))
         time.sleep(0.5)
     time.sleep(1)
     ingestion.finish()
-    assert ingestion.runner.summary.quarantined == 25
-    account("bad frames (malformed, truncated, wrong-typed, unknown symbol) x25", replay, local_lake, chdb,
-            quarantined=ingestion.runner.summary.quarantined)
+    assert ingestion.runner.summary.quarantined == 30
+    reasons = read_dataset(local_lake, "quarantine").column("reason").to_pylist()
+    assert sorted(set(reasons)) == ["malformed_json", "oversized", "unknown_symbol", "wrong_type"]
+    account("bad frames (truncated JSON, wrong types, unknown symbol, 2 MiB oversized) x30", replay, local_lake,
+            chdb, quarantined=ingestion.runner.summary.quarantined)
 
 
 def test_object_store_unreachable(tmp_path: Path, replay: ReplayServer, binance: Binance, chdb: ClickHouse,
