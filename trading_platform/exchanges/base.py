@@ -15,6 +15,7 @@ from enum import IntEnum
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.book import BookEvents, BookSnapshots, OrderBook
@@ -25,6 +26,23 @@ DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.nam
     pa.field("frame_index", pa.int64(), nullable=False)  # row -> raw frame, for quarantine
 )
 REJECT_SCHEMA = pa.schema([f for f in QUARANTINE.arrow_schema if f.name != "batch_id"])
+
+
+def strings_to_float(values: list[str]) -> pa.Array:
+    """Exchange number strings -> float64, vectorized; unparseable ones become NaN, which the quality
+    rules then reject with the raw frame (one bad number never fails the whole batch)."""
+    array = pa.array(values, pa.string())
+    try:
+        return pc.cast(array, pa.float64())
+    except pa.ArrowInvalid:
+        return pa.array([_float_or_nan(v) for v in values], pa.float64())
+
+
+def _float_or_nan(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
 
 
 @dataclass

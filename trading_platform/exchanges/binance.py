@@ -26,6 +26,7 @@ from trading_platform.exchanges.base import (
     Reconnect,
     RecordKind,
     Rejects,
+    strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
 from trading_platform.settings import ConfigError
@@ -342,8 +343,8 @@ class Binance(Exchange):
                 "symbol": pa.array([symbol] * len(wanted), pa.string()),
                 "native_symbol": pa.array([native] * len(wanted), pa.string()),
                 "trade_id": pa.array([str(t.id) for t in wanted], pa.string()),
-                "price": _to_float([t.price for t in wanted]),
-                "quantity": _to_float([t.qty for t in wanted]),
+                "price": strings_to_float([t.price for t in wanted]),
+                "quantity": strings_to_float([t.qty for t in wanted]),
                 "side": pa.array(["sell" if t.isBuyerMaker else "buy" for t in wanted], pa.string()),
                 "timestamp": pa.array([t.time * 1000 for t in wanted], pa.int64()).cast(_UTC_US),
                 "received_at": pa.array([received_us] * len(wanted), pa.int64()).cast(_UTC_US),
@@ -380,8 +381,8 @@ class Binance(Exchange):
                 "native_symbol": native,
                 # @trade: the trade id t; @aggTrade: the aggregate trade id a.
                 "trade_id": pc.cast(ids, pa.string()),
-                "price": _to_float([t.p for t in trades]),
-                "quantity": _to_float([t.q for t in trades]),
+                "price": strings_to_float([t.p for t in trades]),
+                "quantity": strings_to_float([t.q for t in trades]),
                 # m: the buyer is the maker, so the aggressor (taker) sold.
                 "side": pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
                 "timestamp": pc.multiply(pa.array([t.T for t in trades], pa.int64()), 1000).cast(_UTC_US),
@@ -541,21 +542,6 @@ def _events(out: DecodedFrames) -> BookEvents:
     assert out.book_events is not None
     return out.book_events
 
-
-def _to_float(values: list[str]) -> pa.Array:
-    # Unparseable numbers become NaN here and are rejected by the quality rules with the raw frame.
-    array = pa.array(values, pa.string())
-    try:
-        return pc.cast(array, pa.float64())
-    except pa.ArrowInvalid:
-        return pa.array([_float_or_nan(v) for v in values], pa.float64())
-
-
-def _float_or_nan(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return float("nan")
 
 
 FrameKind = Literal["control", "exchange_error", "malformed_json", "wrong_type"]

@@ -51,6 +51,7 @@ from trading_platform.exchanges.base import (
     Reconnect,
     RecordKind,
     Rejects,
+    strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots, Side
 
@@ -150,21 +151,6 @@ def to_us(moment: datetime) -> int:
 def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
-
-def _to_float(values: list[str]) -> pa.Array:
-    # Unparseable numbers become NaN here; the quality rules reject them with the raw frame.
-    array = pa.array(values, pa.string())
-    try:
-        return pc.cast(array, pa.float64())
-    except pa.ArrowInvalid:
-        return pa.array([_float_or_nan(v) for v in values], pa.float64())
-
-
-def _float_or_nan(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return float("nan")
 
 
 @dataclass
@@ -450,8 +436,8 @@ class Coinbase(Exchange):
                 "symbol": self._normalized_symbols.take(position),
                 "native_symbol": native,
                 "trade_id": pa.array(rows.trade_ids, pa.string()),
-                "price": _to_float(rows.prices),
-                "quantity": _to_float(rows.sizes),
+                "price": strings_to_float(rows.prices),
+                "quantity": strings_to_float(rows.sizes),
                 "side": pc.if_else(taker_buys, "buy", "sell"),
                 "timestamp": pa.array(rows.times, _UTC_US),
                 "received_at": pa.array([received_us[i] for i in rows.frame_index], pa.int64()).cast(_UTC_US),

@@ -22,10 +22,9 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from trading_platform.config import ExchangeConfig
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, DecodedFrames, RecordKind, Rejects
+from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, DecodedFrames, RecordKind, Rejects, strings_to_float
 from trading_platform.exchanges.kraken import BookOutput, Kraken
 
 # v1 spells some assets the old way; normalized symbols (and the v2 native spelling) use the new one.
@@ -246,8 +245,8 @@ class _TradeColumns:
                 "symbol": pa.array(self.symbols, pa.string()),
                 "native_symbol": pa.array(self.natives, pa.string()),
                 "trade_id": pa.array(self.trade_ids, pa.string()),
-                "price": _to_float(self.prices),
-                "quantity": _to_float(self.quantities),
+                "price": strings_to_float(self.prices),
+                "quantity": strings_to_float(self.quantities),
                 "side": pa.array(self.sides, pa.string()),
                 "timestamp": pa.array(self.timestamps, pa.int64()).cast(_UTC_US),
                 "received_at": pa.array([received_us[i] for i in self.indices], pa.int64()).cast(_UTC_US),
@@ -256,18 +255,3 @@ class _TradeColumns:
             schema=DECODED_TRADE_SCHEMA,
         )
 
-
-def _to_float(values: list[str]) -> pa.Array:
-    # Unparseable numbers become NaN here and are rejected by the quality rules with the raw frame.
-    array = pa.array(values, pa.string())
-    try:
-        return pc.cast(array, pa.float64())
-    except pa.ArrowInvalid:
-        return pa.array([_float_or_nan(v) for v in values], pa.float64())
-
-
-def _float_or_nan(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return float("nan")
