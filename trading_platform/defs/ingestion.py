@@ -152,6 +152,9 @@ def _silence_s(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float:
     """Seconds since the run's last event of any kind (heartbeats arrive every HEARTBEAT_S)."""
     records = instance.event_log_storage.get_records_for_run(run.run_id, ascending=False, limit=1).records
     last = records[0].event_log_entry.timestamp if records else 0.0
+    record = instance.get_run_record_by_id(run.run_id)
+    if record is not None:  # a run that has not logged yet is as old as its start (or creation)
+        last = max(last, record.start_time or record.create_timestamp.timestamp())
     return time.time() - last
 
 
