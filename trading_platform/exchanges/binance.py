@@ -208,7 +208,8 @@ class Binance(Exchange):
 
         payloads, indices, trades_only = self._decode_frames(batch, positions, frames, received_us, out)
         sequential: list[tuple[int, _Payload | None]] = [(i, None) for i in records]
-        if not trades_only:
+        present = {_Trade} if trades_only else set(map(type, payloads))  # one C-level pass
+        if present & {_Depth, _Shutdown}:
             # Book frames are rare next to trades (~10/s per symbol); one pass picks them out.
             others = [k for k, p in enumerate(payloads) if type(p) is _Depth or type(p) is _Shutdown]
             if others:
@@ -220,7 +221,7 @@ class Binance(Exchange):
         if payloads:
             trades = cast(list[_TradePayload], payloads)  # only trades are left
             out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
-            if trades_only or all(type(t) is _Trade for t in trades):  # aggTrade ids are another sequence
+            if _AggTrade not in present:  # aggTrade ids are another sequence
                 self._check_trade_gaps(out.trades, received_us[indices[-1]], out)
         if sequential:
             sequential.sort(key=itemgetter(0))
