@@ -76,14 +76,14 @@ def binance(exchanges_config: ExchangesFile) -> Binance:
 @pytest.fixture
 def synced(binance: Binance) -> Binance:
     """BNB-BTC synced from a snapshot (id 10) plus one buffered event: book id 11, last emission before T0."""
-    feed(binance, (RecordKind.CONNECTED, b"ws://..."), depth(9, 11, T0_MS - 1), snapshot(10, BIDS, ASKS))
+    feed(binance, (RecordKind.CONNECTED, b"ws://127.0.0.1/b"), depth(9, 11, T0_MS - 1), snapshot(10, BIDS, ASKS))
     assert binance.synced["BNB-BTC"] and binance.books["BNB-BTC"].sequence == 11
     return binance
 
 
 # --- subscription --------------------------------------------------------------------------------
 def test_connect_url_adds_depth_streams_when_book_is_configured(binance: Binance) -> None:
-    url = binance.connect_url(Endpoints(ws_url="wss://data-stream.binance.vision/stream", rest_url=REST_URL))
+    url = binance.connect_url(Endpoints(ws_url="ws://127.0.0.1/binance/stream", rest_url=REST_URL))
     streams = url.split("?streams=")[1].split("/")
     assert "btcusdt@trade" in streams and "btcusdt@depth@100ms" in streams and "bnbbtc@depth@100ms" in streams
     assert binance.subscribe_frames() == []
@@ -96,7 +96,7 @@ def test_unsubscribe_covers_the_depth_streams(binance: Binance) -> None:
 
 def test_trades_only_config_has_no_depth_streams(exchanges_config: ExchangesFile) -> None:
     binance = make(exchanges_config, channels=["trades"])
-    assert "@depth" not in binance.connect_url(Endpoints(ws_url="ws://x/stream"))
+    assert "@depth" not in binance.connect_url(Endpoints(ws_url="ws://127.0.0.1/stream"))
 
 
 def test_more_than_1024_streams_is_a_config_error(exchanges_config: ExchangesFile) -> None:
@@ -197,14 +197,14 @@ def test_resync_after_a_gap_is_recorded_and_emission_resumes(synced: Binance) ->
 
 def test_connected_resets_books_buffers_and_pending_requests(synced: Binance) -> None:
     feed(synced, depth(12, 12, T0_MS + 1))
-    decoded = feed(synced, (RecordKind.CONNECTED, b"ws://..."), depth(500, 501))
+    decoded = feed(synced, (RecordKind.CONNECTED, b"ws://127.0.0.1/b"), depth(500, 501))
     assert not synced.synced["BNB-BTC"] and not synced.books["BNB-BTC"].bids
     assert decoded.actions == [fetch()]  # the new connection asks afresh
 
 
 def test_snapshot_answering_a_request_forgotten_at_reconnect_is_ignored(binance: Binance) -> None:
     feed(binance, depth(1, 2))
-    decoded = feed(binance, (RecordKind.CONNECTED, b"ws://..."), snapshot(5, BIDS, ASKS))
+    decoded = feed(binance, (RecordKind.CONNECTED, b"ws://127.0.0.1/b"), snapshot(5, BIDS, ASKS))
     assert not binance.synced["BNB-BTC"]
     assert decoded.control_frames == 1 and len(decoded.rejects) == 0
 
@@ -278,7 +278,8 @@ def make_trades_only(binance: Binance) -> Binance:
 
 def test_trades_in_a_mixed_batch_point_at_their_own_records(binance: Binance) -> None:
     trade = (RecordKind.FRAME, combined(DOC_TRADE, "bnbbtc@trade"))
-    decoded = feed(binance, (RecordKind.CONNECTED, b"ws://..."), depth(1, 2), trade, snapshot(1, BIDS, ASKS), trade)
+    decoded = feed(binance, (RecordKind.CONNECTED, b"ws://127.0.0.1/b"), depth(1, 2), trade,
+                   snapshot(1, BIDS, ASKS), trade)
     assert decoded.trades.column("frame_index").to_pylist() == [2, 4]
     assert [t.timestamp() for t in decoded.trades.column("received_at").to_pylist()] == [0.002, 0.004]
 
@@ -309,7 +310,7 @@ def test_depth_frames_without_a_book_subscription_are_ignored(exchanges_config: 
 
 
 def test_same_records_give_the_same_output(exchanges_config: ExchangesFile) -> None:
-    records = [(RecordKind.CONNECTED, b"ws://..."), depth(5, 8, T0_MS), snapshot(6, BIDS, ASKS),
+    records = [(RecordKind.CONNECTED, b"ws://127.0.0.1/b"), depth(5, 8, T0_MS), snapshot(6, BIDS, ASKS),
                depth(9, 9, T0_MS + 1000), depth(12, 12, T0_MS + 2000), snapshot(12, BIDS, ASKS),
                depth(13, 13, T0_MS + 3000)]
     outputs = []

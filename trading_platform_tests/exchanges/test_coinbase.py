@@ -95,7 +95,7 @@ def trades_only(exchanges_config: ExchangesFile) -> Coinbase:
 
 def decode(exchange: Coinbase, *records: bytes | RecordKind) -> DecodedFrames:
     """Decode records in order; a RecordKind in the list stands for that record (CONNECTED: a new socket)."""
-    frames = [b"wss://advanced-trade-ws.coinbase.com" if isinstance(r, RecordKind) else r for r in records]
+    frames = [b"ws://127.0.0.1/coinbase" if isinstance(r, RecordKind) else r for r in records]
     kinds = [r if isinstance(r, RecordKind) else FRAME for r in records]
     return exchange.decode(frames, [1_000 + i for i in range(len(frames))], kinds)
 
@@ -168,7 +168,8 @@ def test_frame_without_client_id_is_accepted(coinbase: Coinbase) -> None:
 
 # --- subscription --------------------------------------------------------------------------------------------
 def test_subscribe_frames_one_per_channel_data_first(coinbase: Coinbase, exchanges_config: ExchangesFile) -> None:
-    assert coinbase.connect_url(exchanges_config.exchanges["coinbase"].live) == "wss://advanced-trade-ws.coinbase.com"
+    live = exchanges_config.exchanges["coinbase"].live
+    assert coinbase.connect_url(live) == live.ws_url
     assert [json.loads(frame) for frame in coinbase.subscribe_frames()] == [
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "market_trades"},
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"},

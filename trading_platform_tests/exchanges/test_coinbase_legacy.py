@@ -55,7 +55,7 @@ def decoder(config: ExchangeConfig) -> CoinbaseExchangeFeedDecoder:
 
 
 def decode(decoder: CoinbaseExchangeFeedDecoder | Coinbase, *records: bytes | RecordKind) -> DecodedFrames:
-    frames = [b"wss://ws-feed.pro.coinbase.com" if isinstance(r, RecordKind) else r for r in records]
+    frames = [b"ws://127.0.0.1/coinbase-exchange-feed" if isinstance(r, RecordKind) else r for r in records]
     kinds = [r if isinstance(r, RecordKind) else RecordKind.FRAME for r in records]
     return decoder.decode(frames, [1_000 + i for i in range(len(frames))], kinds)
 

@@ -252,14 +252,14 @@ def test_a_crossed_book_is_never_emitted(synced: Kraken) -> None:
 
 def test_a_new_connection_waits_for_a_fresh_snapshot(synced: Kraken) -> None:
     update = updates_for([(56, 0)], synced)[0]
-    decoded = synced.decode([b"wss://ws.kraken.com/v2", update, DOC_SNAPSHOT.replace(b"17:35:55", b"17:35:57")],
+    decoded = synced.decode([b"ws://127.0.0.1/kraken/v2", update, DOC_SNAPSHOT.replace(b"17:35:55", b"17:35:57")],
                             [1, 2, 3], [RecordKind.CONNECTED, RecordKind.FRAME, RecordKind.FRAME])
     assert decoded.book_events is not None and len(decoded.book_events) == 0  # no resync: nothing failed
     assert decoded.book_snapshots is not None and decoded.book_snapshots.timestamps_us == [us(57, 440295)]
 
 
 def test_a_resubscribe_asked_before_a_reconnect_is_dropped(synced: Kraken) -> None:
-    decoded = synced.decode([DOC_UPDATE, b"wss://ws.kraken.com/v2"], [1, 2], [RecordKind.FRAME, RecordKind.CONNECTED])
+    decoded = synced.decode([DOC_UPDATE, b"ws://127.0.0.1/kraken/v2"], [1, 2], [RecordKind.FRAME, RecordKind.CONNECTED])
     assert decoded.book_events is not None and decoded.book_events.kinds == ["checksum_mismatch"]
     assert decoded.actions == []  # the new connection subscribes with a fresh snapshot anyway
 
@@ -280,7 +280,7 @@ def test_resubscribing_stops_when_snapshots_keep_failing(kraken: Kraken) -> None
     assert len(decoded.actions) == MAX_RESUBSCRIBES
     assert decoded.book_events is not None
     assert decoded.book_events.kinds.count("resync_abandoned") == 1
-    decoded = kraken.decode([b"wss://ws.kraken.com/v2", bad], [1, 2], [RecordKind.CONNECTED, RecordKind.FRAME])
+    decoded = kraken.decode([b"ws://127.0.0.1/kraken/v2", bad], [1, 2], [RecordKind.CONNECTED, RecordKind.FRAME])
     assert len(decoded.actions) == 1  # a new connection gets a new budget
 
 
@@ -307,7 +307,7 @@ def test_a_trade_snapshot_with_several_entries_gives_one_row_each(kraken: Kraken
 
 
 def test_frame_index_counts_every_record(kraken: Kraken) -> None:
-    decoded = kraken.decode([b"wss://ws.kraken.com/v2", DOC_TRADE], [0, 0], [RecordKind.CONNECTED, RecordKind.FRAME])
+    decoded = kraken.decode([b"ws://127.0.0.1/kraken/v2", DOC_TRADE], [0, 0], [RecordKind.CONNECTED, RecordKind.FRAME])
     assert decoded.trades.column("frame_index").to_pylist() == [1]
 
 

@@ -89,7 +89,7 @@ def test_update_with_a_wrong_checksum_is_a_mismatch_and_waits_for_a_snapshot(dec
     ignored = decoder.decode([update(str(AFTER_UPDATE_CHECKSUM), "1556724670.000000")], [2])
     assert ignored.book_snapshots is not None and len(ignored.book_snapshots) == 0
     assert ignored.book_events is not None and len(ignored.book_events) == 0
-    repaired = decoder.decode([b"wss://ws.kraken.com", frame(SNAPSHOT)], [3, 4],
+    repaired = decoder.decode([b"ws://127.0.0.1/kraken", frame(SNAPSHOT)], [3, 4],
                               [RecordKind.CONNECTED, RecordKind.FRAME])
     assert repaired.book_events is not None and repaired.book_events.kinds == ["resync"]
     assert decoder.kraken.synced["BTC-USD"]
@@ -199,8 +199,8 @@ def test_the_decoder_is_not_an_exchange_the_registry_would_find() -> None:
 def test_importer_reads_a_v1_capture_through_this_decoder(config: ExchangeConfig, tmp_path: Path) -> None:
     capture = tmp_path / "kraken.log"
     lines = [
-        "wss://ws.kraken.com <-> 1556724667.0",
-        'wss://ws.kraken.com <- 1556724667.01: {"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book"}}',
+        "ws://127.0.0.1/k <-> 1556724667.0",
+        'ws://127.0.0.1/k <- 1556724667.01: {"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book"}}',
         '1556724667.1: {"connectionID":1,"event":"systemStatus","status":"online","version":"1.0.0"}',
         "1556724667.2: " + frame(SNAPSHOT).decode(),
         "1556724668.2: " + update(str(AFTER_UPDATE_CHECKSUM)).decode(),

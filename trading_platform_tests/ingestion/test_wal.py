@@ -65,10 +65,10 @@ def test_sealing_nothing_records_nothing(tmp_path: Path) -> None:
 
 def test_record_kinds_are_kept(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path)
-    wal.append(1, b"ws://x", kind=2)
+    wal.append(1, b"ws://127.0.0.1/x", kind=2)
     wal.append(2, b"frame")
     wal.close()
-    assert [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)] == [(2, b"ws://x"), (0, b"frame")]
+    assert [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)] == [(2, b"ws://127.0.0.1/x"), (0, b"frame")]
 
 
 def test_exchange_state_is_kept_with_the_checkpoint(tmp_path: Path) -> None:

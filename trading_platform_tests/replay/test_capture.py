@@ -57,7 +57,7 @@ def test_kraken_frames_recorded_then_replayed_identically(
 def test_timestamps_drive_the_pacing(exchanges: ExchangesFile, tmp_path: Path) -> None:
     capture = tmp_path / "coinbase.txt"
     capture.write_text(
-        'wss://x <-> 100.0\n100.000: {"n":1}\nwss://x <- 100.1: {"type":"subscribe"}\n100.500: {"n":2}\n'
+        'ws://127.0.0.1/x <-> 100.0\n100.000: {"n":1}\nws://127.0.0.1/x <- 100.1: {"type":"subscribe"}\n100.500: {"n":2}\n'
     )
     for server in replayed(exchanges, capture, "coinbase", speed=1.0):
         started = time.monotonic()
@@ -123,5 +123,5 @@ def test_parse_line_formats() -> None:
         "https://api.binance.com/api/v3/depth?symbol=BTCUSDT",
         '{"lastUpdateId":1}',
     )
-    assert parse_line("wss://ws.kraken.com/v2 <-> 17.5").kind == "skip"
-    assert parse_line('wss://ws.kraken.com/v2 <- 17.5: {"method":"ping"}').kind == "skip"
+    assert parse_line("ws://127.0.0.1/kraken/v2 <-> 17.5").kind == "skip"
+    assert parse_line('ws://127.0.0.1/kraken/v2 <- 17.5: {"method":"ping"}').kind == "skip"
