@@ -68,7 +68,8 @@ def test_record_kinds_are_kept(tmp_path: Path) -> None:
     wal.append(1, b"ws://127.0.0.1/x", kind=2)
     wal.append(2, b"frame")
     wal.close()
-    assert [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)] == [(2, b"ws://127.0.0.1/x"), (0, b"frame")]
+    records = [(kind, p) for _, _, kind, p in WriteAheadLog(tmp_path).records(0)]
+    assert records == [(2, b"ws://127.0.0.1/x"), (0, b"frame")]
 
 
 def test_exchange_state_is_kept_with_the_checkpoint(tmp_path: Path) -> None:
