@@ -57,7 +57,8 @@ def test_kraken_frames_recorded_then_replayed_identically(
 def test_timestamps_drive_the_pacing(exchanges: ExchangesFile, tmp_path: Path) -> None:
     capture = tmp_path / "coinbase.txt"
     capture.write_text(
-        'ws://127.0.0.1/x <-> 100.0\n100.000: {"n":1}\nws://127.0.0.1/x <- 100.1: {"type":"subscribe"}\n100.500: {"n":2}\n'
+        'ws://127.0.0.1/x <-> 100.0\n100.000: {"n":1}\n'
+        'ws://127.0.0.1/x <- 100.1: {"type":"subscribe"}\n100.500: {"n":2}\n'
     )
     for server in replayed(exchanges, capture, "coinbase", speed=1.0):
         started = time.monotonic()
