@@ -14,11 +14,19 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.book import BookEvents, BookSnapshots, OrderBook
+from trading_platform.exchanges.trade_gaps import (
+    TRADE_GAP_FILLED,
+    BackfillRequest,
+    TradeGap,
+    TradeGaps,
+    TradePage,
+)
 from trading_platform.schema import MARKET_TRADES, QUARANTINE
 
 # Columns an exchange module produces; batch_id is added when the batch is sealed.
@@ -82,6 +90,10 @@ class RecordKind(IntEnum):
     FRAME = 0  # a WebSocket frame as received
     REST = 1  # a REST response: b"<symbol>\n" + body (e.g. Binance's depth snapshot)
     CONNECTED = 2  # a new connection opened (books and per-connection sequences restart); payload: URL
+    REST_FAILED = 3  # a REST request the exchange refused for good: b"<header>\n" + the error
+    # Never in the WAL: a FRAME the normalizer quarantined before decoding (oversized, not UTF-8). The
+    # exchange sees it only to keep its per-connection sequence (Coinbase's sequence_num) continuous.
+    SCREENED = 100
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,9 @@ class DecodedFrames:
     book_snapshots: BookSnapshots | None = None
     book_events: BookEvents | None = None
     actions: list[Action] = field(default_factory=list)
+    # Well-formed frames of a channel or message type we did not ask for (exchanges add new ones at any
+    # time and clients are expected to skip them): counted, not quarantined as errors.
+    ignored_frames: int = 0
 
 
 class Exchange(ABC):
@@ -148,6 +163,9 @@ class Exchange(ABC):
         # Running totals the importer prints and the run logs: book_updates_applied, checksums_passed,
         # checksums_failed, sequence_gaps, snapshots_applied (modules add their own keys freely).
         self.counters: Counter[str] = Counter()
+        self.trade_gaps = TradeGaps(self.symbols, self.counters)
+        # REST base URL for history backfills; connect_url() replaces it with the configured endpoint.
+        self.rest_url = (config.live.rest_url or "").rstrip("/")
         self.books: dict[str, OrderBook] = {s: OrderBook() for s in self.symbols}
         self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
@@ -183,17 +201,84 @@ class Exchange(ABC):
         """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
         rejects and actions."""
 
+    # --- trade history (REST), for trade-gap backfills: what each module fills in ---------------
+    def trade_history_url(self, request: BackfillRequest) -> str | None:
+        """The REST URL of one page of ``request.gap`` (None: this exchange serves no trade history)."""
+        return None
+
+    def parse_trade_history(self, request: BackfillRequest, body: bytes, frame_index: int,
+                            received_us: int) -> TradePage:
+        """Trade rows of one REST page (raise ValueError for a body that is not such a page)."""
+        raise ValueError(f"{self.name} serves no trade history")
+
+    def rest_pause_s(self, headers: dict[str, str]) -> float:
+        """Seconds to hold further REST calls after a successful answer (an exchange's weight budget)."""
+        return 0.0
+
+    # --- trade continuity, shared by every module (see trade_gaps.py) ---------------------------
+    def check_trades(self, table: pa.Table, ids: np.ndarray, received_us: int, events: BookEvents,
+                     actions: list[Action]) -> pa.Table:
+        """Drop trades already stored; record gaps in the ids and ask REST for them."""
+        table, gaps = self.trade_gaps.check(table, ids, received_us, events)
+        for gap in gaps:
+            self._ask_history(BackfillRequest(gap), received_us, events, actions)
+        return table
+
+    def _ask_history(self, request: BackfillRequest, received_us: int, events: BookEvents,
+                     actions: list[Action]) -> None:
+        url = self.trade_history_url(request)
+        if url is None:
+            self.trade_gaps.give_up(request.gap, f"{self.name} serves no REST trade history", received_us, events)
+            return
+        actions.append(FetchSnapshot(request.gap.symbol, url, purpose=request.purpose))
+
+    def on_trade_history(self, header: str, body: bytes, kind: RecordKind, frame_index: int, received_us: int,
+                         events: BookEvents, actions: list[Action], rejects: Rejects) -> pa.Table:
+        """A REST record answering a backfill: the trades it brings that were still missing."""
+        symbol, _, purpose = header.partition(" ")
+        request = BackfillRequest.parse(symbol, purpose)
+        if kind == RecordKind.REST_FAILED:
+            self.trade_gaps.give_up(request.gap, f"REST refused the request ({body.decode(errors='replace')})",
+                                    received_us, events)
+            return DECODED_TRADE_SCHEMA.empty_table()
+        try:
+            page = self.parse_trade_history(request, body, frame_index, received_us)
+        except ValueError as error:
+            rejects.add(received_us, "bad_snapshot", f"not a trade-history page: {error}", header.encode() + body)
+            self._ask_history(request, received_us, events, actions)  # the runner spaces re-asks
+            return DECODED_TRADE_SCHEMA.empty_table()
+        rows = self.trade_gaps.take_page(request, page)
+        remaining = self.trade_gaps.still_open(request.gap)
+        if not remaining:
+            if rows.num_rows:
+                events.add(symbol, received_us, TRADE_GAP_FILLED,
+                           f"trade ids {request.gap.first}..{request.gap.last} complete from REST")
+        elif page.next_cursor is not None and page.next_cursor != request.cursor:
+            low, high = min(g.first for g in remaining), max(g.last for g in remaining)
+            gap = TradeGap(symbol, low, high, request.gap.after_us, request.gap.before_us)
+            self._ask_history(BackfillRequest(gap, page.next_cursor), received_us, events, actions)
+        else:
+            self.trade_gaps.give_up(request.gap, "not in the exchange's REST trade history", received_us, events)
+        return rows
+
     # --- state kept across runs -------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
-        """What a later run needs to continue exactly (kept in the WAL checkpoint at every flush)."""
-        return {}
+        """What a later run needs to continue exactly (kept in the WAL checkpoint at every flush).
+        Modules that keep more extend it (``{**super().export_state(), ...}``)."""
+        return self.trade_gaps.export_state()
 
-    def import_state(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook, empty by default)
+    def import_state(self, state: dict[str, Any]) -> None:
         """Restore ``export_state()`` from the previous run."""
+        self.trade_gaps.import_state(state)
 
     def outstanding_actions(self) -> list[Action]:
-        """Requests still owed after decoding the WAL (recovery performs no actions): the run asks again."""
-        return []
+        """Requests still owed after decoding the WAL (recovery performs no actions): the run asks again,
+        e.g. the backfill of every trade gap still open."""
+        actions: list[Action] = []
+        events = BookEvents(self.name)
+        for gap in self.trade_gaps.open_gaps():
+            self._ask_history(BackfillRequest(gap), 0, events, actions)
+        return actions
 
     # --- shared book bookkeeping -------------------------------------------------------------
     def reset_books(self) -> None:

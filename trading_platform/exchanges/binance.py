@@ -7,9 +7,10 @@ order book procedure (the corrected 2025-11-12 text, not the futures ``pu`` rule
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from operator import itemgetter
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import msgspec
 import numpy as np
@@ -19,7 +20,6 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import (
     DECODED_TRADE_SCHEMA,
-    Action,
     DecodedFrames,
     Exchange,
     FetchSnapshot,
@@ -29,6 +29,7 @@ from trading_platform.exchanges.base import (
     strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 from trading_platform.settings import ConfigError
 
 
@@ -115,6 +116,7 @@ _MAX_STREAMS = 1024  # per connection
 # 20 x 50 = 1000 at limit=1000, inside even the old budget with room for retries, whereas limit=5000 would
 # cost 5000 and a second round would be refused. 1000 levels per side is far beyond the emitted depth.
 SNAPSHOT_LIMIT = 1000
+REQUEST_WEIGHT_PER_MINUTE = 6000  # exchangeInfo rateLimits REQUEST_WEIGHT (per IP)
 HISTORICAL_LIMIT = 1000  # historicalTrades page size (the maximum)
 
 
@@ -145,16 +147,10 @@ class Binance(Exchange):
             raise ConfigError(f"exchanges.binance: {streams} streams exceed Binance's {_MAX_STREAMS} per connection "
                               f"(each symbol needs one per channel); configure fewer symbols")
         # Remembered from connect_url; the offline importer never connects and never performs actions.
-        self._rest_url = (config.live.rest_url or _DEFAULT_REST_URL).rstrip("/")
+        self.rest_url = self.rest_url or _DEFAULT_REST_URL
         self._buffers: dict[str, deque[_Depth]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
-        # Trade ids are consecutive per symbol: the last one seen tells a reconnect or restart what it
-        # missed, and the gap is filled from REST historicalTrades, so no trade is lost.
-        self._last_trade_id: dict[str, int] = {}
-        # Gaps asked for but not filled yet: kept across runs, so a run that ends (or dies) before
-        # REST answered does not lose them; the next run asks again.
-        self._open_gaps: dict[str, list[tuple[int, int]]] = {}
         self._batch_ids: pa.Array = pa.array([], pa.int64())
 
     @staticmethod
@@ -172,7 +168,7 @@ class Binance(Exchange):
         # Streams ride on the URL: no SUBSCRIBE frames, so the 5 msg/s inbound limit is not touched
         # at connect (at most 1024 streams, checked at construction).
         if endpoints.rest_url:
-            self._rest_url = endpoints.rest_url.rstrip("/")
+            self.rest_url = endpoints.rest_url.rstrip("/")
         return f"{endpoints.ws_url}?streams={'/'.join(self._streams())}"
 
     def subscribe_frames(self) -> list[str]:
@@ -190,8 +186,51 @@ class Binance(Exchange):
         except msgspec.DecodeError:
             return False
 
+    # --- trade history: GET /api/v3/historicalTrades?symbol=&fromId=&limit= (ascending ids) ---------
+    def trade_history_url(self, request: BackfillRequest) -> str:
+        first = int(request.cursor) if request.cursor else request.gap.first
+        limit = min(HISTORICAL_LIMIT, request.gap.last - first + 1)
+        return (f"{self.rest_url}/api/v3/historicalTrades?symbol={self.native_symbol(request.gap.symbol)}"
+                f"&fromId={first}&limit={limit}")
+
+    def parse_trade_history(self, request: BackfillRequest, body: bytes, frame_index: int,
+                            received_us: int) -> TradePage:
+        try:
+            history = _historical_decoder.decode(body)
+        except msgspec.DecodeError as error:
+            raise ValueError(f"not historicalTrades: {error}") from None
+        symbol = request.gap.symbol
+        count = len(history)
+        rows = pa.table({
+            "exchange": pa.array([self.name] * count, pa.string()),
+            "symbol": pa.array([symbol] * count, pa.string()),
+            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
+            "trade_id": pa.array([str(t.id) for t in history], pa.string()),
+            "price": strings_to_float([t.price for t in history]),
+            "quantity": strings_to_float([t.qty for t in history]),
+            "side": pa.array(["sell" if t.isBuyerMaker else "buy" for t in history], pa.string()),
+            "timestamp": pa.array([t.time * 1000 for t in history], pa.int64()).cast(_UTC_US),
+            "received_at": pa.array([received_us] * count, pa.int64()).cast(_UTC_US),
+            "frame_index": pa.array([frame_index] * count, pa.int64()),
+        }, schema=DECODED_TRADE_SCHEMA)
+        ids = np.array([t.id for t in history], dtype=np.int64)
+        first = int(request.cursor) if request.cursor else request.gap.first
+        asked = min(HISTORICAL_LIMIT, request.gap.last - first + 1)
+        # A full page that stops short of the gap's end: the next page starts after it. Anything else is
+        # all the exchange has from that id on.
+        more = count >= asked and count > 0 and int(ids.max()) < request.gap.last
+        return TradePage(rows, ids, str(int(ids.max()) + 1) if more else None)
+
+    def rest_pause_s(self, headers: dict[str, str]) -> float:
+        """Binance counts request weight per IP and minute (X-MBX-USED-WEIGHT-1M) and bans clients that keep
+        going past it: with 90 % used, wait for the next minute."""
+        used = headers.get("x-mbx-used-weight-1m")
+        if used is None or not used.isdigit() or int(used) < REQUEST_WEIGHT_PER_MINUTE * 0.9:
+            return 0.0
+        return 61.0 - time.time() % 60
+
     def snapshot_url(self, symbol: str) -> str:
-        return f"{self._rest_url}/api/v3/depth?symbol={self.native_symbol(symbol)}&limit={SNAPSHOT_LIMIT}"
+        return f"{self.rest_url}/api/v3/depth?symbol={self.native_symbol(symbol)}&limit={SNAPSHOT_LIMIT}"
 
     # --- decoding ------------------------------------------------------------------------------
     def decode(self, frames: list[bytes], received_us: list[int],
@@ -206,9 +245,9 @@ class Binance(Exchange):
             records = [i for i, kind in enumerate(kinds) if kind != RecordKind.FRAME]
             batch = [frames[i] for i in positions]
 
-        payloads, indices, trades_only = self._decode_frames(batch, positions, frames, received_us, out)
+        payloads, indices = self._decode_frames(batch, positions, frames, received_us, out)
         sequential: list[tuple[int, _Payload | None]] = [(i, None) for i in records]
-        present = {_Trade} if trades_only else set(map(type, payloads))  # one C-level pass
+        present = set(map(type, payloads))  # one C-level pass (trades-only batches may hold aggTrades too)
         if present & {_Depth, _Shutdown}:
             # Book frames are rare next to trades (~10/s per symbol); one pass picks them out.
             others = [k for k, p in enumerate(payloads) if type(p) is _Depth or type(p) is _Shutdown]
@@ -222,7 +261,8 @@ class Binance(Exchange):
             trades = cast(list[_TradePayload], payloads)  # only trades are left
             out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
             if _AggTrade not in present:  # aggTrade ids are another sequence
-                self._check_trade_gaps(out.trades, received_us[indices[-1]], out)
+                out.trades = self.check_trades(out.trades, self._batch_ids.to_numpy(), received_us[indices[-1]],
+                                               _events(out), out.actions)
         if sequential:
             sequential.sort(key=itemgetter(0))
             for index, payload in sequential:
@@ -230,21 +270,18 @@ class Binance(Exchange):
         return out
 
     def _decode_frames(self, batch: list[bytes], positions: list[int] | None, frames: list[bytes],
-                       received_us: list[int], out: DecodedFrames) -> tuple[list[_Payload], list[int], bool]:
-        """Payloads with their positions in ``frames``; True when every payload is a trade."""
+                       received_us: list[int], out: DecodedFrames) -> tuple[list[_Payload], list[int]]:
+        """Payloads with their positions in ``frames``."""
         if not batch:
-            return [], [], True
+            return [], []
         joined = b"[" + b",".join(batch) + b"]"
         try:
             if self.wants_books:
                 # Nearly every tick holds depth frames: decode all kinds at once rather than fail the trade shape.
                 decoded: list[_AnyCombined] | list[_Combined] = _any_batch_decoder.decode(joined)
-                trades_only = False
             else:
                 decoded = _batch_decoder.decode(joined)
-                trades_only = True
-            return [c.data for c in decoded], positions if positions is not None else list(range(len(batch))), \
-                trades_only
+            return [c.data for c in decoded], positions if positions is not None else list(range(len(batch)))
         except msgspec.DecodeError:
             pass
         payloads: list[_Payload] = []
@@ -269,105 +306,7 @@ class Binance(Exchange):
                 out.control_frames += 1
             else:
                 out.rejects.add(received_us[index], kind, detail or str(first_error), frames[index])
-        return payloads, indices, False
-
-    def export_state(self) -> dict[str, Any]:
-        return {"last_trade_id": dict(self._last_trade_id),
-                "open_gaps": {symbol: [list(g) for g in gaps] for symbol, gaps in self._open_gaps.items() if gaps}}
-
-    def import_state(self, state: dict[str, Any]) -> None:
-        self._last_trade_id.update({k: int(v) for k, v in state.get("last_trade_id", {}).items()})
-        for symbol, gaps in state.get("open_gaps", {}).items():
-            self._open_gaps[symbol] = [(int(a), int(b)) for a, b in gaps]
-
-    def outstanding_actions(self) -> list[Action]:
-        out = DecodedFrames(DECODED_TRADE_SCHEMA.empty_table(), Rejects())
-        for symbol, gaps in self._open_gaps.items():
-            for first, last in gaps:
-                self._request_trades(symbol, first, last, 0, out, record=False)
-        return out.actions
-
-    def _check_trade_gaps(self, table: pa.Table, received_us: int, out: DecodedFrames) -> None:
-        """Ask REST for trade ids missing before or inside this batch (per-symbol ids step by one).
-
-        Vectorized: one stable sort by symbol, then a difference of neighbouring ids; Python only
-        touches the (rare) gaps and one boundary per symbol.
-        """
-        if not table.num_rows:
-            return
-        codes = pc.index_in(table.column("symbol"), value_set=self._normalized_symbols).to_numpy()
-        ids = self._batch_ids.to_numpy()
-        order = np.argsort(codes, kind="stable")
-        codes, ids = codes[order], ids[order]
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        ends = np.r_[starts[1:], len(codes)] - 1
-        inner = np.flatnonzero((codes[1:] == codes[:-1]) & (ids[1:] != ids[:-1] + 1))
-        symbols = self._normalized_symbols.to_pylist()
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            symbol = symbols[codes[start]]
-            last = self._last_trade_id.get(symbol)
-            if last is not None and ids[start] > last + 1:
-                self._request_trades(symbol, last + 1, int(ids[start]) - 1, received_us, out, record=True)
-            self._last_trade_id[symbol] = max(int(ids[end]), last if last is not None else int(ids[end]))
-        for k in inner.tolist():
-            if ids[k + 1] > ids[k] + 1:
-                self._request_trades(symbols[codes[k]], int(ids[k]) + 1, int(ids[k + 1]) - 1, received_us, out,
-                                     record=True)
-
-    def _request_trades(self, symbol: str, first: int, last: int, received_us: int, out: DecodedFrames,
-                        record: bool) -> None:
-        if record:
-            _events(out).add(symbol, received_us, "trade_gap",
-                             f"trade ids {first}..{last} not received ({last - first + 1}); backfilling from REST")
-            self.counters["trade_gaps"] += 1
-            self._open_gaps.setdefault(symbol, []).append((first, last))
-        url = (f"{self._rest_url}/api/v3/historicalTrades?symbol={self.native_symbol(symbol)}"
-               f"&fromId={first}&limit={min(HISTORICAL_LIMIT, last - first + 1)}")
-        out.actions.append(FetchSnapshot(symbol, url, purpose=f"trades {first} {last}"))
-
-    def _on_trades_backfill(self, index: int, header: str, body: bytes, received_us: int,
-                            out: DecodedFrames) -> None:
-        """REST historicalTrades answering a trade gap: add the missing ids as ordinary trade rows."""
-        symbol, _, first_text, last_text = header.split(" ")
-        first, last = int(first_text), int(last_text)
-        try:
-            history = _historical_decoder.decode(body)
-        except msgspec.DecodeError as error:
-            out.rejects.add(received_us, "bad_snapshot", f"not historicalTrades: {error}", header.encode() + body)
-            self._request_trades(symbol, first, last, received_us, out, record=False)
-            return
-        wanted = [t for t in history if first <= t.id <= last]
-        if wanted:
-            native = self.native_symbol(symbol)
-            rows = pa.table({
-                "exchange": pa.array([self.name] * len(wanted), pa.string()),
-                "symbol": pa.array([symbol] * len(wanted), pa.string()),
-                "native_symbol": pa.array([native] * len(wanted), pa.string()),
-                "trade_id": pa.array([str(t.id) for t in wanted], pa.string()),
-                "price": strings_to_float([t.price for t in wanted]),
-                "quantity": strings_to_float([t.qty for t in wanted]),
-                "side": pa.array(["sell" if t.isBuyerMaker else "buy" for t in wanted], pa.string()),
-                "timestamp": pa.array([t.time * 1000 for t in wanted], pa.int64()).cast(_UTC_US),
-                "received_at": pa.array([received_us] * len(wanted), pa.int64()).cast(_UTC_US),
-                "frame_index": pa.array([index] * len(wanted), pa.int64()),
-            }, schema=DECODED_TRADE_SCHEMA)
-            out.trades = pa.concat_tables([out.trades, rows])
-            self.counters["trades_backfilled"] += len(wanted)
-        got = max((t.id for t in wanted), default=first - 1)
-        self._narrow_gap(symbol, first, last, got)
-        if got < last and len(history) >= min(HISTORICAL_LIMIT, last - first + 1):
-            self._request_trades(symbol, got + 1, last, received_us, out, record=False)  # the next page
-
-    def _narrow_gap(self, symbol: str, first: int, last: int, got: int) -> None:
-        """Ids first..got arrived: shrink (or close) the open gap they belonged to."""
-        gaps = self._open_gaps.get(symbol, [])
-        for k, (a, b) in enumerate(gaps):
-            if a <= first <= b or a <= last <= b:
-                if got >= b:
-                    gaps.pop(k)
-                elif got >= a:
-                    gaps[k] = (got + 1, b)
-                return
+        return payloads, indices
 
     def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
                  frames: list[bytes], rejects: Rejects) -> pa.Table:
@@ -415,9 +354,16 @@ class Binance(Exchange):
             elif kinds[index] == RecordKind.REST:
                 header, _, body = frames[index].partition(b"\n")
                 if b" trades " in header:
-                    self._on_trades_backfill(index, header.decode(), body, received_us[index], out)
+                    rows = self.on_trade_history(header.decode(), body, kinds[index], index, received_us[index],
+                                                 _events(out), out.actions, out.rejects)
+                    if rows.num_rows:
+                        out.trades = pa.concat_tables([out.trades, rows])
                 else:
                     self._on_snapshot(frames[index], received_us[index], out)
+            elif kinds[index] == RecordKind.REST_FAILED:
+                header, _, body = frames[index].partition(b"\n")
+                self.on_trade_history(header.decode(), body, kinds[index], index, received_us[index], _events(out),
+                                      out.actions, out.rejects)
         elif type(payload) is _Shutdown:
             # The server is going away: reconnect now. Expected control traffic, not bad data.
             out.control_frames += 1

@@ -13,8 +13,15 @@ check a recording: a taker buy lifts the offer, so its price sits at (or above) 
 book just before it; a taker sell hits the bid.
 
 Sequencing. ``sequence_num`` counts every message on one connection. A CONNECTED record (new connection)
-resets the expectation and the books; the first frame after it sets the base. A frame numbered below the
-expectation is a duplicate or late copy of something already applied: it is ignored (counted as control). A
+resets the expectation and the books; the first frame after it sets the base. The number is read leniently
+before the strict decode, so a frame we cannot or need not decode still consumes it: an unknown channel
+(Coinbase says new message types may appear at any time) is counted as ignored, a frame that fails the strict
+decode (``side: "UNKNOWN_ORDER_SIDE"``, a truncated frame) is quarantined, an oversized or non-UTF-8 frame
+the normalizer screened out is read from its first bytes; none of them looks like lost messages. A frame
+numbered below the expectation is a duplicate or late copy of something already applied (one TCP stream
+cannot reorder): it is ignored (control, counted in ``stale_sequence_frames``); its trades could add nothing
+anyway, since trade ids are deduplicated. Should ``STALE_SEQUENCE_RESET`` frames in a row be numbered
+below, the server restarted its count: the expectation follows it and the books resync, as after a gap. A
 jump records one ``sequence_gap`` book event per configured symbol (the counter is not per product, so any
 book may have lost updates), marks every book unsynced and, when books are maintained, asks for one
 ``Reconnect``: a fresh connection sends a fresh ``level2`` snapshot. A ``resync`` event follows when the
@@ -25,7 +32,10 @@ lose more while it reconnects.
 Trades exactly once. The ``market_trades`` snapshot replays recent trades on every subscription. Per product
 the highest trade id seen is kept (numeric comparison for numeric ids, string comparison otherwise);
 snapshot trades at or below it are dropped (counted in ``snapshot_trades_dropped``; a frame left with no
-trade counts as control). ``trade_high_water`` can be seeded by the caller after a restart.
+trade counts as control). ``trade_high_water`` can be seeded by the caller after a restart. Numeric ids are
+consecutive per product, so the shared trade-gap check (``trade_gaps.py``) records any hole and fills it
+from the public REST market trades (``GET /api/v3/brokerage/market/products/{id}/ticker``, newest first,
+paged back with ``end``).
 
 Rate limits: three subscribe frames per connection (data channels first, heartbeats last) stay far below
 the 8 unauthenticated messages/s per IP; reconnect pacing is the session's backoff.
@@ -33,12 +43,14 @@ the 8 unauthenticated messages/s per IP; reconnect pacing is the session's backo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,12 +66,20 @@ from trading_platform.exchanges.base import (
     strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots, Side
+from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
 # True: ``side`` is the maker's side, the taker traded the other way. See the module docstring.
 MARKET_TRADES_SIDE_IS_MAKER: Final = True
 
 _DATA_CHANNELS = ("market_trades", "level2")
 _ACKED_DATA_CHANNELS = frozenset({"market_trades", "level2", "l2_data"})
+_KNOWN_CHANNELS = frozenset({"market_trades", "l2_data", "heartbeats", "subscriptions"})
+STALE_SEQUENCE_RESET = 50  # frames in a row numbered below the expectation: the server restarted its count
+_SEQUENCE = re.compile(rb'"sequence_num"\s*:\s*(\d+)')
+_CHANNEL = re.compile(rb'"channel"\s*:\s*"([^"\\]{1,64})"')
+_PROBE_BYTES = 4096  # the envelope's fields come before its events
+_DEFAULT_REST_URL = "https://api.coinbase.com"
+TICKER_PAGE = 1000  # market trades per REST page
 _BOOK_SIDE: Final[dict[str, Side]] = {"bid": "bid", "offer": "ask"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -108,7 +128,7 @@ class _SubscriptionsEvent(msgspec.Struct, gc=False):
 class _Envelope(msgspec.Struct, tag_field="channel", kw_only=True, gc=False):
     timestamp: datetime
     sequence_num: int = -1
-    client_id: str = ""
+    client_id: str | None = ""  # live frames carry "", null, or nothing
 
 
 class _MarketTrades(_Envelope, tag="market_trades"):
@@ -135,6 +155,36 @@ class _AckProbe(msgspec.Struct):
     events: list[_SubscriptionsEvent] = []
 
 
+class _Skipped:
+    """Stands in the message list for a frame that was not decoded but carried a ``sequence_num``."""
+
+    __slots__ = ("sequence_num",)
+
+    def __init__(self, sequence_num: int) -> None:
+        self.sequence_num = sequence_num
+
+
+def _lenient_envelope(frame: bytes) -> tuple[str | None, int | None]:
+    """(channel, sequence_num) read from the envelope's first bytes without decoding the frame."""
+    head = frame[:_PROBE_BYTES]
+    channel, sequence = _CHANNEL.search(head), _SEQUENCE.search(head)
+    return (channel.group(1).decode("ascii", "replace") if channel else None,
+            int(sequence.group(1)) if sequence else None)
+
+
+class _HistoryTrade(msgspec.Struct, gc=False):
+    trade_id: str
+    price: str
+    size: str
+    side: Literal["BUY", "SELL"]
+    time: datetime
+
+
+class _HistoryPage(msgspec.Struct, gc=False):
+    trades: list[_HistoryTrade]
+
+
+_history_decoder = msgspec.json.Decoder(_HistoryPage)
 _batch_decoder = msgspec.json.Decoder(list[_Message])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
@@ -182,6 +232,8 @@ class BookOutput:
 class _Batch(BookOutput):
     trades: list[_Trade] = field(default_factory=list)
     trade_frames: list[int] = field(default_factory=list)
+    backfilled: list[pa.Table] = field(default_factory=list)  # trades from REST trade-history answers
+    ignored: int = 0
     # trades[unflushed:] have not raised the high-water marks yet (see _flush_high_water)
     unflushed: int = 0
 
@@ -200,6 +252,8 @@ class Coinbase(Exchange):
         self.trade_high_water: dict[str, int | str] = {}  # native product -> highest trade id seen
         self.snapshot_trades_dropped = 0
         self.heartbeat_counter: int | None = None
+        self.rest_url = self.rest_url or _DEFAULT_REST_URL
+        self._stale_in_a_row = 0
 
     # --- connection ------------------------------------------------------------------------------------------
     @staticmethod
@@ -207,6 +261,8 @@ class Coinbase(Exchange):
         return symbol
 
     def connect_url(self, endpoints: Endpoints) -> str:
+        if endpoints.rest_url:
+            self.rest_url = endpoints.rest_url.rstrip("/")
         return endpoints.ws_url
 
     def _channels(self) -> list[str]:
@@ -246,24 +302,66 @@ class Coinbase(Exchange):
             for index, kind in enumerate(kinds):
                 if kind != RecordKind.FRAME:
                     self._decode_run(frames, received_us, start, index, batch)
-                    self._record(kind, batch)
+                    self._record(kind, frames[index], index, received_us[index], batch)
                     start = index + 1
         self._decode_run(frames, received_us, start, len(frames), batch)
         trades = self._finish_trades(batch, received_us, frames)
-        return DecodedFrames(trades, batch.rejects, batch.control, batch.snapshots, batch.events, batch.actions)
+        return DecodedFrames(trades, batch.rejects, batch.control, batch.snapshots, batch.events, batch.actions,
+                             batch.ignored)
 
-    def _record(self, kind: RecordKind, batch: _Batch) -> None:
+    def _record(self, kind: RecordKind, payload: bytes, index: int, received: int, batch: _Batch) -> None:
         if kind == RecordKind.CONNECTED:
             self.new_connection()
+        elif kind == RecordKind.SCREENED:
+            # Quarantined by the normalizer (oversized, not UTF-8), but it was a message: count its number.
+            _, sequence = _lenient_envelope(payload)
+            if sequence is not None:
+                self._in_sequence(sequence, received, batch)
+        elif kind in (RecordKind.REST, RecordKind.REST_FAILED):
+            header, _, body = payload.partition(b"\n")
+            batch.backfilled.append(self.on_trade_history(header.decode(), body, kind, index, received,
+                                                          batch.events, batch.actions, batch.rejects))
         else:
-            batch.control += 1  # Coinbase uses no REST records
+            batch.control += 1
 
     def export_state(self) -> dict[str, Any]:
         # Snapshot trades after a restart must not re-add trades an earlier run stored.
-        return {"trade_high_water": dict(self.trade_high_water)}
+        return {**super().export_state(), "trade_high_water": dict(self.trade_high_water)}
 
     def import_state(self, state: dict[str, Any]) -> None:
+        super().import_state(state)
         self.trade_high_water.update(state.get("trade_high_water", {}))
+
+    # --- trade history: GET /api/v3/brokerage/market/products/{id}/ticker (newest first) ---------------------
+    def trade_history_url(self, request: BackfillRequest) -> str:
+        gap = request.gap
+        after_s = (gap.after_us or max(gap.before_us - 60_000_000, 0)) // 1_000_000
+        # `end` pages back: the first page ends just after the trade that followed the gap.
+        end = request.cursor or str(-(-gap.before_us // 1_000_000) + 1)
+        return (f"{self.rest_url}/api/v3/brokerage/market/products/{gap.symbol}/ticker"
+                f"?limit={TICKER_PAGE}&start={after_s}&end={end}")
+
+    def parse_trade_history(self, request: BackfillRequest, body: bytes, frame_index: int,
+                            received_us: int) -> TradePage:
+        try:
+            page = _history_decoder.decode(body)
+        except msgspec.DecodeError as error:
+            raise ValueError(f"not a market-trades page: {error}") from None
+        trades = page.trades
+        try:
+            ids = np.array([int(t.trade_id) for t in trades], dtype=np.int64)
+        except ValueError as error:
+            raise ValueError(f"non-numeric trade id: {error}") from None
+        sides = pa.array([t.side for t in trades], pa.string())
+        rows = TradeRows(natives=[request.gap.symbol] * len(trades), trade_ids=[t.trade_id for t in trades],
+                         prices=[t.price for t in trades], sizes=[t.size for t in trades],
+                         times=[t.time for t in trades], frame_index=[frame_index] * len(trades))
+        table, _ = self.trade_columns(rows, pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY"),
+                                      [received_us] * (frame_index + 1))
+        # A full page that has not reached back to the gap's start continues before its oldest trade.
+        more = len(trades) >= TICKER_PAGE and int(ids.min()) > request.gap.first
+        cursor = str(to_us(min(t.time for t in trades)) // 1_000_000 + 1) if more else None
+        return TradePage(table, ids, cursor)
 
     def new_connection(self) -> None:
         """Books and the per-connection sequence restart; trade high-water marks carry over."""
@@ -285,8 +383,16 @@ class Coinbase(Exchange):
                     messages.append(_frame_decoder.decode(frames[index]))
                     indices.append(index)
                 except msgspec.DecodeError as error:
-                    reason, detail = classify_rejected(frames[index], error)
-                    batch.rejects.add(received_us[index], reason, detail, frames[index])
+                    channel, sequence = _lenient_envelope(frames[index])
+                    if channel is not None and channel not in _KNOWN_CHANNELS:
+                        batch.ignored += 1
+                        self.counters[f"ignored_channel_{channel}"] += 1
+                    else:
+                        reason, detail = classify_rejected(frames[index], error)
+                        batch.rejects.add(received_us[index], reason, detail, frames[index])
+                    if sequence is not None:  # it was a message all the same: keep the numbering whole
+                        messages.append(_Skipped(sequence))  # type: ignore[arg-type]
+                        indices.append(index)
         # The hot loop: an in-order frame holding one trade update is handled inline; anything else (a
         # gap, a duplicate, a snapshot, books, control) takes the general path.
         expected = self._expected_sequence
@@ -301,6 +407,8 @@ class Coinbase(Exchange):
                     batch.control += 1
                     continue
                 expected = self._expected_sequence
+            if type(message) is _Skipped:
+                continue
             if isinstance(message, _MarketTrades) and len(message.events) == 1:
                 event = message.events[0]
                 if event.type == "update" and len(event.trades) == 1:
@@ -337,9 +445,23 @@ class Coinbase(Exchange):
             self._expected_sequence = sequence + 1
             return True
         if sequence < expected:
-            return False
+            self.counters["stale_sequence_frames"] += 1
+            self._stale_in_a_row += 1
+            if self._stale_in_a_row < STALE_SEQUENCE_RESET:
+                return False
+            # The count restarted on this connection: follow it, and resync the books like after a gap.
+            self._stale_in_a_row = 0
+            self._expected_sequence = sequence + 1
+            self._lose_books(f"sequence_num restarted at {sequence} (expected {expected})", received, batch)
+            return True
+        self._stale_in_a_row = 0
         self._expected_sequence = sequence + 1
         detail = f"sequence_num expected {expected} got {sequence} ({sequence - expected} messages missing)"
+        self._lose_books(detail, received, batch)
+        return True
+
+    def _lose_books(self, detail: str, received: int, batch: _Batch) -> None:
+        """Messages were lost on this connection: every book is untrusted until a fresh snapshot."""
         for symbol in self.symbols:
             batch.events.add(symbol, received, "sequence_gap", detail)
             self.synced[symbol] = False
@@ -348,7 +470,6 @@ class Coinbase(Exchange):
             if not self._reconnect_requested:
                 self._reconnect_requested = True
                 batch.actions.append(Reconnect(f"coinbase {detail}: fresh level2 snapshot needed"))
-        return True
 
     # --- trades ----------------------------------------------------------------------------------------------
     def _trades(self, message: _MarketTrades, index: int, batch: _Batch) -> None:
@@ -404,7 +525,17 @@ class Coinbase(Exchange):
         taker_buys = pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY")
         table, known = self.trade_columns(rows, taker_buys, received_us)
         self._raise_high_water_vectorized(table.slice(batch.unflushed), known.slice(batch.unflushed))
-        return self.drop_unknown_symbols(table, known, received_us, frames, batch.rejects)
+        table = self.drop_unknown_symbols(table, known, received_us, frames, batch.rejects)
+        if table.num_rows:
+            try:
+                ids = pc.cast(table.column("trade_id"), pa.int64()).to_numpy()
+            except pa.ArrowInvalid:
+                ids = None  # non-numeric ids: no continuity to check (the high-water marks still dedupe)
+            if ids is not None:
+                table = self.check_trades(table, ids, received_us[batch.trade_frames[-1]], batch.events,
+                                          batch.actions)
+        backfilled = [t for t in batch.backfilled if t.num_rows]
+        return pa.concat_tables([table, *backfilled]) if backfilled else table
 
     def _raise_high_water_vectorized(self, table: pa.Table, known: pa.Array) -> None:
         pending = table.filter(known)

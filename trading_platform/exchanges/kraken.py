@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
+from urllib.parse import quote
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -30,8 +32,10 @@ from trading_platform.exchanges.base import (
     RecordKind,
     Rejects,
     SendFrames,
+    strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
 CHECKSUM_LEVELS = 10  # the checksum always covers the top 10 levels per side, whatever the depth
@@ -45,6 +49,8 @@ _SUBSCRIBE_BOOK_ID = 2
 _UNSUBSCRIBE_TRADE_ID = 3
 _UNSUBSCRIBE_BOOK_ID = 4
 _RESYNC_ID_BASE = 1000  # + 2 * symbol index (unsubscribe), + 1 (subscribe): never a drain id
+_DEFAULT_REST_URL = "https://api.kraken.com"
+TRADES_PAGE = 1000  # Trades `count` (the maximum)
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _UTC_NS = pa.timestamp("ns", tz="UTC")
@@ -177,6 +183,8 @@ class Kraken(Exchange):
         return symbol.replace("-", "/")
 
     def connect_url(self, endpoints: Endpoints) -> str:
+        if endpoints.rest_url:
+            self.rest_url = endpoints.rest_url.rstrip("/")
         return endpoints.ws_url
 
     def _wants_trades(self) -> bool:
@@ -247,6 +255,53 @@ class Kraken(Exchange):
         native = [self.native_symbol(symbol)]
         return (self._book_request("unsubscribe", native, req_id), self._book_request("subscribe", native, req_id + 1))
 
+    # --- trade history: GET /0/public/Trades?pair=&since=&count= (oldest first, `last` cursor) ------
+    def trade_history_url(self, request: BackfillRequest) -> str:
+        gap = request.gap
+        # `since` is exclusive and in ns; start just before the last trade we had before the gap (or, with
+        # no time known, a minute before the trade after it).
+        since = request.cursor or str((gap.after_us or max(gap.before_us - 60_000_000, 0)) * 1000 - 1)
+        pair = quote(self.native_symbol(gap.symbol), safe="")
+        return f"{self.rest_url or _DEFAULT_REST_URL}/0/public/Trades?pair={pair}&since={since}&count={TRADES_PAGE}"
+
+    def parse_trade_history(self, request: BackfillRequest, body: bytes, frame_index: int,
+                            received_us: int) -> TradePage:
+        try:
+            answer = _untyped_decoder.decode(body)
+        except msgspec.DecodeError as error:
+            raise ValueError(f"not JSON: {error}") from None
+        if not isinstance(answer, dict) or answer.get("error") or not isinstance(answer.get("result"), dict):
+            raise ValueError(f"error answer: {answer.get('error') if isinstance(answer, dict) else answer!r}")
+        result = answer["result"]
+        # The result is keyed by Kraken's own pair name (e.g. XXBTZUSD), whatever we asked with.
+        rows = next((v for k, v in result.items() if k != "last" and isinstance(v, list)), [])
+        try:
+            prices = [str(r[0]) for r in rows]
+            quantities = [str(r[1]) for r in rows]
+            times_us = [round(float(r[2]) * 1_000_000) for r in rows]
+            sides = ["buy" if r[3] == "b" else "sell" for r in rows]
+            ids = np.array([int(r[6]) for r in rows], dtype=np.int64)
+        except (IndexError, TypeError, ValueError) as error:
+            raise ValueError(f"unexpected trade row: {error}") from None
+        symbol = request.gap.symbol
+        count = len(rows)
+        table = pa.table({
+            "exchange": pa.array([self.name] * count, pa.string()),
+            "symbol": pa.array([symbol] * count, pa.string()),
+            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
+            "trade_id": pa.array([str(i) for i in ids.tolist()], pa.string()),
+            "price": strings_to_float(prices),
+            "quantity": strings_to_float(quantities),
+            "side": pa.array(sides, pa.string()),
+            "timestamp": pa.array(times_us, pa.int64()).cast(_UTC_US),
+            "received_at": pa.array([received_us] * count, pa.int64()).cast(_UTC_US),
+            "frame_index": pa.array([frame_index] * count, pa.int64()),
+        }, schema=DECODED_TRADE_SCHEMA)
+        last = str(result.get("last", ""))
+        # A full page that does not reach the gap's end continues from `last`; a short one is all there is.
+        more = count >= TRADES_PAGE and int(ids.max()) < request.gap.last and last.isdigit()
+        return TradePage(table, ids, last if more else None)
+
     # --- decoding --------------------------------------------------------------------------
     def new_book_output(self) -> BookOutput:
         return BookOutput(BookSnapshots(self.name), BookEvents(self.name))
@@ -261,50 +316,66 @@ class Kraken(Exchange):
         rejects = Rejects()
         out = self.new_book_output()
         actions: list[Action] = []
-        control = 0
+        control = ignored = 0
         connected: list[int] = []
+        rest: list[int] = []  # trade-history answers (Kraken books need no REST)
         if kinds is None or not any(kinds):
             positions: Sequence[int] = range(len(frames))
         else:
             positions = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
             connected = [i for i, kind in enumerate(kinds) if kind == RecordKind.CONNECTED]
+            rest = [i for i, kind in enumerate(kinds) if kind in (RecordKind.REST, RecordKind.REST_FAILED)]
         messages = self._decode_messages(frames, received_us, positions, rejects)
         trades: list[_Trade] = []
         trade_index: list[int] = []
         # Records are walked in order: a CONNECTED record resets the books between two book frames.
         resets = iter(connected)
         next_reset = next(resets, None)
+        backfills: list[pa.Table] = []
+        for i in rest:
+            assert kinds is not None
+            header, _, body = frames[i].partition(b"\n")
+            backfills.append(self.on_trade_history(header.decode(), body, kinds[i], i, received_us[i], out.events,
+                                                   actions, rejects))
         for i, message in zip(positions, messages, strict=True):
             while next_reset is not None and next_reset < i:
                 self.on_connected()
                 # Resubscribes asked on the old connection are moot: the new one subscribes every
                 # book with a fresh snapshot anyway (and the runner sends on the current connection).
-                actions.clear()
+                actions[:] = [a for a in actions if not isinstance(a, SendFrames)]
                 next_reset = next(resets, None)
             if isinstance(message, _TradeMessage):
                 trades += message.data
                 trade_index += [i] * len(message.data)
             elif isinstance(message, _BookMessage):
                 self._book_message(message, frames[i], received_us[i], out, actions, rejects)
+            elif message is _IGNORED:
+                ignored += 1
             elif message is not None:  # heartbeat, status, or a request's reply (ack, pong)
                 control += 1
         while next_reset is not None:
             self.on_connected()
-            actions.clear()
+            actions[:] = [a for a in actions if not isinstance(a, SendFrames)]
             next_reset = next(resets, None)
         table = self._trade_columns(trades, trade_index, received_us, frames, rejects)
-        return DecodedFrames(table, rejects, control, out.snapshots, out.events, actions)
+        if table.num_rows:
+            ids = pc.cast(table.column("trade_id"), pa.int64()).to_numpy()
+            table = self.check_trades(table, ids, received_us[trade_index[-1]], out.events, actions)
+        if backfills:
+            table = pa.concat_tables([table, *backfills])
+        return DecodedFrames(table, rejects, control, out.snapshots, out.events, actions, ignored)
 
     def _decode_messages(self, frames: list[bytes], received_us: list[int], positions: Sequence[int],
-                         rejects: Rejects) -> Sequence[_Message | bool | None]:
-        """One typed message per FRAME record; True for a request's reply, None for a reject."""
+                         rejects: Rejects) -> Sequence[_Message | bool | object | None]:
+        """One typed message per FRAME record; True for a request's reply, ``_IGNORED`` for a channel we do
+        not use, None for a reject."""
         batch = frames if len(positions) == len(frames) else [frames[i] for i in positions]
         try:
             decoded: list[_Message] = _batch_decoder.decode(b"[" + b",".join(batch) + b"]")
             return decoded
         except msgspec.DecodeError:
             pass
-        result: list[_Message | bool | None] = []
+        result: list[_Message | bool | object | None] = []
         for i in positions:
             try:
                 result.append(_frame_decoder.decode(frames[i]))
@@ -312,6 +383,8 @@ class Kraken(Exchange):
                 reason, detail = _classify(frames[i])
                 if reason == "control":
                     result.append(True)
+                elif reason == "ignored":
+                    result.append(_IGNORED)
                 else:
                     rejects.add(received_us[i], reason, detail or str(error), frames[i])
                     result.append(None)
@@ -456,11 +529,13 @@ def _rfc3339_us(text: str) -> int | None:
         return None
 
 
-FrameKind = Literal["control", "exchange_error", "malformed_json", "wrong_type"]
+FrameKind = Literal["control", "ignored", "exchange_error", "malformed_json", "wrong_type"]
+_IGNORED = object()  # a decoded-message placeholder: a well-formed frame of a channel we do not use
 
 
 def _classify(frame: bytes) -> tuple[FrameKind, str | None]:
-    """Why a frame failed the typed decode: a request's reply (ack, pong), an error reply, or bad data."""
+    """Why a frame failed the typed decode: a request's reply (ack, pong), an error reply, a channel we do
+    not use (Kraken adds channels; a client skips them), or bad data."""
     try:
         message = _untyped_decoder.decode(frame)
     except msgspec.DecodeError as error:
@@ -469,6 +544,6 @@ def _classify(frame: bytes) -> tuple[FrameKind, str | None]:
         if message.get("success") is False or "error" in message:
             return "exchange_error", f"{message.get('method')} failed: {message.get('error')}"
         return "control", None
-    if isinstance(message, dict) and message.get("channel") not in _CHANNELS:
-        return "wrong_type", f"unexpected channel {message.get('channel')!r}"
+    if isinstance(message, dict) and isinstance(message.get("channel"), str) and message["channel"] not in _CHANNELS:
+        return "ignored", f"channel {message.get('channel')!r}"
     return "wrong_type", None

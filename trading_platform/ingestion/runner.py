@@ -19,7 +19,7 @@ import pyarrow as pa
 from trading_platform.exchanges.base import Action, Exchange, FetchSnapshot, Reconnect, RecordKind, SendFrames
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
-from trading_platform.ingestion.rest import http_get
+from trading_platform.ingestion.rest import RateLimited, Refused, Rejected, RestResponse, http_get
 from trading_platform.ingestion.session import FeedSession, backoff_delay
 from trading_platform.ingestion.wal import SealedBatch, WriteAheadLog
 from trading_platform.quality.rules import SpikeReference
@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a store still down after this keeps the data in the WAL
 SNAPSHOT_MIN_INTERVAL_S = 1.0
 FINAL_FETCH_WAIT_S = 5.0
+REST_RETRY_MAX_S = 60.0  # transient REST failures (5xx, network) back off up to this
+REST_RATE_LIMIT_DEFAULT_S = 30.0  # a 429/418 without Retry-After: wait this long at least
+REST_REJECTED_ATTEMPTS = 3  # a request answered 4xx this often is given up (the exchange will not serve it)
+
+
+class FeedRefused(RuntimeError):
+    """The exchange refuses this client for good (HTTP 403 / 451): the feed stops instead of retrying."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,11 @@ class FlushReport:
     disconnects: int
     last_error: str | None
     hot_cache_errors: int
+    rest_rate_limited: int = 0  # 429/418 answers so far in this run
+    rest_paused_s: float = 0.0  # seconds REST calls waited because the exchange asked us to
+    ignored_frames: int = 0  # well-formed frames of channels / types we do not use
+    trade_gaps_open: int = 0
+    counters: dict[str, int] = field(default_factory=dict)  # the exchange's running totals
 
 
 @dataclass
@@ -73,6 +85,10 @@ class RunSummary:
     disconnects: int = 0
     drained_cleanly: bool | None = None
     unflushed_batches_left_in_wal: int = 0
+    ignored_frames: int = 0
+    rest_rate_limited: int = 0
+    rest_paused_s: float = 0.0
+    refused: str | None = None  # why the exchange stopped this feed (HTTP 403/451), if it did
     errors: list[str] = field(default_factory=list)
 
 
@@ -131,6 +147,11 @@ class IngestionRunner:
         self._hot_cache_errors = 0
         self._hot_cache_down = False
         self._session: FeedSession | None = None
+        self._rest_resume_at = 0.0  # monotonic time before which no REST call is made (rate limiting)
+        self._stop: asyncio.Event | None = None
+        # WAL offset of the last record decoded into the open batch: a batch seals exactly there, so a
+        # record that arrives while a tick awaits (REST, Redis) belongs to the next batch in the WAL too.
+        self._decoded_through = -1
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -138,7 +159,7 @@ class IngestionRunner:
         return asyncio.run(self._main(stop or threading.Event()))
 
     async def _main(self, external_stop: threading.Event) -> RunSummary:
-        stop = asyncio.Event()
+        stop = self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.config.run_window_s
 
@@ -185,6 +206,8 @@ class IngestionRunner:
             self.summary.drained_cleanly = stats.drained_cleanly
             self.summary.unflushed_batches_left_in_wal = len(self.wal.checkpoint.pending)
             del loop
+        if self.summary.refused is not None:
+            raise FeedRefused(self.summary.refused)
         return self.summary
 
     # --- receive path ----------------------------------------------------------------------------
@@ -213,12 +236,14 @@ class IngestionRunner:
         if normalized.book_snapshots is not None:
             self._remember_books(normalized.book_snapshots)
         self.summary.quarantined += normalized.rejects.num_rows
+        self.summary.ignored_frames += normalized.ignored_frames
         return normalized
 
     async def _tick(self, final: bool) -> None:
         if self._frames:
             frames, received, kinds = self._frames, self._received_us, self._kinds
             self._frames, self._received_us, self._kinds = [], [], []
+            self._decoded_through = self.wal.next_offset - 1  # taken together, no await in between
             normalized = self._process(self.normalizer, frames, received, kinds, self._batch)
             if not final:
                 for action in normalized.actions:
@@ -244,8 +269,14 @@ class IngestionRunner:
             await self._session.reconnect(action.reason)
 
     async def _fetch_snapshot(self, action: FetchSnapshot) -> None:
-        """GET a REST resource with backoff; the body joins the record stream (and the WAL) in order."""
-        attempt = 0
+        """GET a REST resource politely; the body joins the record stream (and the WAL) in order.
+
+        Transient failures retry with jittered backoff. 429/418 pause every REST call of this exchange for
+        at least ``Retry-After`` (Binance escalates ignored 429s to IP bans). A request refused with another
+        4xx a few times is given up as a REST_FAILED record (a backfill then records its gap as lost).
+        403/451 stop the feed: the exchange will not serve us, and saying so beats retrying forever.
+        """
+        attempt = rejected = 0
         # Re-asks after a stale or bad snapshot come straight back: space them, per request, so a
         # misbehaving endpoint is not hammered (Binance weighs a 1000-level snapshot at 50).
         key = action.header
@@ -253,22 +284,72 @@ class IngestionRunner:
         if wait > 0:
             await asyncio.sleep(wait)
         while key in self._fetching:
+            pause = self._rest_resume_at - time.monotonic()
+            if pause > 0:
+                self.summary.rest_paused_s += pause
+                await asyncio.sleep(pause)
+                continue
             self._last_fetch[key] = time.monotonic()
             try:
-                body = await asyncio.to_thread(http_get, action.url)
+                response: RestResponse = await asyncio.to_thread(http_get, action.url)
+            except RateLimited as error:
+                delay = max(error.retry_after_s or 0.0, backoff_delay(attempt, REST_RATE_LIMIT_DEFAULT_S / 2,
+                                                                      REST_RETRY_MAX_S * 5))
+                attempt += 1
+                self._rest_resume_at = max(self._rest_resume_at, time.monotonic() + delay)
+                self.summary.rest_rate_limited += 1
+                told = f"Retry-After {error.retry_after_s:g}s" if error.retry_after_s is not None else "no Retry-After"
+                self.on_status(f"{self.exchange.name}: the exchange is rate-limiting REST (HTTP {error.status}, "
+                               f"{told}); every REST call pauses {delay:.0f}s")
+                continue
+            except Refused as error:
+                self._refuse(f"{self.exchange.name}: the exchange refuses REST with HTTP {error.status} for "
+                             f"{action.url.split('?')[0]} ({error}); this feed stops. HTTP 451 means the exchange "
+                             "does not serve this location; use another endpoint (exchanges.yaml `live`) or "
+                             "disable the exchange (`enabled: false`)")
+                return
+            except Rejected as error:
+                rejected += 1
+                if rejected >= REST_REJECTED_ATTEMPTS:
+                    self.on_status(f"{self.exchange.name}: GET {action.url} refused {rejected} times ({error}); "
+                                   "giving up on this request")
+                    if key in self._fetching:
+                        self._fetching.discard(key)
+                        self._record(key + b"\n" + str(error).encode(), time.time_ns() // 1000,
+                                     RecordKind.REST_FAILED)
+                    return
+                delay = backoff_delay(attempt, 1.0, REST_RETRY_MAX_S)
+                attempt += 1
+                self.on_status(f"{self.exchange.name}: GET {action.url} refused ({error}); retry in {delay:.1f}s")
+                await asyncio.sleep(delay)
+                continue
             except OSError as error:
-                delay = backoff_delay(attempt, 0.5, 10.0)
+                delay = backoff_delay(attempt, 0.5, REST_RETRY_MAX_S)
                 attempt += 1
                 self.on_status(f"{self.exchange.name}: GET {action.url} failed ({error}); retry in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 continue
+            budget_pause = self.exchange.rest_pause_s(response.headers)
+            if budget_pause > 0:
+                self._rest_resume_at = max(self._rest_resume_at, time.monotonic() + budget_pause)
+                self.on_status(f"{self.exchange.name}: REST weight budget nearly used; REST pauses {budget_pause:.0f}s")
             if key in self._fetching:
                 self._fetching.discard(key)
-                self._record(key + b"\n" + body, time.time_ns() // 1000, RecordKind.REST)
+                self._record(key + b"\n" + response.body, time.time_ns() // 1000, RecordKind.REST)
             return
 
+    def _refuse(self, message: str) -> None:
+        """Stop the feed for good: drain, flush, then the run ends with ``message``."""
+        if self.summary.refused is None:
+            self.summary.refused = message
+            self.summary.errors = [*self.summary.errors, message][-20:]
+            self.on_status(message)
+        self._fetching.clear()
+        if self._stop is not None:
+            self._stop.set()
+
     def _seal(self, recovered: bool) -> None:
-        sealed = self.wal.seal(self._batch.reference_at_start)
+        sealed = self.wal.seal(self._batch.reference_at_start, through=self._decoded_through)
         if sealed is not None and self._sealed is not None:
             self._sealed.put_nowait((sealed, self._batch, recovered))
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
@@ -344,6 +425,10 @@ class IngestionRunner:
             recovered=recovered, flush_seconds=round(time.monotonic() - started, 4),
             connects=stats.connects if stats else 0, disconnects=stats.disconnects if stats else 0,
             last_error=stats.last_error if stats else None, hot_cache_errors=self._hot_cache_errors,
+            rest_rate_limited=self.summary.rest_rate_limited, rest_paused_s=round(self.summary.rest_paused_s, 1),
+            ignored_frames=self.summary.ignored_frames,
+            trade_gaps_open=len(self.exchange.trade_gaps.open_gaps()),
+            counters=dict(self.exchange.counters),
         ))
 
     def _reference_after(self, sealed: SealedBatch) -> dict[str, list[float]]:
@@ -370,6 +455,7 @@ class IngestionRunner:
         tail_start = self.wal.unflushed_tail_start()
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
         self.wal.start_batch_at(tail_start)
+        self._decoded_through = self.wal.next_offset - 1
         tail = self._replay_into_batch(self.normalizer, tail_start, None)
         if tail.rows:
             self.on_status(f"{self.exchange.name}: re-read {tail.rows} rows from the WAL tail")

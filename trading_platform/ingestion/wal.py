@@ -80,14 +80,17 @@ class WriteAheadLog:
         self._dirty = False
         self._last_sync = time.monotonic()
 
-    def seal(self, reference: dict[str, Any]) -> SealedBatch | None:
-        """Close the open batch at the last appended frame and record it as pending."""
+    def seal(self, reference: dict[str, Any], through: int | None = None) -> SealedBatch | None:
+        """Close the open batch at offset ``through`` (default: the last appended record) and record it as
+        pending. Records after ``through`` were appended but not decoded into this batch: they open the next
+        one (its segment file may start inside the current one; files are deleted only once fully flushed)."""
         first = self._segment_first
-        if self.next_offset == first:
+        last = self.next_offset - 1 if through is None else min(through, self.next_offset - 1)
+        if last < first:
             return None
-        batch = SealedBatch(first, self.next_offset - 1, reference)
+        batch = SealedBatch(first, last, reference)
         self._close_segment()
-        self._segment_first = self.next_offset
+        self._segment_first = last + 1
         self.checkpoint.pending.append(batch)
         self._write_checkpoint()
         return batch

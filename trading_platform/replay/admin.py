@@ -4,6 +4,10 @@
     GET  /_replay/ledger?exchange=binance     {"binance":{"BTCUSDT":{"count","frames","first_id",
                                                "last_id","ranges":[[a,b],…],"ids":[…]}}}
          (&ids=0 omits "ids"; without exchange= every exchange that sent something)
+    GET  /_replay/history?exchange=kraken     every trade the market EXECUTED, connected clients or not:
+                                              {"BTC/USD":{"first_id","last_id","count","trades":[[id,
+                                               price,qty,side,time_ms],…]}} (&symbol=BTC/USD one pair,
+                                               &trades=0 counts only); side is the aggressor's
     GET  /_replay/connections                 [{"id","exchange","path","streams",…}, …]
     GET  /_replay/faults                      {"binance":{"malformed_json":2,…}}  (faults that took effect)
     POST /_replay/faults  {"kind":…,…}        inject (see faults.Fault: malformed_json, wrong_type,
@@ -51,6 +55,14 @@ def handle(server: ReplayServer, ws: ReplayConnection, request: Request, path: s
         include_ids = query.get("ids", "1").lower() not in ("0", "false", "no")
         doc = server.ledger.snapshot(exchange, include_ids=include_ids)
         return json_response(ws, 200, doc)
+    if route == ("GET", "/history"):
+        exchange = query.get("exchange")
+        if exchange not in server.feeds:
+            return json_response(
+                ws, 404, {"error": f"exchange {exchange!r} is not served", "served": sorted(server.feeds)}
+            )
+        with_trades = query.get("trades", "1").lower() not in ("0", "false", "no")
+        return json_response(ws, 200, server.history(exchange, query.get("symbol"), with_trades))
     if route == ("GET", "/connections"):
         return json_response(ws, 200, server.connections())
     if route == ("GET", "/faults"):
@@ -65,6 +77,7 @@ def handle(server: ReplayServer, ws: ReplayConnection, request: Request, path: s
     known = [
         "GET /_replay/health",
         "GET /_replay/ledger",
+        "GET /_replay/history",
         "GET /_replay/connections",
         "GET /_replay/faults",
         "POST /_replay/faults",

@@ -13,8 +13,10 @@ last, so ``U == previous u + 1`` on each cadence; levels are absolute, zero quan
 best first then asks best first. Diffs go out on wall-clock boundaries (every 100 ms / 1000 ms); a
 cadence with no book event sends nothing.
 
-REST (plain HTTP on the same port): ``GET /binance/api/v3/depth?symbol=BTCUSDT&limit=N`` (limit 1..5000,
-default 100) answers ``{"lastUpdateId":…,"bids":[[p,q],…],"asks":[…]}``, best first, where
+REST (plain HTTP on the same port): ``GET /binance/api/v3/historicalTrades?symbol=&fromId=&limit=`` serves
+the market's executed trades (connected or not; see ``history.py``), oldest first from ``fromId``.
+``GET /binance/api/v3/depth?symbol=BTCUSDT&limit=N`` (limit 1..5000, default 100) answers
+``{"lastUpdateId":…,"bids":[[p,q],…],"asks":[…]}``, best first, where
 ``lastUpdateId`` is the id of the last book event included; the documented sync procedure (buffer
 diffs, drop ``u <= lastUpdateId``, first kept diff has ``U <= lastUpdateId + 1 <= u``) rebuilds exactly
 the server's book. Unknown symbol: HTTP 400 ``{"code":-1121,"msg":"Invalid symbol."}``.
@@ -33,7 +35,6 @@ Choices where the docs are silent:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import re
 from collections import deque
@@ -51,8 +52,6 @@ from trading_platform.replay.faults import CONNECTION_FAULTS, FRAME_FAULTS, OVER
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
-
-HISTORY_TRADES = 200_000  # per symbol, for REST historicalTrades (hours at the default rates)
 
 MAX_STREAMS = 1024
 MAX_MESSAGES_PER_S = 5
@@ -118,7 +117,6 @@ class BinanceFeed(ExchangeFeed):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._history: dict[str, deque[Trade]] = {}
         self._native = {symbol: native_symbol(symbol) for symbol in self.config.symbols}
         self._by_native = {native: symbol for symbol, native in self._native.items()}
         self._stream_symbol = {trade_stream(symbol): symbol for symbol in self.config.symbols}
@@ -146,6 +144,9 @@ class BinanceFeed(ExchangeFeed):
         self._gaps: dict[str, int] = {}  # symbol -> update ids to skip at the next 100 ms boundary
 
     # -- connection setup ----------------------------------------------------------------------------
+
+    def native(self, symbol: str) -> str:
+        return self._native[symbol]
 
     def parse_ws_target(self, path: str, query: dict[str, list[str]]) -> BinanceTarget:
         rest = path[len(self.path_prefix) :].rstrip("/")
@@ -261,8 +262,6 @@ class BinanceFeed(ExchangeFeed):
 
     def publish(self, batches: list[tuple[SymbolSpec, list[Trade]]], event_ms: int) -> None:
         for spec, trades in batches:
-            # Every trade that happened, watched or not: REST historicalTrades serves it later.
-            self._history.setdefault(spec.symbol, deque(maxlen=HISTORY_TRADES)).extend(trades)
             subscribers = self._subscribers.get(spec.symbol)
             if not subscribers:
                 continue
@@ -363,7 +362,8 @@ class BinanceFeed(ExchangeFeed):
 
     def _historical_trades(self, ws: ServerConnection, request: Request) -> Response:
         """``GET /api/v3/historicalTrades?symbol=&fromId=&limit=`` (limit 1-1000, default 500), as Binance
-        answers it. Served trades count as sent in the ledger (connection id 0: REST)."""
+        answers it. Served trades count as sent in the ledger (connection id 0: REST). Trades older than the
+        servable history are simply not there: asked from an older id, the answer starts later."""
         query = parse_qs(request.path.partition("?")[2])
         native = query.get("symbol", [""])[0]
         symbol = self._by_native.get(native)
@@ -373,22 +373,17 @@ class BinanceFeed(ExchangeFeed):
         raw_from = query.get("fromId", [""])[0]
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000 or (raw_from and not raw_from.isdigit()):
             return _rest_error(ws, -1100, "Illegal characters found in parameter 'limit' or 'fromId'.")
-        history = self._history.get(symbol, deque())
+        history, first = self.rest_history(symbol)
         limit = int(raw_limit)
-        if raw_from:  # history is in id order: binary search
-            ordered = list(history)
-            start = bisect.bisect_left(ordered, int(raw_from), key=lambda t: t.trade_id)
-            chosen = ordered[start:start + limit]
-        else:
-            chosen = list(history)[-limit:]
-        price_format, qty_format = self._formats[symbol]
+        # Without fromId: the most recent trades. Ids are consecutive, so fromId is a row number.
+        start = history.index_of_id(int(raw_from)) if raw_from else len(history) - limit
+        rows = self.rest_rows(symbol, max(start, first), max(start, first) + limit)
+        spec = history.spec
         body = "[" + ",".join(
-            f'{{"id":{t.trade_id},"price":"{t.price:{price_format}}","qty":"{t.qty:{qty_format}}",'
-            f'"quoteQty":"{t.price * t.qty:.8f}","time":{t.time_ms},'
-            f'"isBuyerMaker":{"true" if t.buyer_maker else "false"},"isBestMatch":true}}'
-            for t in chosen) + "]"
-        for t in chosen:
-            self.ledger.record(self.name, native, t.trade_id, 1, 0)
+            f'{{"id":{r.trade_id},"price":"{spec.price_text(r.price_ticks)}","qty":"{spec.qty_text(r.qty_lots)}",'
+            f'"quoteQty":"{history.price(r) * history.qty(r):.8f}","time":{r.time_ms},'
+            f'"isBuyerMaker":{"true" if r.buyer_maker else "false"},"isBestMatch":true}}'
+            for r in rows) + "]"
         return json_text_response(ws, 200, body)
 
     def depth_snapshot(self, symbol: str, limit: int) -> str:
@@ -418,6 +413,17 @@ class BinanceFeed(ExchangeFeed):
             padding = "x" * OVERSIZED_BYTES
             payload = (f'{{"e":"trade","E":{event_ms},"s":"ZZZUSDT","t":1,"p":"1.00","q":"1.00000",'
                        f'"T":{event_ms},"m":false,"M":true,"pad":"{padding}"}}')
+            return [_wrap(session, "zzzusdt@trade", payload)] * fault.count
+        if fault.kind is FaultKind.UNKNOWN_TYPE:
+            # A stream the client never asked for (bookTicker frames have no "e"), like a shared socket.
+            symbol = self.config.symbols[0]
+            payload = (f'{{"u":{event_ms},"s":"{self._native[symbol]}","b":"1.00","B":"2.00000","a":"1.01",'
+                       f'"A":"3.00000"}}')
+            return [_wrap(session, f"{self._native[symbol].lower()}@bookTicker", payload)] * fault.count
+        if fault.kind is FaultKind.INVALID_UTF8:
+            # \udcff is byte 0xff once the outbox encodes with surrogateescape: not UTF-8.
+            payload = (f'{{"e":"trade","E":{event_ms},"s":"ZZZ\udcffUSDT","t":1,"p":"1.00","q":"1.00000",'
+                       f'"T":{event_ms},"m":false,"M":true}}')
             return [_wrap(session, "zzzusdt@trade", payload)] * fault.count
         if fault.kind is FaultKind.UNKNOWN_SYMBOL:
             native = fault.symbol or "ZZZUSDT"

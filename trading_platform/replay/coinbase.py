@@ -27,6 +27,11 @@ Other public channels (``candles``, ``status``, ``ticker``, ``ticker_batch``) ar
 ``user`` / ``futures_balance_summary`` and malformed requests get ``{"type":"error","message":…}``,
 which carries no ``sequence_num`` and does not consume one.
 
+REST (plain HTTP on the same port): ``GET /coinbase/api/v3/brokerage/market/products/{product_id}/ticker
+?limit=N[&start=S][&end=E]`` (public market trades): ``{"trades":[…],"best_bid","best_ask"}``, the newest
+``limit`` executed trades (at most 1000, our cap) with ``start <= time < end`` (UNIX seconds), newest first,
+in the WebSocket's trade shape (``side`` the maker side) plus ``bid``/``ask`` ``""`` and ``exchange``.
+
 Limits: with ``enforce_limits``, more than 8 incoming messages within one second on a connection
 close it (1008); the docs' limit is per IP, this server counts per connection.
 """
@@ -35,15 +40,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import deque
 from typing import Any
+from urllib.parse import parse_qs
 
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from trading_platform.replay.book import ChangeTracker
 from trading_platform.replay.clock import now_ns, rfc3339_ns, rfc3339_us
-from trading_platform.replay.connection import ReplayConnection
-from trading_platform.replay.faults import CONNECTION_FAULTS, Fault, FaultKind
+from trading_platform.replay.connection import ReplayConnection, json_text_response
+from trading_platform.replay.faults import CONNECTION_FAULTS, OVERSIZED_BYTES, Fault, FaultKind
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
@@ -54,7 +63,12 @@ DATA_CHANNELS = ("heartbeats", "market_trades", "level2")
 SILENT_CHANNELS = ("candles", "status", "ticker", "ticker_batch")
 AUTH_CHANNELS = ("user", "futures_balance_summary")
 SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"
-FRAME_FAULT_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL})
+FRAME_FAULT_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL,
+                               FaultKind.OVERSIZED, FaultKind.UNKNOWN_TYPE, FaultKind.INVALID_UTF8})
+# The platform accepts Coinbase frames up to 32 MiB (a deep level2 snapshot): an oversized one is larger.
+COINBASE_OVERSIZED_BYTES = max(OVERSIZED_BYTES, (32 << 20) + (1 << 20))
+TICKER_PATH = re.compile(r"^/api/v3/brokerage/market/products/([A-Za-z0-9-]+)/ticker/?$")
+TICKER_LIMIT_MAX = 1000
 
 
 def native_symbol(symbol: str) -> str:
@@ -351,6 +365,8 @@ class CoinbaseFeed(ExchangeFeed):
         return len(self.sessions)
 
     def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
+        """Bad frames in real envelopes: each takes the connection's next ``sequence_num``, as any message
+        Coinbase sends does (a client must not mistake the bad frame for lost messages)."""
         assert isinstance(session, CoinbaseSession)
         products = session.channels.get("market_trades") or session.channels.get("level2") or {}
         product = next(iter(products), self.config.symbols[0])
@@ -358,6 +374,7 @@ class CoinbaseFeed(ExchangeFeed):
         spec = market.spec
         trade_id: str = f'"{market.next_trade_id - 1}"'
         price = f'"{spec.price_text(round(market.last_price * 10**spec.price_decimals))}"'
+        side, extra, channel = '"BUY"', "", "market_trades"
         if fault.kind is FaultKind.UNKNOWN_SYMBOL:
             product = fault.symbol or "ZZZ-USD"
             trade_id = '"1"'
@@ -366,23 +383,66 @@ class CoinbaseFeed(ExchangeFeed):
                 price = '{"x":1}'
             else:
                 trade_id = '{"x":1}'  # Coinbase ids are strings: an object is the wrong type
+        elif fault.kind is FaultKind.INVALID_UTF8:
+            product = "ZZZ\udcff-USD"  # byte 0xff once the outbox encodes it
+        elif fault.kind is FaultKind.OVERSIZED:
+            extra = f',"pad":"{"x" * COINBASE_OVERSIZED_BYTES}"'
         time_text = rfc3339_us(event_ms * 1000)
-        events = (
-            f'[{{"type":"update","trades":[{{"trade_id":{trade_id},"product_id":"{product}","price":{price},'
-            f'"size":"{spec.qty_text(1)}","side":"BUY","time":"{time_text}"}}]}}]'
-        )
+        if fault.kind is FaultKind.UNKNOWN_TYPE:
+            # A channel nobody subscribed to, as Coinbase says new message types may appear at any time.
+            channel = "candles"
+            events = (f'[{{"type":"update","candles":[{{"start":"{event_ms // 1000}","product_id":"{product}",'
+                      f'"open":{price},"close":{price}}}]}}]')
+        else:
+            events = (
+                f'[{{"type":"update","trades":[{{"trade_id":{trade_id},"product_id":"{product}","price":{price},'
+                f'"size":"{spec.qty_text(1)}","side":{side},"time":"{time_text}"{extra}}}]}}]'
+            )
         timestamp = rfc3339_ns(now_ns())
         frames = []
         for _ in range(fault.count):
+            frame = session.envelope(channel, timestamp, events)
             if fault.kind is FaultKind.MALFORMED_JSON:
-                # Cut mid-object and consume no sequence number: the fault is the bad frame, not a gap.
-                number = session.sequence_num
-                frame = session.envelope("market_trades", timestamp, events)
-                session.sequence_num = number
-                frames.append(frame[: len(frame) // 2])
-            else:
-                frames.append(session.envelope("market_trades", timestamp, events))
+                frame = frame[: len(frame) // 2]  # cut mid-object, after the envelope's sequence_num
+            frames.append(frame)
         return frames
+
+    # -- REST ----------------------------------------------------------------------------------------
+
+    def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
+        match = TICKER_PATH.match(path[len(self.path_prefix):])
+        if match is None:
+            return None
+        product = match.group(1)
+        if product not in self.market.markets:
+            return _rest_error(ws, 404, "NOT_FOUND", f"product {product} not found")
+        query = {key: values[0] for key, values in parse_qs(request.path.partition("?")[2]).items()}
+        try:
+            limit = int(query["limit"])
+            start_ms = float(query["start"]) * 1000 if query.get("start") else None
+            end_ms = float(query["end"]) * 1000 if query.get("end") else None
+        except (KeyError, ValueError):
+            return _rest_error(ws, 400, "INVALID_ARGUMENT", "limit (integer) is required; start/end are UNIX seconds")
+        if not 1 <= limit <= TICKER_LIMIT_MAX:
+            return _rest_error(ws, 400, "INVALID_ARGUMENT", f"limit must be 1..{TICKER_LIMIT_MAX}")
+        history, _ = self.rest_history(product)
+        lo = history.index_at_time(start_ms) if start_ms is not None else 0
+        hi = history.index_at_time(end_ms) if end_ms is not None else len(history)
+        rows = self.rest_rows(product, max(lo, hi - limit), hi)
+        market = self.market.markets[product]
+        spec, book = market.spec, market.book
+        trades = ",".join(
+            f'{{"trade_id":"{r.trade_id}","product_id":"{product}","price":"{spec.price_text(r.price_ticks)}",'
+            f'"size":"{spec.qty_text(r.qty_lots)}","time":"{rfc3339_us(r.time_ms * 1000)}",'
+            f'"side":"{"BUY" if r.buyer_maker else "SELL"}","bid":"","ask":"","exchange":"coinbase"}}'
+            for r in reversed(rows))
+        body = (f'{{"trades":[{trades}],"best_bid":"{spec.price_text(book.best_bid())}",'
+                f'"best_ask":"{spec.price_text(book.best_ask())}"}}')
+        return json_text_response(ws, 200, body)
+
+
+def _rest_error(ws: ServerConnection, status: int, error: str, message: str) -> Response:
+    return json_text_response(ws, status, json.dumps({"error": error, "error_details": message, "message": message}))
 
 
 def _qty(spec: SymbolSpec, lots: int) -> str:

@@ -42,14 +42,18 @@ class FaultKind(StrEnum):
     SEQUENCE_GAP = "sequence_gap"
     BAD_CHECKSUM = "bad_checksum"
     OVERSIZED = "oversized"  # a trade frame padded past the platform's frame limit
+    REST_ERROR = "rest_error"  # every REST answer is an HTTP error (429 + Retry-After, 418, 451, ...) for a while
+    UNKNOWN_TYPE = "unknown_type"  # a well-formed frame of a channel / event type the client never asked for
+    INVALID_UTF8 = "invalid_utf8"  # a text frame whose bytes are not UTF-8
 
 
 FRAME_FAULTS = frozenset(
     {FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL, FaultKind.SERVER_SHUTDOWN,
-     FaultKind.OVERSIZED}
+     FaultKind.OVERSIZED, FaultKind.UNKNOWN_TYPE, FaultKind.INVALID_UTF8}
 )
 OVERSIZED_BYTES = 2 << 20
-CONNECTION_FAULTS = frozenset({FaultKind.DROP_CONNECTIONS, FaultKind.REFUSE_CONNECTIONS})
+# The network side: sockets and the REST endpoints.
+CONNECTION_FAULTS = frozenset({FaultKind.DROP_CONNECTIONS, FaultKind.REFUSE_CONNECTIONS, FaultKind.REST_ERROR})
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Fault:
       (trade id is ``"abc"``).
     - ``symbol``: native symbol for ``unknown_symbol`` (default: the exchange's ``ZZZ`` pair), or the
       symbol ``sequence_gap`` (Binance) / ``bad_checksum`` (Kraken) hits (default: the first one).
-    - ``seconds`` / ``mode``: for ``refuse_connections``.
+    - ``seconds`` / ``mode``: for ``refuse_connections``; ``seconds`` / ``status`` for ``rest_error``
+      (429 and 418 carry ``Retry-After`` with the seconds left).
     """
 
     kind: FaultKind
@@ -72,6 +77,7 @@ class Fault:
     symbol: str | None = None
     seconds: float = 5.0
     mode: RefuseMode = "reset"
+    status: int = 429
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -80,6 +86,8 @@ class Fault:
             raise ValueError(f"seconds must be >= 0, got {self.seconds}")
         if self.variant not in ("price_object", "trade_id_string"):
             raise ValueError(f"variant must be price_object or trade_id_string, got {self.variant!r}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
         if self.mode not in ("reset", "http_503"):
             raise ValueError(f"mode must be reset or http_503, got {self.mode!r}")
         if self.symbol is not None and not _NATIVE_SYMBOL.match(self.symbol):
@@ -91,7 +99,7 @@ class Fault:
         """Build from the ``POST /_replay/faults`` body; ValueError names the bad key."""
         if not isinstance(doc, dict):
             raise ValueError('body must be a JSON object like {"kind": "malformed_json"}')
-        unknown = set(doc) - {"kind", "exchange", "count", "variant", "symbol", "seconds", "mode"}
+        unknown = set(doc) - {"kind", "exchange", "count", "variant", "symbol", "seconds", "mode", "status"}
         if unknown:
             raise ValueError(f"unknown keys: {sorted(unknown)}")
         try:
@@ -107,6 +115,7 @@ class Fault:
             ("symbol", str),
             ("seconds", (int, float)),
             ("mode", str),
+            ("status", int),
         ):
             if key in doc and doc[key] is not None:
                 value = doc[key]

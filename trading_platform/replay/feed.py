@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from trading_platform.replay.faults import (
     FaultKind,
     RefuseMode,
 )
+from trading_platform.replay.history import DEFAULT_HISTORY_TRADES, HistoryRow, TradeHistory
 from trading_platform.replay.ledger import TradeLedger
 from trading_platform.replay.market import DEFAULT_BOOK_RATE, MarketSimulator, SymbolSpec, Trade
 from trading_platform.replay.outbox import Outbox
@@ -49,6 +51,11 @@ class FeedOptions:
     book_rate_per_symbol: float = DEFAULT_BOOK_RATE
     # Coinbase closes a connection that has not subscribed within this many seconds.
     subscribe_timeout_s: float = 5.0
+    # Executed trades kept per symbol (REST history and the admin API's ground truth).
+    history_trades: int = DEFAULT_HISTORY_TRADES
+    # Newest trades per symbol the REST history endpoints serve (None: all kept). Smaller than an outage,
+    # it makes that outage unrecoverable, like an exchange whose public history is short.
+    rest_history_trades: int | None = None
 
 
 class RequestRejected(Exception):
@@ -109,12 +116,15 @@ class ExchangeFeed(ABC):
             options.seed,
             int(time.time() * 1000),
             options.book_rate_per_symbol,
+            options.history_trades,
         )
         self.sessions: set[Session] = set()
         # Gets every frame text sent on this exchange (set by the server when recording).
         self.recorder: FrameRecorder | None = None
         self._refuse_until = 0.0
         self._refuse_mode: RefuseMode = "reset"
+        self._rest_error_until = 0.0
+        self._rest_error_status = 429
 
     @property
     def path_prefix(self) -> str:
@@ -187,6 +197,46 @@ class ExchangeFeed(ABC):
     def route(self, path: str, raw_query: str) -> object:
         return self.parse_ws_target(path, parse_qs(raw_query, keep_blank_values=True))
 
+    def rest_history(self, symbol: str) -> tuple[TradeHistory, int]:
+        """A symbol's executed trades and the first row REST may serve (``rest_history_trades``)."""
+        history = self.market.markets[symbol].history
+        return history, history.window_start(self.options.rest_history_trades)
+
+    def rest_rows(self, symbol: str, start: int, stop: int) -> list[HistoryRow]:
+        """Rows [start, stop) of the servable history; every served trade is recorded as delivered."""
+        history, first = self.rest_history(symbol)
+        rows = history.rows(max(start, first), stop)
+        native = self.native(symbol)
+        for row in rows:
+            self.ledger.record(self.name, native, row.trade_id, 1, 0)  # connection 0: REST
+        return rows
+
+    def history_document(self, native: str | None = None, with_trades: bool = True) -> dict[str, Any]:
+        """See :meth:`ReplayServer.history`."""
+        document: dict[str, Any] = {}
+        for symbol, market in self.market.markets.items():
+            name = self.native(symbol)
+            if native is not None and name != native:
+                continue
+            history, spec = market.history, market.spec
+            entry: dict[str, Any] = {"first_id": history.first_id, "last_id": history.last_id, "count": len(history)}
+            if with_trades:
+                entry["trades"] = [[r.trade_id, spec.price_text(r.price_ticks), spec.qty_text(r.qty_lots),
+                                    "sell" if r.buyer_maker else "buy", r.time_ms]
+                                   for r in history.rows(0, len(history))]
+            document[name] = entry
+        return document
+
+    def native(self, symbol: str) -> str:
+        """The exchange's spelling of a normalized symbol, as the ledger records it."""
+        return symbol
+
+    def rest_error_status(self, now: float) -> tuple[int, int] | None:
+        """While a ``rest_error`` fault lasts: the (status, Retry-After seconds) every REST answer gets."""
+        if now >= self._rest_error_until:
+            return None
+        return self._rest_error_status, max(1, math.ceil(self._rest_error_until - now))
+
     def refusal(self, now: float) -> RefuseMode | None:
         """The refusal mode if new connections are refused right now."""
         return self._refuse_mode if now < self._refuse_until else None
@@ -205,6 +255,10 @@ class ExchangeFeed(ABC):
                 if fault.kind is FaultKind.SERVER_SHUTDOWN:
                     session.outbox.push_close(1001, "server shutdown")
             return len(self.sessions)
+        if fault.kind is FaultKind.REST_ERROR:
+            self._rest_error_until = now + fault.seconds
+            self._rest_error_status = fault.status
+            return 0
         if fault.kind is FaultKind.DROP_CONNECTIONS:
             dropped = list(self.sessions)
             for session in dropped:

@@ -26,6 +26,12 @@ quantities are JSON numbers printed with the pair's fixed decimals, trailing zer
 then bids (descending), each price and qty text with '.' removed and leading zeros stripped.
 ``instrument`` (snapshot only): the pairs with ``price_precision`` / ``qty_precision``.
 
+REST (plain HTTP on the same port): ``GET /kraken/0/public/Trades?pair=BTC/USD[&since=T][&count=N]``
+serves the market's executed trades (connected or not) in Kraken's shape, ``{"error":[],"result":{"<pair>":
+[["price","volume",time,"b"|"s","m"|"l","",trade_id],…],"last":"<ns>"}}``, oldest first, the trades after
+``since`` (nanoseconds like ``last``, or UNIX seconds), at most ``count`` (1..1000, default 1000); without
+``since``, the newest ``count``. The pair may be given as ``BTC/USD`` or ``BTCUSD``.
+
 Frames are batched per pair (a message never holds two pairs). ``bad_checksum`` corrupts only the
 ``checksum`` number of the next update(s) of one pair; the book itself stays right, so an unsubscribe
 plus subscribe yields a correct snapshot.
@@ -36,13 +42,16 @@ from __future__ import annotations
 import json
 from collections import deque
 from typing import Any
+from urllib.parse import parse_qs
 
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from trading_platform.replay.book import ChangeTracker
 from trading_platform.replay.clock import now_ns, rfc3339_us
-from trading_platform.replay.connection import ReplayConnection
-from trading_platform.replay.faults import CONNECTION_FAULTS, Fault, FaultKind
+from trading_platform.replay.connection import ReplayConnection, json_text_response
+from trading_platform.replay.faults import CONNECTION_FAULTS, OVERSIZED_BYTES, Fault, FaultKind
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
@@ -50,7 +59,10 @@ from trading_platform.replay.outbox import TradeFrames
 DEPTHS = (10, 25, 100, 500, 1000)
 BOOK_FLUSH_MS = 50
 API_VERSION = "2.0.10"
-FRAME_FAULT_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL})
+FRAME_FAULT_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL,
+                               FaultKind.OVERSIZED, FaultKind.UNKNOWN_TYPE, FaultKind.INVALID_UTF8})
+TRADES_COUNT_MAX = 1000
+_SECONDS_BELOW = 10**12  # a `since` smaller than this is UNIX seconds, else nanoseconds
 
 
 def native_symbol(symbol: str) -> str:
@@ -99,6 +111,7 @@ class KrakenFeed(ExchangeFeed):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._by_native = {native_symbol(symbol): symbol for symbol in self.config.symbols}
+        self._by_rest_pair = {**self._by_native, **{pair.replace("/", ""): s for pair, s in self._by_native.items()}}
         self._trade_subscribers: dict[str, set[KrakenSession]] = {}
         self._book_subscribers: dict[tuple[str, int], set[KrakenSession]] = {}
         self._views: dict[tuple[str, int], _View] = {}
@@ -364,6 +377,9 @@ class KrakenFeed(ExchangeFeed):
         self._bad_checksums[symbol] = self._bad_checksums.get(symbol, 0) + fault.count
         return len({s for (sym, _), sessions in self._book_subscribers.items() if sym == symbol for s in sessions})
 
+    def native(self, symbol: str) -> str:
+        return native_symbol(symbol)
+
     def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
         assert isinstance(session, KrakenSession)
         symbol = next(iter(session.trades), next(iter(session.books), self.config.symbols[0]))
@@ -372,6 +388,7 @@ class KrakenFeed(ExchangeFeed):
         pair = native_symbol(symbol)
         trade_id = str(market.next_trade_id - 1)
         price = spec.price_text(round(market.last_price * 10**spec.price_decimals))
+        extra = ""
         if fault.kind is FaultKind.UNKNOWN_SYMBOL:
             pair = fault.symbol or "ZZZ/USD"
             trade_id = "1"
@@ -380,14 +397,58 @@ class KrakenFeed(ExchangeFeed):
                 price = '{"x":1}'
             else:
                 trade_id = '"abc"'
+        elif fault.kind is FaultKind.INVALID_UTF8:
+            pair, trade_id = "ZZZ\udcff/USD", "1"  # byte 0xff once the outbox encodes it
+        elif fault.kind is FaultKind.OVERSIZED:
+            pair, trade_id, extra = "ZZZ/USD", "1", f',"pad":"{"x" * OVERSIZED_BYTES}"'
+        elif fault.kind is FaultKind.UNKNOWN_TYPE:
+            # A channel nobody subscribed to (Kraken's ticker), a well-formed message of a kind we ignore.
+            return [f'{{"channel":"ticker","type":"update","data":[{{"symbol":"{pair}","bid":{price},'
+                    f'"ask":{price},"last":{price}}}]}}'] * fault.count
         frame = (
             f'{{"channel":"trade","type":"update","data":[{{"symbol":"{pair}","side":"buy","price":{price},'
             f'"qty":{spec.qty_text(1)},"ord_type":"market","trade_id":{trade_id},'
-            f'"timestamp":"{rfc3339_us(event_ms * 1000)}"}}]}}'
+            f'"timestamp":"{rfc3339_us(event_ms * 1000)}"{extra}}}]}}'
         )
         if fault.kind is FaultKind.MALFORMED_JSON:
             frame = frame[: len(frame) // 2]
         return [frame] * fault.count
+
+    # -- REST ----------------------------------------------------------------------------------------
+
+    def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
+        if path.rstrip("/") != f"{self.path_prefix}/0/public/Trades":
+            return None
+        query = {key: values[0] for key, values in parse_qs(request.path.partition("?")[2]).items()}
+        symbol = self._by_rest_pair.get(query.get("pair", ""))
+        if symbol is None:
+            return _kraken_error(ws, "EQuery:Unknown asset pair")
+        try:
+            count = int(query.get("count", str(TRADES_COUNT_MAX)))
+            since = query.get("since")
+            since_ns = None if since is None else (
+                int(float(since) * 1e9) if float(since) < _SECONDS_BELOW else int(since))
+        except ValueError:
+            return _kraken_error(ws, "EGeneral:Invalid arguments")
+        count = max(1, min(count, TRADES_COUNT_MAX))
+        history, first = self.rest_history(symbol)
+        # Trades strictly after `since` (ns): time_ms * 1e6 > since_ns; never older than REST serves.
+        start = len(history) - count if since_ns is None else history.index_at_time(since_ns // 1_000_000 + 1)
+        start = max(start, first)
+        rows = self.rest_rows(symbol, start, start + count)
+        spec = history.spec
+        trades = ",".join(
+            f'["{spec.price_text(r.price_ticks)}","{spec.qty_text(r.qty_lots)}",{r.time_ms / 1000:.3f},'
+            f'"{"s" if r.buyer_maker else "b"}","{"l" if r.trade_id % 4 == 0 else "m"}","",{r.trade_id}]'
+            for r in rows)
+        last = rows[-1].time_ms * 1_000_000 if rows else (since_ns or 0)
+        body = f'{{"error":[],"result":{{"{native_symbol(symbol)}":[{trades}],"last":"{last}"}}}}'
+        return json_text_response(ws, 200, body)
+
+
+def _kraken_error(ws: ServerConnection, message: str) -> Response:
+    """Kraken answers request errors with HTTP 200 and an ``error`` list."""
+    return json_text_response(ws, 200, json.dumps({"error": [message]}))
 
 
 def _view_changes(levels: dict[int, int], top: list[int], view: dict[int, int]) -> list[tuple[int, int]]:

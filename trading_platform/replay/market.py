@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from trading_platform.replay.book import SyntheticBook
+from trading_platform.replay.history import DEFAULT_HISTORY_TRADES, TradeHistory
 
 # Rough USD prices per base asset (late 2025) so the synthetic tape looks like the real one.
 REFERENCE_USD: dict[str, float] = {
@@ -203,6 +204,7 @@ class SymbolMarket:
         exchange: str,
         start_ms: int,
         book_rate_per_s: float = DEFAULT_BOOK_RATE,
+        history_trades: int = DEFAULT_HISTORY_TRADES,
     ) -> None:
         if rate_per_s < 0 or book_rate_per_s < 0:
             raise ValueError(f"rates must be >= 0, got {rate_per_s} and {book_rate_per_s}")
@@ -220,6 +222,8 @@ class SymbolMarket:
         self._lots_per_usd = self._price_scale * self._qty_scale / spec.quote_usd
         self.book = SyntheticBook(self._content.randrange(1_000_000_000, 9_000_000_000))
         self.recent: deque[Trade] = deque(maxlen=RECENT_TRADES)
+        # Every trade executed, watched or not: the REST history and the tests' ground truth.
+        self.history = TradeHistory(spec, history_trades)
         # Called with (trade, best bid, best ask) as each fill happens, before it changes the book:
         # lets tests check that trades print at the touch. None in normal operation.
         self.fill_observer: Callable[[Trade, int, int], None] | None = None
@@ -415,6 +419,7 @@ class SymbolMarket:
             book.set_level(not aggressor_buys, price, resting - lots)
             out.append(trade)
             self.recent.append(trade)
+            self.history.append(trade)
             self.next_trade_id += 1
             self.last_price = trade.price
             if len(levels) <= 1:
@@ -433,13 +438,15 @@ class MarketSimulator:
         seed: int,
         start_ms: int,
         book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
+        history_trades: int = DEFAULT_HISTORY_TRADES,
     ) -> None:
         if rate_per_symbol < 0:
             raise ValueError(f"rate_per_symbol must be >= 0, got {rate_per_symbol}")
         self.exchange = exchange
         self.markets: dict[str, SymbolMarket] = {
             symbol: SymbolMarket(
-                SymbolSpec.for_symbol(symbol), rate_per_symbol, seed, exchange, start_ms, book_rate_per_symbol
+                SymbolSpec.for_symbol(symbol), rate_per_symbol, seed, exchange, start_ms, book_rate_per_symbol,
+                history_trades,
             )
             for symbol in symbols
         }

@@ -146,10 +146,17 @@ class Outbox:
                     if self._recorder is not None:
                         self._recorder(item.text)
                 elif isinstance(item, FaultFrame):
-                    await ws.send(item.text)
+                    if item.kind is FaultKind.INVALID_UTF8:
+                        # A text frame carrying bytes that are not UTF-8 (lone surrogates become raw bytes).
+                        raw = item.text.encode("utf-8", "surrogateescape")
+                        await ws.send(raw, text=True)
+                        text = raw.decode("utf-8", "replace")
+                    else:
+                        await ws.send(item.text)
+                        text = item.text
                     self._faults.add(self.exchange, item.kind)
                     if self._recorder is not None:
-                        self._recorder(item.text)
+                        self._recorder(text)
                 else:
                     await ws.close(item.code, item.reason)
                     return

@@ -31,6 +31,7 @@ from trading_platform.replay.coinbase import CoinbaseFeed
 from trading_platform.replay.connection import ReplayConnection
 from trading_platform.replay.faults import Fault, FaultCounters, FaultKind, FaultResult
 from trading_platform.replay.feed import ExchangeFeed, FeedOptions, RequestRejected
+from trading_platform.replay.history import DEFAULT_HISTORY_TRADES
 from trading_platform.replay.kraken import KrakenFeed
 from trading_platform.replay.ledger import TradeLedger
 from trading_platform.replay.market import DEFAULT_BOOK_RATE, new_seed
@@ -72,6 +73,8 @@ class ReplayServer:
         speed: float = 1.0,
         record: dict[str, Path] | None = None,
         record_format: RecordFormat = "raw",
+        history_trades: int = DEFAULT_HISTORY_TRADES,
+        rest_history_trades: int | None = None,
     ) -> None:
         self.host = host
         self.seed = new_seed() if seed is None else seed
@@ -85,6 +88,8 @@ class ReplayServer:
             enforce_limits,
             book_rate_per_symbol,
             subscribe_timeout_s,
+            history_trades,
+            rest_history_trades,
         )
         if (capture is None) != (capture_exchange is None):
             raise ValueError("capture and capture_exchange go together")
@@ -199,6 +204,14 @@ class ReplayServer:
         if feed is None:
             return ws.respond(404, f"Not Found: {path}\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
+            rest_error = feed.rest_error_status(self.loop.time())
+            if rest_error is not None:  # a rest_error fault: every REST answer is that error for a while
+                status, retry_after = rest_error
+                feed.faults.add(feed.name, FaultKind.REST_ERROR)
+                response = ws.respond(status, f"HTTP {status} (injected)\n")
+                if status in (429, 418):
+                    response.headers["Retry-After"] = str(retry_after)
+                return response
             return feed.http_request(ws, request, path) or ws.respond(404, f"Not Found: {path}\n")
         refusal = feed.refusal(self.loop.time())
         if refusal is not None:
@@ -294,6 +307,13 @@ class ReplayServer:
         decimals, best first. Safe from any thread."""
         return self._on_loop(lambda: self.feeds[exchange].book(symbol))  # type: ignore[no-any-return]
 
+    def history(self, exchange: str, symbol: str | None = None, with_trades: bool = True) -> dict[str, Any]:
+        """Every trade ``exchange``'s market executed (connected clients or not), per native symbol:
+        ``{native: {"first_id", "last_id", "count", "trades": [[id, price, qty, side, time_ms], …]}}`` with
+        price and quantity as the exchange's decimal text and ``side`` the aggressor's (``buy``/``sell``).
+        The ground truth of "nothing lost". ``symbol``: one native symbol. Safe from any thread."""
+        return self._on_loop(lambda: self.feeds[exchange].history_document(symbol, with_trades))  # type: ignore[no-any-return]
+
     def connections(self) -> list[dict[str, object]]:
         """Open client connections, as :meth:`Session.describe` reports them."""
         return self._on_loop(lambda: [s.describe() for f in self.feeds.values() for s in f.sessions])
@@ -339,6 +359,8 @@ async def start_replay_server(
     speed: float = 1.0,
     record: dict[str, Path] | None = None,
     record_format: RecordFormat = "raw",
+    history_trades: int = DEFAULT_HISTORY_TRADES,
+    rest_history_trades: int | None = None,
 ) -> ReplayServer:
     """Start serving on ``host:port`` (0: an ephemeral port, see ``server.port``).
 
@@ -351,6 +373,8 @@ async def start_replay_server(
     ``capture`` + ``capture_exchange``: that exchange's prefix replays the capture file (see
     ``capture.py``) at ``speed`` (0: as fast as possible). ``record``: {exchange: file} to write every
     frame sent on that exchange, one per line (``record_format`` ``raw`` or ``cryptofeed``).
+    ``history_trades``: executed trades kept per symbol (REST history, ``/_replay/history``);
+    ``rest_history_trades``: how many of the newest the REST endpoints serve (None: all kept).
     """
     server = ReplayServer(
         exchanges,
@@ -367,6 +391,8 @@ async def start_replay_server(
         speed,
         record,
         record_format,
+        history_trades,
+        rest_history_trades,
     )
     await server.start(port, ping_interval)
     log.info(

@@ -40,7 +40,7 @@ def test_documented_trade_decodes_to_normalized_columns(binance: Binance) -> Non
 
 def test_buyer_is_maker_means_the_taker_sold(binance: Binance) -> None:
     maker_buy = combined(DOC_TRADE)
-    taker_buy = combined(DOC_TRADE.replace(b'"m": true', b'"m": false'))
+    taker_buy = combined(DOC_TRADE.replace(b'"m": true', b'"m": false').replace(b"12345", b"12346"))
     sides = binance.decode([maker_buy, taker_buy], [0, 0]).trades.column("side").to_pylist()
     assert sides == ["sell", "buy"]
 

@@ -278,8 +278,9 @@ def make_trades_only(binance: Binance) -> Binance:
 
 def test_trades_in_a_mixed_batch_point_at_their_own_records(binance: Binance) -> None:
     trade = (RecordKind.FRAME, combined(DOC_TRADE, "bnbbtc@trade"))
+    next_trade = (RecordKind.FRAME, combined(DOC_TRADE.replace(b"12345", b"12346"), "bnbbtc@trade"))
     decoded = feed(binance, (RecordKind.CONNECTED, b"ws://127.0.0.1/b"), depth(1, 2), trade,
-                   snapshot(1, BIDS, ASKS), trade)
+                   snapshot(1, BIDS, ASKS), next_trade)
     assert decoded.trades.column("frame_index").to_pylist() == [2, 4]
     assert [t.timestamp() for t in decoded.trades.column("received_at").to_pylist()] == [0.002, 0.004]
 
