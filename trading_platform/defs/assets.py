@@ -16,6 +16,7 @@ from trading_platform.quality.reconciliation import (
     duplicate_trades,
     reconcile_table,
     unresolved_book_failures,
+    unresolved_trade_gaps,
 )
 from trading_platform.schema import BOOK_EVENTS, MARKET_TRADES, ORDERBOOK_SNAPSHOTS, QUARANTINE, Table
 from trading_platform.storage.clickhouse import ClickHouse
@@ -92,12 +93,31 @@ def _book_checks(ch: ClickHouse, days: list) -> list[dg.AssetCheckResult]:
 
 def _event_checks(ch: ClickHouse, days: list) -> list[dg.AssetCheckResult]:
     report = unresolved_book_failures(ch, days)
-    return [dg.AssetCheckResult(
-        check_name="books_resynced", passed=not report.unresolved, severity=dg.AssetCheckSeverity.WARN,
-        description="every gap or checksum failure was followed by an in-sync snapshot of that book",
-        metadata={"failures_by_exchange_kind": dg.MetadataValue.json(report.counts),
-                  "unresolved": dg.MetadataValue.json(report.unresolved)},
-    )]
+    lost = unresolved_trade_gaps(ch, days)
+    ranges = [f"{g.exchange} {g.symbol} trade ids {g.first_id}..{g.last_id} ({g.trades})" for g in lost]
+    lost_trades = sum(g.trades for g in lost)
+    return [
+        dg.AssetCheckResult(
+            check_name="books_resynced", passed=not report.unresolved, severity=dg.AssetCheckSeverity.WARN,
+            description="every gap or checksum failure was followed by an in-sync snapshot of that book",
+            metadata={"failures_by_exchange_kind": dg.MetadataValue.json(report.counts),
+                      "unresolved": dg.MetadataValue.json(report.unresolved)},
+        ),
+        # ERROR: trades the exchange executed are missing from the lake and ClickHouse for good.
+        dg.AssetCheckResult(
+            check_name="trade_gaps_filled", passed=not lost, severity=dg.AssetCheckSeverity.ERROR,
+            description=("every trade-id gap was filled from the exchange's REST history" if not lost else
+                         f"{lost_trades} trades lost in {len(lost)} range(s): " + "; ".join(ranges[:5])),
+            metadata={
+                "unresolved_ranges": len(lost),
+                "trades_lost": lost_trades,
+                "lost": dg.MetadataValue.json([
+                    {"exchange": g.exchange, "symbol": g.symbol, "first_id": g.first_id, "last_id": g.last_id,
+                     "trades": g.trades, "detected_at": g.detected_at, "detail": g.detail} for g in lost[:50]]),
+                "days": dg.MetadataValue.json([d.isoformat() for d in days]),
+            },
+        ),
+    ]
 
 
 def build_load_asset(name: str, table: Table, upstream: dg.AssetSpec, description: str,
@@ -141,7 +161,9 @@ orderbook_snapshots = build_load_asset(
 book_events = build_load_asset(
     "book_events", BOOK_EVENTS, RAW_BOOK_EVENTS,
     "trading.book_events: every sequence gap, checksum mismatch and resync, as data.",
-    {"books_resynced": "each failure was followed by an in-sync snapshot"}, _event_checks)
+    {"books_resynced": "each failure was followed by an in-sync snapshot",
+     "trade_gaps_filled": "no trade-id range left unfilled (ERROR: trades the exchange executed are missing)"},
+    _event_checks)
 quarantine = build_load_asset(
     "quarantine", QUARANTINE, RAW_QUARANTINE,
     "trading.quarantine: rejected frames with reason and raw text, queryable next to the trades.", {})

@@ -15,11 +15,13 @@ import dagster as dg
 
 from trading_platform.defs.assets import RAW_BOOK_EVENTS, RAW_ORDERBOOK, RAW_QUARANTINE, RAW_TRADES
 from trading_platform.defs.resources import FeedResource, LakeResource, RedisResource
-from trading_platform.ingestion.runner import FlushReport, IngestionRunner, RunSummary
+from trading_platform.ingestion.runner import FeedRefused, FlushReport, IngestionRunner, RunSummary
 from trading_platform.schema import BOOK_EVENTS, ORDERBOOK_SNAPSHOTS, QUARANTINE
 
 INGESTION_TAG = "tp/ingestion"
 RELAUNCH_REASON_TAG = "tp/relaunch_reason"
+# Set on a run the exchange refused for good (HTTP 403/451): the supervisor does not relaunch after it.
+STOPPED_TAG = "tp/stopped"
 SUPERVISOR_BACKOFF_INITIAL_S = 5.0
 SUPERVISOR_BACKOFF_MAX_S = 300.0
 HEARTBEAT_MARK = "ingestion heartbeat"
@@ -81,6 +83,14 @@ def _materializations(report: FlushReport) -> list[dg.AssetMaterialization]:
             "disconnects": report.disconnects,
             "last_connection_error": report.last_error or "",
             "redis_hot_cache_errors": report.hot_cache_errors,
+            "ignored_frames": report.ignored_frames,
+            "trade_gaps_open": report.trade_gaps_open,
+            "trade_gaps": report.counters.get("trade_gaps", 0),
+            "trades_backfilled": report.counters.get("trades_backfilled", 0),
+            "trade_gaps_unresolved": report.counters.get("trade_gaps_unresolved", 0),
+            "duplicate_trades_dropped": report.counters.get("duplicate_trades_dropped", 0),
+            "rest_rate_limited": report.rest_rate_limited,
+            "rest_paused_s": report.rest_paused_s,
         },
     )]
     extra: tuple[tuple[dg.AssetSpec, str, str, dict[str, dg.RawMetadataValue]], ...] = (
@@ -120,7 +130,13 @@ def build_ingestion_job(exchange: str) -> dg.JobDefinition:
                                  on_heartbeat=on_heartbeat)
         stop = threading.Event()
         with stop_on_signals(stop):
-            summary = runner.run(stop)
+            try:
+                summary = runner.run(stop)
+            except FeedRefused as refused:
+                # Drained and flushed already; relaunching cannot help until someone changes the setup.
+                context.instance.add_run_tags(context.run_id, {STOPPED_TAG: str(refused)[:1000]})
+                raise dg.Failure(description=str(refused),
+                                 metadata={"errors": dg.MetadataValue.json(runner.summary.errors)}) from None
         context.log.info(f"{exchange}: run summary {summary}")
         if summary.unflushed_batches_left_in_wal:
             raise dg.Failure(
@@ -190,6 +206,10 @@ def build_supervisor(job: dg.JobDefinition, exchange: str) -> dg.SensorDefinitio
         else:
             record = records[0]
             run = record.dagster_run
+            if STOPPED_TAG in run.tags:
+                return dg.SkipReason(
+                    f"{job.name} stopped: {run.tags[STOPPED_TAG]} -- not relaunching; once fixed, launch "
+                    f"{job.name} from the Launchpad (the supervisor then keeps it alive again)")
             if cursor.get("last_run") != run.run_id:
                 failures = failures + 1 if run.status == dg.DagsterRunStatus.FAILURE else 0
                 context.update_cursor(json.dumps({"last_run": run.run_id, "failures": failures}))

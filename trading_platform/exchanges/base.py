@@ -12,8 +12,9 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +29,13 @@ from trading_platform.exchanges.trade_gaps import (
     TradePage,
 )
 from trading_platform.schema import MARKET_TRADES, QUARANTINE
+
+# Integers the wire structs accept: a value outside fails the typed decode (wrong_type) instead of overflowing
+# an Arrow column later. Ids and sequence numbers are int64 columns; exchange times in ms must stay in range
+# once multiplied to µs.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
 # Columns an exchange module produces; batch_id is added when the batch is sealed.
 DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.name != "batch_id"]).append(

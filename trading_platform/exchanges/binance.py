@@ -23,6 +23,8 @@ from trading_platform.exchanges.base import (
     DecodedFrames,
     Exchange,
     FetchSnapshot,
+    Int64,
+    Millis,
     Reconnect,
     RecordKind,
     Rejects,
@@ -37,10 +39,10 @@ from trading_platform.settings import ConfigError
 # them out of the cyclic GC doubles decode speed. Fields not listed (E, M) are skipped by msgspec.
 class _Trade(msgspec.Struct, tag_field="e", tag="trade", gc=False):
     s: str
-    t: int
+    t: Int64
     p: str
     q: str
-    T: int
+    T: Millis
     m: bool
 
 
@@ -49,24 +51,24 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     per aggregate, whose f..l trade ids are not kept): attribute ``t`` so both kinds share one column path."""
 
     s: str
-    t: int = msgspec.field(name="a")
+    t: Int64 = msgspec.field(name="a")
     p: str
     q: str
-    T: int
+    T: Millis
     m: bool
 
 
 class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate", gc=False):
-    E: int
+    E: Millis
     s: str
-    U: int
-    u: int
+    U: Int64
+    u: Int64
     b: list[tuple[str, str]]
     a: list[tuple[str, str]]
 
 
 class _Shutdown(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
-    E: int = 0
+    E: Millis = 0
 
 
 class _RawShutdown(msgspec.Struct):
@@ -87,13 +89,13 @@ class _AnyCombined(msgspec.Struct, gc=False):
 
 
 class _Snapshot(msgspec.Struct):
-    lastUpdateId: int
+    lastUpdateId: Int64
     bids: list[tuple[str, str]]
     asks: list[tuple[str, str]]
 
 
 class _Control(msgspec.Struct):
-    id: int | str | None
+    id: Int64 | str | None
     result: object = None
 
 
@@ -121,10 +123,10 @@ HISTORICAL_LIMIT = 1000  # historicalTrades page size (the maximum)
 
 
 class _HistoricalTrade(msgspec.Struct, gc=False):
-    id: int
+    id: Int64
     price: str
     qty: str
-    time: int
+    time: Millis
     isBuyerMaker: bool
 
 
@@ -152,6 +154,7 @@ class Binance(Exchange):
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
         self._batch_ids: pa.Array = pa.array([], pa.int64())
+        self._stream_names = frozenset(self._streams())
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
@@ -281,7 +284,9 @@ class Binance(Exchange):
                 decoded: list[_AnyCombined] | list[_Combined] = _any_batch_decoder.decode(joined)
             else:
                 decoded = _batch_decoder.decode(joined)
-            return [c.data for c in decoded], positions if positions is not None else list(range(len(batch)))
+            # An empty frame, or one holding "a,b", would shift every position after it: take the slow path.
+            if len(decoded) == len(batch):
+                return [c.data for c in decoded], positions if positions is not None else list(range(len(batch)))
         except msgspec.DecodeError:
             pass
         payloads: list[_Payload] = []
@@ -301,9 +306,11 @@ class Binance(Exchange):
                 continue
             except msgspec.DecodeError:
                 pass
-            kind, detail = _classify(frame)
+            kind, detail = _classify(frame, self._stream_names)
             if kind == "control":
                 out.control_frames += 1
+            elif kind == "ignored":
+                out.ignored_frames += 1
             else:
                 out.rejects.add(received_us[index], kind, detail or str(first_error), frames[index])
         return payloads, indices
@@ -491,16 +498,27 @@ def _events(out: DecodedFrames) -> BookEvents:
 
 
 
-FrameKind = Literal["control", "exchange_error", "malformed_json", "wrong_type"]
+FrameKind = Literal["control", "ignored", "exchange_error", "malformed_json", "wrong_type"]
+_EVENT_TYPES = frozenset({"trade", "aggTrade", "depthUpdate", "serverShutdown"})
 
 
-def _classify(frame: bytes) -> tuple[FrameKind, str | None]:
-    """Why a frame failed the typed decode: a reply to a request, an error reply, or bad data."""
+def _classify(frame: bytes, streams: frozenset[str]) -> tuple[FrameKind, str | None]:
+    """Why a frame failed the typed decode: a reply to a request, an error reply, a stream or event type we
+    did not ask for (e.g. ``@bookTicker`` on a shared socket: counted as ignored), or bad data."""
     try:
         message = msgspec.json.decode(frame)
     except msgspec.DecodeError as error:
         return "malformed_json", f"not valid JSON: {error}"
-    if isinstance(message, dict) and "id" in message and "stream" not in message:
+    if not isinstance(message, dict):
+        return "wrong_type", None
+    if "id" in message and "stream" not in message:
         return ("exchange_error", f"error reply: {message.get('error')}") if "error" in message else (
             "control", None)
+    stream = message.get("stream")
+    if isinstance(stream, str) and stream not in streams and not stream.startswith("!"):
+        return "ignored", f"stream {stream!r}"
+    data = message.get("data", message)
+    event = data.get("e") if isinstance(data, dict) else None
+    if stream is None and isinstance(event, str) and event not in _EVENT_TYPES:
+        return "ignored", f"event type {event!r}"
     return "wrong_type", None

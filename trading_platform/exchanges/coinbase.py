@@ -60,6 +60,7 @@ from trading_platform.exchanges.base import (
     Action,
     DecodedFrames,
     Exchange,
+    Int64,
     Reconnect,
     RecordKind,
     Rejects,
@@ -127,7 +128,7 @@ class _SubscriptionsEvent(msgspec.Struct, gc=False):
 # The envelope; real frames may omit client_id. sequence_num -1: absent, not tracked.
 class _Envelope(msgspec.Struct, tag_field="channel", kw_only=True, gc=False):
     timestamp: datetime
-    sequence_num: int = -1
+    sequence_num: Int64 = -1
     client_id: str | None = ""  # live frames carry "", null, or nothing
 
 
@@ -375,6 +376,8 @@ class Coinbase(Exchange):
         indices: range | list[int] = range(lo, hi)
         try:
             messages: list[_Message] = _batch_decoder.decode(b"[" + b",".join(frames[lo:hi]) + b"]")
+            if len(messages) != hi - lo:  # an empty frame, or one holding "a,b": frame by frame
+                raise msgspec.DecodeError("frame count")
         except msgspec.DecodeError:
             # Only a batch holding a bad frame gets here: decode frame by frame and quarantine the bad ones.
             messages, indices = [], []

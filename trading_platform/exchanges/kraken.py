@@ -29,9 +29,11 @@ from trading_platform.exchanges.base import (
     Action,
     DecodedFrames,
     Exchange,
+    Int64,
     RecordKind,
     Rejects,
     SendFrames,
+    UInt32,
     strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
@@ -65,7 +67,7 @@ class _Trade(msgspec.Struct, gc=False):
     side: Literal["buy", "sell"]  # the taker side
     price: float
     qty: float
-    trade_id: int
+    trade_id: Int64
     timestamp: str  # RFC3339; parsed for the whole batch at once in Arrow
 
 
@@ -82,7 +84,7 @@ class _Level(msgspec.Struct, gc=False):
 
 class _Book(msgspec.Struct, gc=False):
     symbol: str
-    checksum: int
+    checksum: UInt32
     bids: list[_Level] = []
     asks: list[_Level] = []
     timestamp: datetime | None = None
@@ -372,7 +374,8 @@ class Kraken(Exchange):
         batch = frames if len(positions) == len(frames) else [frames[i] for i in positions]
         try:
             decoded: list[_Message] = _batch_decoder.decode(b"[" + b",".join(batch) + b"]")
-            return decoded
+            if len(decoded) == len(batch):  # else an empty frame, or one holding "a,b": frame by frame
+                return decoded
         except msgspec.DecodeError:
             pass
         result: list[_Message | bool | object | None] = []

@@ -152,6 +152,7 @@ class IngestionRunner:
         # WAL offset of the last record decoded into the open batch: a batch seals exactly there, so a
         # record that arrives while a tick awaits (REST, Redis) belongs to the next batch in the WAL too.
         self._decoded_through = -1
+        self._flushing = False  # the flush worker holds a sealed batch (writing or retrying)
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -250,8 +251,11 @@ class IngestionRunner:
                     await self._perform(action)
         self.wal.sync()
         await self._write_hot_cache()
+        # While the store is failing (a sealed batch still waits for its flush), an aged batch keeps growing
+        # instead of sealing: the backlog after an outage is a few large files, not hundreds of small ones.
+        flush_waiting = self._flushing or (self._sealed is not None and not self._sealed.empty())
         due = (self._batch.rows >= self.config.batch_max_rows
-               or time.monotonic() - self._batch.opened_at >= self.config.batch_max_age_s)
+               or (time.monotonic() - self._batch.opened_at >= self.config.batch_max_age_s and not flush_waiting))
         if final or due:
             self._seal(recovered=False)
 
@@ -293,8 +297,9 @@ class IngestionRunner:
             try:
                 response: RestResponse = await asyncio.to_thread(http_get, action.url)
             except RateLimited as error:
-                delay = max(error.retry_after_s or 0.0, backoff_delay(attempt, REST_RATE_LIMIT_DEFAULT_S / 2,
-                                                                      REST_RETRY_MAX_S * 5))
+                # The server's Retry-After is what it asks for; without one, back off long and longer.
+                delay = error.retry_after_s if error.retry_after_s is not None else backoff_delay(
+                    attempt, REST_RATE_LIMIT_DEFAULT_S, REST_RETRY_MAX_S * 5)
                 attempt += 1
                 self._rest_resume_at = max(self._rest_resume_at, time.monotonic() + delay)
                 self.summary.rest_rate_limited += 1
@@ -396,9 +401,11 @@ class IngestionRunner:
                 return
             sealed, batch, recovered = item
             attempt = 0
+            self._flushing = True
             while True:
                 try:
                     await self._flush(sealed, batch, recovered)
+                    self._flushing = False
                     break
                 except Exception as error:  # keep the batch; it is safe in the WAL meanwhile
                     delay = backoff_delay(attempt, 0.5, 15.0)

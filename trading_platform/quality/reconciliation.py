@@ -9,6 +9,7 @@ from datetime import date
 
 import pyarrow.parquet as pq
 
+from trading_platform.exchanges.trade_gaps import TRADE_GAP, TRADE_GAP_FILLED, TRADE_GAP_UNRESOLVED
 from trading_platform.schema import LOAD_MANIFEST, Table
 from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.lake_loader import list_lake_keys
@@ -120,6 +121,40 @@ def crossed_books(ch: ClickHouse, days: list[date]) -> dict[str, int]:
     return {r["book"]: int(r["n"]) for r in rows}
 
 
+# Trade-continuity rows live in book_events too, but they say nothing about a book's sync state.
+_TRADE_GAP_KINDS = ", ".join(f"'{kind}'" for kind in (TRADE_GAP, TRADE_GAP_FILLED, TRADE_GAP_UNRESOLVED))
+
+
+@dataclass
+class LostTrades:
+    """A trade-id range the exchange executed that the platform could not get (an unresolved trade gap)."""
+
+    exchange: str
+    symbol: str
+    first_id: int
+    last_id: int
+    detected_at: str
+    detail: str
+
+    @property
+    def trades(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
+def unresolved_trade_gaps(ch: ClickHouse, days: list[date]) -> list[LostTrades]:
+    """Every ``trade_gap_unresolved`` row of these days, with the id range parsed from its detail."""
+    day_list = ", ".join(f"'{d.isoformat()}'" for d in days)
+    rows = ch.query_arrow(
+        "SELECT exchange, symbol, toString(timestamp) AS at, detail, "
+        "toInt64OrZero(extract(detail, 'trade ids ([0-9]+)\\.\\.')) AS first_id, "
+        "toInt64OrZero(extract(detail, 'trade ids [0-9]+\\.\\.([0-9]+)')) AS last_id "
+        f"FROM trading.book_events WHERE kind = '{TRADE_GAP_UNRESOLVED}' AND toDate(timestamp) IN ({day_list}) "
+        "ORDER BY exchange, symbol, first_id"
+    ).to_pylist()
+    return [LostTrades(r["exchange"], r["symbol"], int(r["first_id"]), int(r["last_id"]), r["at"], r["detail"])
+            for r in rows]
+
+
 @dataclass
 class BookIntegrity:
     counts: dict[str, int]  # "exchange:kind" -> events
@@ -135,7 +170,8 @@ def unresolved_book_failures(ch: ClickHouse, days: list[date]) -> BookIntegrity:
     unresolved = ch.query_arrow(
         "SELECT concat(f.exchange, ':', f.symbol) AS book FROM "
         "(SELECT exchange, symbol, max(timestamp) AS failed_at FROM trading.book_events "
-        f" WHERE kind NOT IN ('resync') AND toDate(timestamp) IN ({day_list}) GROUP BY exchange, symbol) AS f "
+        f" WHERE kind NOT IN ('resync', {_TRADE_GAP_KINDS}) AND toDate(timestamp) IN ({day_list}) "
+        " GROUP BY exchange, symbol) AS f "
         "LEFT JOIN (SELECT exchange, symbol, max(received_at) AS last_snapshot FROM trading.orderbook_snapshots "
         f" WHERE toDate(timestamp) IN ({day_list}) GROUP BY exchange, symbol) AS s "
         "ON f.exchange = s.exchange AND f.symbol = s.symbol "

@@ -203,6 +203,12 @@ class ReplayServer:
         feed = self._feed_for(path)
         if feed is None:
             return ws.respond(404, f"Not Found: {path}\n")
+        refusal = feed.refusal(self.loop.time())  # a partition: REST and WebSocket alike
+        if refusal is not None:
+            feed.note_refused()
+            if refusal == "reset":
+                ws.abort()  # the response below is never written: the socket is gone
+            return ws.respond(503, "Service Unavailable\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             rest_error = feed.rest_error_status(self.loop.time())
             if rest_error is not None:  # a rest_error fault: every REST answer is that error for a while
@@ -213,12 +219,6 @@ class ReplayServer:
                     response.headers["Retry-After"] = str(retry_after)
                 return response
             return feed.http_request(ws, request, path) or ws.respond(404, f"Not Found: {path}\n")
-        refusal = feed.refusal(self.loop.time())
-        if refusal is not None:
-            feed.note_refused()
-            if refusal == "reset":
-                ws.abort()  # the response below is never written: the socket is gone
-            return ws.respond(503, "Service Unavailable\n")
         try:
             target = feed.route(path, raw_query)
         except RequestRejected as rejected:
