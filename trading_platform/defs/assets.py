@@ -23,12 +23,16 @@ from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.lake_loader import lake_days, list_lake_keys, load_new_batches
 from trading_platform.storage.redis_cache import reseed_from_clickhouse
 
-# At most one load a minute, and only when the lake got new batches since the last load. (on_cron
-# would wait for an update *after* the tick, so the last batches of an ended run would never load.)
+# At most one load a minute, and only when the lake got new batches since the last load was requested.
+# (on_cron would wait for an update *after* the tick, so the last batches of an ended run would never load.)
+# "Since requested", not "since handled": a batch flushed while a load runs lands after that load listed
+# the lake, and the load's own materialization must not count as having seen it, or the final batches of
+# a run that then stops would wait forever for another upstream update.
 # An asset whose upstream is requested in the same tick joins that run: one run per minute in all.
-LOAD_CADENCE = (
-    dg.AutomationCondition.cron_tick_passed("* * * * *").since_last_handled()  # type: ignore[misc]
-    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+_REQUESTED = dg.AutomationCondition.newly_requested()
+LOAD_CADENCE: dg.AutomationCondition = (  # assets and checks alike
+    dg.AutomationCondition.cron_tick_passed("* * * * *").since(_REQUESTED)
+    & dg.AutomationCondition.any_deps_updated().since(_REQUESTED)
     & ~dg.AutomationCondition.in_progress()
 ).with_label("each minute, when upstream has new data")
 STALENESS_LIMIT_S = 60.0

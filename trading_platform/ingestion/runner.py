@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -101,6 +102,11 @@ class _OpenBatch:
     rows: int = 0
     opened_at: float = field(default_factory=time.monotonic)
     reference_at_start: dict[str, list[float]] = field(default_factory=dict)
+    # Exchange.export_state() right after the batch's last record was decoded: what a later run needs to
+    # re-decode the *next* batch exactly (trade-id marks, open gaps). Taken at the seal, not at the flush:
+    # by flush time the exchange has decoded records of later batches, and a restart that re-decodes those
+    # from a later state would judge their trades as already seen.
+    exchange_state_at_end: dict[str, Any] = field(default_factory=dict)
 
     def add(self, normalized: Normalized) -> None:
         for table, rows in ((MARKET_TRADES, normalized.trades), (ORDERBOOK_SNAPSHOTS, normalized.book_snapshots),
@@ -354,6 +360,7 @@ class IngestionRunner:
             self._stop.set()
 
     def _seal(self, recovered: bool) -> None:
+        self._batch.exchange_state_at_end = self.exchange.export_state()  # decoded exactly through the seal
         sealed = self.wal.seal(self._batch.reference_at_start, through=self._decoded_through)
         if sealed is not None and self._sealed is not None:
             self._sealed.put_nowait((sealed, self._batch, recovered))
@@ -422,7 +429,7 @@ class IngestionRunner:
         written = await asyncio.to_thread(write_batch, self.store, self.exchange.name, batch_id, batch.tables())
         # The reference after this batch is the one the next sealed batch started from.
         next_reference = self._reference_after(sealed)
-        self.wal.mark_flushed(sealed, next_reference, self.exchange.export_state())
+        self.wal.mark_flushed(sealed, next_reference, batch.exchange_state_at_end)
         self.summary.batches += 1
         self.summary.recovered_batches += int(recovered)
         self.summary.trades_flushed += written.trade_rows
@@ -455,6 +462,7 @@ class IngestionRunner:
                                          SpikeReference.from_json(sealed.reference))
             batch = self._replay_into_batch(normalizer, sealed.first, sealed.last)
             batch.reference_at_start = sealed.reference
+            batch.exchange_state_at_end = self.exchange.export_state()
             checkpoint.pending.append(sealed)
             assert self._sealed is not None
             self._sealed.put_nowait((sealed, batch, True))

@@ -146,6 +146,8 @@ class Outbox:
                     if self._recorder is not None:
                         self._recorder(item.text)
                 elif isinstance(item, FaultFrame):
+                    # Counted as it is handed to send: a client may read the frame before this task resumes.
+                    self._faults.add(self.exchange, item.kind)
                     if item.kind is FaultKind.INVALID_UTF8:
                         # A text frame carrying bytes that are not UTF-8 (lone surrogates become raw bytes).
                         raw = item.text.encode("utf-8", "surrogateescape")
@@ -154,7 +156,6 @@ class Outbox:
                     else:
                         await ws.send(item.text)
                         text = item.text
-                    self._faults.add(self.exchange, item.kind)
                     if self._recorder is not None:
                         self._recorder(text)
                 else:

@@ -109,7 +109,8 @@ def backfills(decoded: DecodedFrames) -> list[FetchSnapshot]:
     return [a for a in decoded.actions if isinstance(a, FetchSnapshot) and a.purpose.startswith("trades ")]
 
 
-def answer(exchange: Exchange, request: FetchSnapshot, body: bytes, kind: RecordKind = RecordKind.REST) -> DecodedFrames:
+def answer(exchange: Exchange, request: FetchSnapshot, body: bytes,
+           kind: RecordKind = RecordKind.REST) -> DecodedFrames:
     return exchange.decode([request.header + b"\n" + body], [T0_MS * 1000 + 10**9], [kind])
 
 

@@ -257,39 +257,6 @@ def test_rest_answering_429_with_retry_after_is_honoured(tmp_path: Path, replay:
                      local_lake, chdb, answered_429={ex: answered[ex]["rest_error"] for ex in EXCHANGES})
 
 
-def test_object_store_unreachable(tmp_path: Path, replay: ReplayServer, exchanges_config: ExchangesFile,
-                                  chdb: ClickHouse, s3_endpoint: str) -> None:
-    del s3_endpoint  # its fixture sets the AWS test credentials this scenario's own S3 server needs
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lake")
-    store = open_object_store("s3://lake/raw-data", endpoint)
-    fleet = start_fleet(tmp_path, replay, exchanges_config, store)
-    # moto keeps its buckets in this process, so a restart on the same port brings the same data back.
-    server.stop()
-    time.sleep(OUTAGE_S)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        try:
-            wait_for(lambda: not any(r.wal.checkpoint.pending for r in fleet.runners.values()), 90,
-                     "the backlog to flush")
-        except AssertionError:
-            raise AssertionError({name: (len(r.wal.checkpoint.pending), r.summary.errors[-2:])
-                                  for name, r in fleet.runners.items()}) from None
-        errors = {name: len(r.summary.errors) for name, r in fleet.runners.items()}
-        fleet.finish()
-        assert all(errors.values()), f"the outage was not noticed: {errors}"
-        check_accounting(f"object store unreachable {OUTAGE_S:.0f} s", fleet, store, chdb, flush_retries=errors)
-    finally:
-        server.stop()
-
-
 def _answers(port: int) -> bool:
     import urllib.request
 
@@ -300,75 +267,83 @@ def _answers(port: int) -> bool:
         return False
 
 
-def test_clickhouse_unreachable(tmp_path: Path, replay: ReplayServer, exchanges_config: ExchangesFile,
-                                local_lake: ObjectStore) -> None:
-    port = free_port()
-    folder = tmp_path / "ch-server"
+def test_object_store_clickhouse_and_redis_each_down_30_s(tmp_path: Path, replay: ReplayServer,
+                                                           exchanges_config: ExchangesFile, s3_endpoint: str) -> None:
+    """The three stores go down for the same 30 s (their paths are independent: lake flushes, loads, the hot
+    cache), each is seen failing, and after they return the lake, ClickHouse and Redis are whole again."""
+    del s3_endpoint  # its fixture sets the AWS test credentials this scenario's own S3 server needs
+    import boto3
+    from moto.server import ThreadedMotoServer
 
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "trading_platform.storage.clickhouse_http", str(folder),
-                                    "--port", str(port), "--exit-on-stdin-eof"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=PROJECT_ROOT)
-        wait_for(lambda: _answers(port), 30, "the ClickHouse server")
+    s3_port, ch_port = free_port(), free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto.start()
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}").create_bucket(Bucket="lake")
+    store = open_object_store("s3://lake/raw-data", f"http://127.0.0.1:{s3_port}")
+
+    def start_clickhouse() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "trading_platform.storage.clickhouse_http",
+                                    str(tmp_path / "ch-server"), "--port", str(ch_port), "--exit-on-stdin-eof"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   cwd=PROJECT_ROOT)
+        wait_for(lambda: _answers(ch_port), 30, "the ClickHouse server")
         return process
 
-    server = start()
-    url = f"http://127.0.0.1:{port}"
-    fleet = start_fleet(tmp_path, replay, exchanges_config, local_lake)
-    with open_clickhouse(url) as ch:
-        ensure_schema(ch)
-        load_new_batches(local_lake, ch, MARKET_TRADES, 1)
-    server.kill()
-    server.wait()
-    failures = 0
-    deadline = time.monotonic() + OUTAGE_S
-    while time.monotonic() < deadline:  # the load cadence keeps trying; each attempt fails clearly
-        try:
-            with open_clickhouse(url) as ch:
-                load_new_batches(local_lake, ch, MARKET_TRADES, 1)
-        except Exception as error:
-            failures += 1
-            assert url in str(error) or "Connection" in str(error) or "refused" in str(error)
-        time.sleep(5)
-    server = start()
-    fleet.finish()
-    try:
-        with open_clickhouse(url) as ch:
-            check_accounting(f"ClickHouse unreachable {OUTAGE_S:.0f} s", fleet, local_lake, ch,
-                             failed_load_attempts=failures)
-    finally:
-        server.kill()
-    assert failures >= 3
-
-
-def test_redis_unreachable_then_restarted_empty(tmp_path: Path, replay: ReplayServer,
-                                                exchanges_config: ExchangesFile, local_lake: ObjectStore,
-                                                chdb: ClickHouse) -> None:
+    clickhouse = start_clickhouse()
+    ch_url = f"http://127.0.0.1:{ch_port}"
     valkey = EmbeddedValkey(free_port(), tmp_path / "valkey")
     valkey.start()
     try:
-        fleet = start_fleet(tmp_path, replay, exchanges_config, local_lake, valkey.url)
+        fleet = start_fleet(tmp_path, replay, exchanges_config, store, valkey.url)
+        with open_clickhouse(ch_url) as ch:
+            ensure_schema(ch)
+            load_new_batches(store, ch, MARKET_TRADES, 1)
         wait_for(lambda: len(PriceCache(connect(valkey.url)).read_all()) == 60, 20, "a full cache")
+
+        moto.stop()  # moto keeps its buckets in this process: a restart on the same port brings them back
+        clickhouse.kill()
+        clickhouse.wait()
         valkey.stop()
-        time.sleep(OUTAGE_S)
-        assert all(r._hot_cache_errors > 0 for r in fleet.runners.values())
+        load_failures = 0
+        deadline = time.monotonic() + OUTAGE_S
+        while time.monotonic() < deadline:  # the load cadence keeps trying; each attempt fails clearly
+            try:
+                with open_clickhouse(ch_url) as ch:
+                    load_new_batches(store, ch, MARKET_TRADES, 1)
+            except Exception as error:
+                load_failures += 1
+                assert ch_url in str(error) or "Connection" in str(error) or "refused" in str(error)
+            time.sleep(5)
+        flush_errors = {name: len(r.summary.errors) for name, r in fleet.runners.items()}
+        cache_errors = {name: r._hot_cache_errors for name, r in fleet.runners.items()}
+
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+        moto.start()
+        clickhouse = start_clickhouse()
         restarted = time.monotonic()
         valkey.start()  # empty: Valkey keeps nothing on disk here
         wait_for(lambda: len(PriceCache(connect(valkey.url)).read_all()) == 60, 60, "the cache to be complete again")
         refill_s = round(time.monotonic() - restarted, 2)
+        wait_for(lambda: not any(r.wal.checkpoint.pending for r in fleet.runners.values()), 90, "the backlog to flush")
         fleet.finish()
-        cached = {(e["exchange"], e["symbol"]): e for e in PriceCache(connect(valkey.url)).read_all()}
-        lake = read_dataset(local_lake, "trades").to_pylist()
-        newest: dict[tuple[str, str], dict] = {}
-        for row in lake:  # the cache holds each pair's newest trade in the lake
+
+        assert all(flush_errors.values()), f"the object store outage was not noticed: {flush_errors}"
+        assert all(cache_errors.values()), f"the Redis outage was not noticed: {cache_errors}"
+        assert load_failures >= 3
+        # The cache holds each pair's newest trade in the lake.
+        newest: dict[tuple[str, str], int] = {}
+        for row in read_dataset(store, "trades").select(["exchange", "symbol", "trade_id"]).to_pylist():
             key = (row["exchange"], row["symbol"])
-            if key not in newest or int(row["trade_id"]) > int(newest[key]["trade_id"]):
-                newest[key] = row
-        assert {key: entry["trade_id"] for key, entry in cached.items()} == {
-            key: row["trade_id"] for key, row in newest.items()}
-        check_accounting(f"Redis unreachable {OUTAGE_S:.0f} s, then restarted empty", fleet, local_lake, chdb,
-                         cache_complete_after_restart_s=refill_s)
+            newest[key] = max(newest.get(key, 0), int(row["trade_id"]))
+        cached = {(e["exchange"], e["symbol"]): int(e["trade_id"]) for e in PriceCache(connect(valkey.url)).read_all()}
+        assert cached == newest
+        with open_clickhouse(ch_url) as ch:
+            check_accounting(f"object store, ClickHouse and Redis down {OUTAGE_S:.0f} s (Redis back empty)", fleet,
+                             store, ch, flush_retries=flush_errors, hot_cache_errors=cache_errors,
+                             failed_load_attempts=load_failures, cache_complete_after_restart_s=refill_s)
     finally:
+        moto.stop()
+        clickhouse.kill()
         valkey.stop()
 
 

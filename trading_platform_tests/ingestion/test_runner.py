@@ -240,3 +240,145 @@ def test_kill_9_loses_nothing_that_reached_the_wal(tmp_path: Path, replay: Repla
     # What the killed process never read (and what happened while no run was connected) came back
     # through the trade-gap backfill: the lake holds exactly what the exchange sent.
     wait_for(lambda: set(lake_trade_ids(store)) == replay.ledger.trades("binance"), 1, "exact accounting")
+
+
+# --- the WAL seam, poison frames, REST politeness -------------------------------------------------------------
+def _trade_frame(trade_id: int) -> bytes:
+    return (f'{{"stream":"btcusdt@trade","data":{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{trade_id},'
+            f'"p":"90000.00","q":"0.25","T":1700000000000,"m":true,"M":true}}}}').encode()  # near the replay price
+
+
+def test_a_frame_arriving_while_a_tick_awaits_is_in_the_next_sealed_range(tmp_path: Path, binance: Binance,
+                                                                         redis_url: str) -> None:
+    """Deterministic interleaving: a frame lands while the tick awaits the Redis write. The batch sealed at
+    the end of that tick must not claim it; after the batch is flushed and the process dies, recovery
+    re-reads it from the WAL (before the fix it was inside the flushed range, and lost)."""
+    import asyncio
+
+    store = LocalObjectStore(tmp_path / "lake")
+    runner: IngestionRunner
+
+    class FrameDuringWrite(PriceCache):
+        def write(self, trades, publish=True):  # type: ignore[no-untyped-def]
+            runner._on_frame(_trade_frame(11), 2)  # arrives mid-await: the receive loop runs meanwhile
+            return super().write(trades, publish)
+
+    runner = IngestionRunner(binance, "ws://127.0.0.1:9/unused", store, config(tmp_path, batch_max_age_s=0.0),
+                             price_cache=lambda: FrameDuringWrite(connect(redis_url)))
+
+    async def one_tick_then_flush() -> None:
+        runner._sealed = asyncio.Queue()
+        runner._recover()
+        runner._on_frame(_trade_frame(10), 1)
+        await runner._tick(final=False)
+        sealed, batch, recovered = runner._sealed.get_nowait()
+        await runner._flush(sealed, batch, recovered)
+
+    asyncio.run(one_tick_then_flush())
+    assert runner.wal.checkpoint.flushed_through == 0  # frame 10 only; frame 11 (offset 1) is not claimed
+    assert [t for _, t in lake_trade_ids(store)] == ["10"]
+    runner.wal.close()  # the process dies here: frame 11 is only in the WAL
+
+    recovered = IngestionRunner(Binance(binance.config), "ws://127.0.0.1:9/unused", store, config(tmp_path))
+
+    async def recover_and_seal() -> None:
+        recovered._sealed = asyncio.Queue()
+        recovered._recover()
+        await recovered._tick(final=True)
+        while not recovered._sealed.empty():
+            await recovered._flush(*recovered._sealed.get_nowait())
+
+    asyncio.run(recover_and_seal())
+    recovered.wal.close()
+    assert sorted(t for _, t in lake_trade_ids(store)) == ["10", "11"]
+
+
+def test_a_poison_frame_in_the_wal_is_quarantined_on_recovery(tmp_path: Path, replay: ReplayServer,
+                                                              binance: Binance) -> None:
+    from trading_platform.ingestion.wal import WriteAheadLog
+
+    wal = WriteAheadLog(tmp_path / "wal" / "binance")
+    wal.append(1, _trade_frame(500))
+    wal.append(2, b'{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTC\xffUSDT"}}')  # not UTF-8
+    wal.append(3, _trade_frame(501))
+    wal.close()
+    store = LocalObjectStore(tmp_path / "lake")
+    runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path))
+    stop = threading.Event()
+    thread = run_in_thread(runner, stop)
+    wait_for(lambda: runner.summary.batches >= 2, 20, "recovery and a live batch")
+    stop.set()
+    thread.join(20)
+    assert not thread.is_alive()
+    quarantined = read_dataset(store, "quarantine").to_pylist()
+    assert [q["reason"] for q in quarantined] == ["invalid_utf8"]
+    assert {"500", "501"} <= {t for _, t in lake_trade_ids(store)}
+
+
+def test_a_rest_refusal_for_good_stops_the_feed_with_the_reason(tmp_path: Path, replay: ReplayServer,
+                                                                binance: Binance) -> None:
+    from trading_platform.ingestion.runner import FeedRefused
+
+    replay.inject(Fault(FaultKind.REST_ERROR, exchange="binance", seconds=60, status=451))
+    store = LocalObjectStore(tmp_path / "lake")
+    runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path))
+    with pytest.raises(FeedRefused, match="HTTP 451") as refused:
+        runner.run(threading.Event())  # the first book snapshot is refused: drain, flush, stop
+    assert "enabled: false" in str(refused.value)
+    assert runner.summary.trades_flushed > 0 and runner.summary.unflushed_batches_left_in_wal == 0
+    # The 20 book snapshots were in flight at once: each was refused once, and none was asked again.
+    assert replay.faults.get(FaultKind.REST_ERROR, "binance") <= len(binance.symbols)
+
+
+def test_rate_limiting_pauses_every_rest_call_for_retry_after(tmp_path: Path, replay: ReplayServer,
+                                                               binance: Binance) -> None:
+    replay.inject(Fault(FaultKind.REST_ERROR, exchange="binance", seconds=3, status=429))
+    store = LocalObjectStore(tmp_path / "lake")
+    statuses: list[str] = []
+    runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path), on_status=statuses.append)
+    stop = threading.Event()
+    thread = run_in_thread(runner, stop)
+    wait_for(lambda: binance.synced["BTC-USDT"], 30, "the book to sync once the exchange answers again")
+    stop.set()
+    thread.join(20)
+    # 20 books ask at once; each meets the 429 about once, then all REST waits out Retry-After (3 s).
+    assert runner.summary.rest_rate_limited >= 1
+    assert replay.faults.get(FaultKind.REST_ERROR, "binance") <= 2 * len(binance.symbols)
+    assert any("rate-limiting REST (HTTP 429, Retry-After 3s)" in s for s in statuses), statuses[:5]
+
+
+def test_a_batch_sealed_but_not_flushed_is_recovered_whole_after_a_crash(tmp_path: Path, binance: Binance) -> None:
+    """The checkpoint's exchange state belongs to the last flushed batch: re-decoding the next, unflushed
+    batch must not find its trades already seen (which would drop them as duplicates)."""
+    import asyncio
+
+    store = LocalObjectStore(tmp_path / "lake")
+    runner = IngestionRunner(binance, "ws://127.0.0.1:9/unused", store, config(tmp_path, batch_max_age_s=0.0))
+
+    async def two_batches_one_flushed() -> None:
+        runner._sealed = asyncio.Queue()
+        runner._recover()
+        for trade_id in (1, 2, 3):
+            runner._on_frame(_trade_frame(trade_id), trade_id)
+        await runner._tick(final=False)
+        for trade_id in (4, 5, 6):
+            runner._on_frame(_trade_frame(trade_id), trade_id)
+        await runner._tick(final=False)
+        await runner._flush(*runner._sealed.get_nowait())  # the first batch only; then the process dies
+
+    asyncio.run(two_batches_one_flushed())
+    assert runner.wal.checkpoint.exchange_state["last_trade_id"] == {"BTC-USDT": 3}
+    runner.wal.close()
+
+    recovered = IngestionRunner(Binance(binance.config), "ws://127.0.0.1:9/unused", store, config(tmp_path))
+
+    async def recover() -> None:
+        recovered._sealed = asyncio.Queue()
+        recovered._recover()
+        await recovered._tick(final=True)
+        while not recovered._sealed.empty():
+            await recovered._flush(*recovered._sealed.get_nowait())
+
+    asyncio.run(recover())
+    recovered.wal.close()
+    assert sorted(int(t) for _, t in lake_trade_ids(store)) == [1, 2, 3, 4, 5, 6]
