@@ -136,6 +136,7 @@ class Reconnect:
 
 
 Action = FetchSnapshot | SendFrames | Reconnect
+BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 
 @dataclass
@@ -253,7 +254,11 @@ class Exchange(ABC):
             page = self.parse_trade_history(request, body, frame_index, received_us)
         except ValueError as error:
             rejects.add(received_us, "bad_snapshot", f"not a trade-history page: {error}", header.encode() + body)
-            self._ask_history(request, received_us, events, actions)  # the runner spaces re-asks
+            if self.trade_gaps.bad_answer(request.gap) >= BAD_HISTORY_ANSWERS:
+                self.trade_gaps.give_up(request.gap, f"REST answered {BAD_HISTORY_ANSWERS} times with something "
+                                        f"that is not a trade-history page ({error})", received_us, events)
+            else:
+                self._ask_history(request, received_us, events, actions)  # the runner spaces re-asks
             return DECODED_TRADE_SCHEMA.empty_table()
         rows = self.trade_gaps.take_page(request, page)
         remaining = self.trade_gaps.still_open(request.gap)

@@ -100,6 +100,7 @@ class TradeGaps:
         self.last_id: dict[str, int] = {}
         self.last_us: dict[str, int] = {}
         self.open: dict[str, list[TradeGap]] = {}
+        self._bad_answers: Counter[tuple[str, int, int]] = Counter()
         # The exchange's counters: trade_gaps, trades_backfilled, duplicate_trades_dropped, late_trades,
         # trade_gaps_unresolved.
         self.counters = counters
@@ -229,6 +230,11 @@ class TradeGaps:
         """The parts of ``gap``'s range that are still missing."""
         return [TradeGap(g.symbol, max(g.first, gap.first), min(g.last, gap.last), g.after_us, g.before_us)
                 for g in self.open.get(gap.symbol, []) if g.first <= gap.last and g.last >= gap.first]
+
+    def bad_answer(self, gap: TradeGap) -> int:
+        """Count an unreadable answer to a backfill of ``gap``; returns how many it has had."""
+        self._bad_answers[(gap.symbol, gap.first, gap.last)] += 1
+        return self._bad_answers[(gap.symbol, gap.first, gap.last)]
 
     def give_up(self, gap: TradeGap, why: str, received_us: int, events: BookEvents) -> None:
         """Record what is left of ``gap`` as lost (``trade_gap_unresolved``) and stop asking for it."""

@@ -211,6 +211,9 @@ def test_a_body_that_is_no_history_page_is_quarantined_and_asked_again(exchange:
     decoded = answer(exchange, request, b"<html>maintenance</html>")
     assert decoded.rejects.reasons == ["bad_snapshot"]
     assert [a.url for a in backfills(decoded)] == [request.url]
+    answer(exchange, request, b"<html>maintenance</html>")
+    third = answer(exchange, request, b"<html>maintenance</html>")
+    assert backfills(third) == [] and kinds(third) == ["trade_gap_unresolved"]  # not re-asked forever
 
 
 def test_open_gaps_and_last_ids_survive_a_restart(exchange: Exchange, protocol: Protocol,
