@@ -300,9 +300,12 @@ class Kraken(Exchange):
             "frame_index": pa.array([frame_index] * count, pa.int64()),
         }, schema=DECODED_TRADE_SCHEMA)
         last = str(result.get("last", ""))
-        # A full page that does not reach the gap's end continues from `last`; a short one is all there is.
+        # A full page that does not reach the gap's end continues from `last` (the page's last trade time, in
+        # ns) less 1 ns: the fills of one order share a time, and `since` is exclusive, so a page that ends
+        # inside such a sweep would skip the rest of it. The overlap is deduplicated by id. A short page is all
+        # there is.
         more = count >= TRADES_PAGE and int(ids.max()) < request.gap.last and last.isdigit()
-        return TradePage(table, ids, last if more else None)
+        return TradePage(table, ids, str(int(last) - 1) if more else None)
 
     # --- decoding --------------------------------------------------------------------------
     def new_book_output(self) -> BookOutput:

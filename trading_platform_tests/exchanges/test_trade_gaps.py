@@ -233,3 +233,15 @@ def test_a_binance_checkpoint_from_before_times_were_kept_still_loads(exchanges_
     binance.import_state({"last_trade_id": {"BTC-USDT": 5}, "open_gaps": {"BTC-USDT": [[2, 4]]}})
     [request] = binance.outstanding_actions()
     assert isinstance(request, FetchSnapshot) and "fromId=2&limit=3" in request.url
+
+
+def test_a_kraken_page_ending_inside_a_sweep_is_continued_at_the_same_time(exchanges_config: ExchangesFile) -> None:
+    """The fills of one order share a time and Kraken's `since` is exclusive: the next page must start 1 ns
+    before the last trade of this one, or the rest of the sweep would be skipped."""
+    kraken = exchange_for(exchanges_config.exchanges["kraken"])
+    protocol = PROTOCOLS["kraken"]
+    live(kraken, protocol, 1)
+    [request] = backfills(live(kraken, protocol, 1500))
+    page = json.loads(protocol.page(list(range(2, 1002))))
+    [following] = backfills(answer(kraken, request, json.dumps(page).encode()))
+    assert f"since={int(page['result']['last']) - 1}&" in following.url

@@ -170,6 +170,7 @@ def test_a_second_subscriber_gets_a_snapshot_consistent_with_the_first(replay: R
         subscribe(b, "level2", "ETH-USD")
         book_b = ClientBook()
         apply_l2(book_b, recv_json(b))
+        recv_json(b)  # its subscriptions reply, like a's above: both then expect the same two replies
         subscribe(a, "heartbeats")
         subscribe(b, "heartbeats")
         replay.pause()
