@@ -54,10 +54,15 @@ REPORT = PROJECT_ROOT / ".tp_state" / "fault_report.json"
 
 
 def record(scenario: str, **figures: object) -> None:
+    """Add one scenario's figures to the report; test workers run side by side, so under a file lock."""
+    import fcntl
+
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report[scenario] = figures
-    REPORT.write_text(json.dumps(report, indent=2) + "\n")
+    with (REPORT.parent / "fault_report.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+        report[scenario] = figures
+        REPORT.write_text(json.dumps(report, indent=2) + "\n")
 
 
 @pytest.fixture
