@@ -224,6 +224,23 @@ class Exchange(ABC):
         """Seconds to hold further REST calls after a successful answer (an exchange's weight budget)."""
         return 0.0
 
+    def history_rows(self, symbol: str, ids: list[int], prices: list[str], quantities: list[str],
+                     taker_sides: list[str], times_us: list[int], received_us: int, frame_index: int) -> pa.Table:
+        """Trade rows (``DECODED_TRADE_SCHEMA``) of one REST history page, from the page's own fields."""
+        count = len(ids)
+        return pa.table({
+            "exchange": pa.array([self.name] * count, pa.string()),
+            "symbol": pa.array([symbol] * count, pa.string()),
+            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
+            "trade_id": pa.array([str(i) for i in ids], pa.string()),
+            "price": strings_to_float(prices),
+            "quantity": strings_to_float(quantities),
+            "side": pa.array(taker_sides, pa.string()),
+            "timestamp": pa.array(times_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "received_at": pa.array([received_us] * count, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "frame_index": pa.array([frame_index] * count, pa.int64()),
+        }, schema=DECODED_TRADE_SCHEMA)
+
     # --- trade continuity, shared by every module (see trade_gaps.py) ---------------------------
     def check_trades(self, table: pa.Table, ids: np.ndarray, received_us: int, events: BookEvents,
                      actions: list[Action]) -> pa.Table:

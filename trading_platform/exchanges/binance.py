@@ -202,20 +202,10 @@ class Binance(Exchange):
             history = _historical_decoder.decode(body)
         except msgspec.DecodeError as error:
             raise ValueError(f"not historicalTrades: {error}") from None
-        symbol = request.gap.symbol
+        rows = self.history_rows(request.gap.symbol, [t.id for t in history], [t.price for t in history],
+                                 [t.qty for t in history], ["sell" if t.isBuyerMaker else "buy" for t in history],
+                                 [t.time * 1000 for t in history], received_us, frame_index)
         count = len(history)
-        rows = pa.table({
-            "exchange": pa.array([self.name] * count, pa.string()),
-            "symbol": pa.array([symbol] * count, pa.string()),
-            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
-            "trade_id": pa.array([str(t.id) for t in history], pa.string()),
-            "price": strings_to_float([t.price for t in history]),
-            "quantity": strings_to_float([t.qty for t in history]),
-            "side": pa.array(["sell" if t.isBuyerMaker else "buy" for t in history], pa.string()),
-            "timestamp": pa.array([t.time * 1000 for t in history], pa.int64()).cast(_UTC_US),
-            "received_at": pa.array([received_us] * count, pa.int64()).cast(_UTC_US),
-            "frame_index": pa.array([frame_index] * count, pa.int64()),
-        }, schema=DECODED_TRADE_SCHEMA)
         ids = np.array([t.id for t in history], dtype=np.int64)
         first = int(request.cursor) if request.cursor else request.gap.first
         asked = min(HISTORICAL_LIMIT, request.gap.last - first + 1)

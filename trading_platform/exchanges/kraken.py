@@ -34,7 +34,6 @@ from trading_platform.exchanges.base import (
     Rejects,
     SendFrames,
     UInt32,
-    strings_to_float,
 )
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -285,20 +284,9 @@ class Kraken(Exchange):
             ids = np.array([int(r[6]) for r in rows], dtype=np.int64)
         except (IndexError, TypeError, ValueError) as error:
             raise ValueError(f"unexpected trade row: {error}") from None
-        symbol = request.gap.symbol
+        table = self.history_rows(request.gap.symbol, ids.tolist(), prices, quantities, sides, times_us,
+                                  received_us, frame_index)
         count = len(rows)
-        table = pa.table({
-            "exchange": pa.array([self.name] * count, pa.string()),
-            "symbol": pa.array([symbol] * count, pa.string()),
-            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
-            "trade_id": pa.array([str(i) for i in ids.tolist()], pa.string()),
-            "price": strings_to_float(prices),
-            "quantity": strings_to_float(quantities),
-            "side": pa.array(sides, pa.string()),
-            "timestamp": pa.array(times_us, pa.int64()).cast(_UTC_US),
-            "received_at": pa.array([received_us] * count, pa.int64()).cast(_UTC_US),
-            "frame_index": pa.array([frame_index] * count, pa.int64()),
-        }, schema=DECODED_TRADE_SCHEMA)
         last = str(result.get("last", ""))
         # A full page that does not reach the gap's end continues from `last` (the page's last trade time, in
         # ns) less 1 ns: the fills of one order share a time, and `since` is exclusive, so a page that ends
