@@ -22,13 +22,11 @@ install: uv-available
 run: install
 	$(UV) run --frozen trading-platform dev
 
-# Three workers, one module each at a time (--dist loadscope): the fault suite, the end-to-end module
-# (one `dagster dev`) and everything else run side by side; most of their time is outages and waits.
 test: install
-	$(UV) run --frozen pytest -q -n 3 --dist loadscope -m "slow or not slow"
+	$(UV) run --frozen pytest -q -m "slow or not slow"
 
 test-fast: install
-	$(UV) run --frozen pytest -q -n 2 --dist loadscope -m "not slow"
+	$(UV) run --frozen pytest -q -m "not slow"
 
 bench: install
 	$(UV) run --frozen python benchmarks/bench_binance_decode.py

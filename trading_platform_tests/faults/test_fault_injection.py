@@ -225,14 +225,14 @@ def test_disconnect_storm(tmp_path: Path, replay: ReplayServer, exchanges_config
     fleet = start_fleet(tmp_path, replay, exchanges_config, local_lake)
     drops = 0
     for _ in range(8):
-        time.sleep(3)
+        time.sleep(2)
         replay.inject(Fault(FaultKind.DROP_CONNECTIONS))
         drops += 1
     fleet.settle()
     fleet.finish()
     for exchange, runner in fleet.runners.items():
         assert runner.summary.connects > drops, exchange
-    check_accounting("disconnect storm (every connection reset every 3 s, 8 times)", fleet, local_lake, chdb,
+    check_accounting("disconnect storm (every connection reset every 2 s, 8 times)", fleet, local_lake, chdb,
                      drops=drops)
 
 
