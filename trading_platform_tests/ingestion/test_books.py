@@ -80,6 +80,16 @@ def test_a_book_failure_is_recorded_resynced_and_never_emitted_out_of_sync(
 
     wait_for(lambda: any(e["kind"] == "resync" and e["symbol"] == symbol for e in events()), 30,
              f"{name}: the failed book to resync")
+    resynced_at = next(e["timestamp"] for e in events() if e["kind"] == "resync" and e["symbol"] == symbol)
+
+    def emitted_since_resync() -> bool:
+        emitted = snapshots(tmp_path)
+        mine = emitted.filter(pc.equal(emitted.column("symbol"), symbol)).column("received_at").to_pylist()
+        return any(t >= resynced_at for t in mine)
+
+    # The book is emitted again at its next cadence bucket (up to a second of exchange time later): wait
+    # for it before stopping, instead of racing the stop against it.
+    wait_for(emitted_since_resync, 30, f"{name}: a snapshot after the resync")
     wait_for(lambda: runner.summary.trades_flushed > trades_before, 20, "trades to keep flowing")
     stop.set()
     thread.join(30)
