@@ -173,16 +173,8 @@ def _lenient_envelope(frame: bytes) -> tuple[str | None, int | None]:
             int(sequence.group(1)) if sequence else None)
 
 
-class _HistoryTrade(msgspec.Struct, gc=False):
-    trade_id: str
-    price: str
-    size: str
-    side: Literal["BUY", "SELL"]
-    time: datetime
-
-
 class _HistoryPage(msgspec.Struct, gc=False):
-    trades: list[_HistoryTrade]
+    trades: list[_Trade]  # REST market trades have the WebSocket's trade fields (plus bid/ask, skipped)
 
 
 _history_decoder = msgspec.json.Decoder(_HistoryPage)
