@@ -16,8 +16,9 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
 
     from trading_platform.storage.clickhouse import ClickHouseError, ensure_schema, open_clickhouse
 
+    lock_timeout_s = args.lock_timeout or settings.clickhouse_lock_timeout_s
     try:
-        with open_clickhouse(settings.clickhouse_url, lock_timeout_s=args.lock_timeout) as ch:
+        with open_clickhouse(settings.clickhouse_url, lock_timeout_s=lock_timeout_s) as ch:
             ensure_schema(ch)
             table = ch.query_arrow(args.sql)
     except ClickHouseError as error:
@@ -80,36 +81,64 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 def _normalize(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from trading_platform.config import load_exchanges
-    from trading_platform.ingestion.importer import import_capture
+    from trading_platform.capture_format import is_rest_recording
+    from trading_platform.config import SYMBOL_PATTERN, load_exchanges
+    from trading_platform.importer.archive import ImportOptionError, import_capture
 
     exchanges = load_exchanges(settings.exchanges_file)
     if args.exchange not in exchanges.exchanges:
         print(f"--exchange: unknown exchange {args.exchange!r}; allowed: {sorted(exchanges.exchanges)}",
               file=sys.stderr)
         return 2
-    config = exchanges.exchanges[args.exchange]  # type: ignore[index]
-    if args.symbols:
-        config = config.model_copy(update={"symbols": args.symbols.split(",")})
-    config = config.model_copy(update={"channels": ["trades", "book"]})
+    config = exchanges.exchanges[args.exchange]
     snapshots: dict[str, Path] = {}
+    recordings: list[Path] = []
     for item in args.snapshot or []:
-        symbol, _, file = item.rpartition("=")
-        if not symbol:
-            if len(config.symbols) != 1:
-                print("--snapshot: name the symbol (SYMBOL=FILE) when importing several symbols", file=sys.stderr)
-                return 2
-            symbol = config.symbols[0]
-        snapshots[symbol] = Path(file)
-    report = import_capture(config, Path(args.input), Path(args.output), snapshots, settings.spike_threshold)
+        symbol, equals, file = item.partition("=")
+        if not (equals and SYMBOL_PATTERN.match(symbol)):
+            symbol, file = "", item  # FILE alone (a path may hold "=" too)
+        path = Path(file)
+        if not path.is_file():
+            print(f"--snapshot: no such file: {path}", file=sys.stderr)
+            return 2
+        if is_rest_recording(path):
+            recordings.append(path)  # each response names its symbol in its URL
+        else:
+            snapshots[symbol] = path
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
+    try:
+        report = import_capture(config, Path(args.input), Path(args.output), snapshots, settings.spike_threshold,
+                                symbols=symbols, rest_recordings=recordings if args.snapshot else None,
+                                progress=False if args.no_progress else None)
+    except ImportOptionError as error:
+        print(error, file=sys.stderr)
+        return 2
     print("\n".join(report.lines()))
     return 0
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    from trading_platform.devserver import run_dev
+    from trading_platform.dev.server import run_dev
 
-    return run_dev(settings, host=args.host, port=args.port)
+    return run_dev(settings, host=args.host, port=args.port if args.port is not None else settings.ui_port)
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from trading_platform.status import platform_status, render
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the instance's storage migrations check
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.state_dir / "dagster_home")
+    if not (home / "dagster.yaml").exists():
+        print(f"no Dagster instance at {home}: start the platform (make run), or point DAGSTER_HOME at its "
+              "instance folder", file=sys.stderr)
+        return 3
+    status = platform_status(settings, home)
+    print(json.dumps(status.to_json(), indent=2) if args.json else render(status))
+    return 1 if status.error else 0
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -135,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     query = commands.add_parser("query", help="run SQL against the configured ClickHouse (works while loads run)")
     query.add_argument("sql")
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    query.add_argument("--lock-timeout", type=float, default=60.0,
-                       help="seconds to wait while a load holds the embedded chdb folder")
+    query.add_argument("--lock-timeout", type=float, default=None,
+                       help="seconds to wait while a load holds the embedded chdb folder "
+                            "(default: TP_CLICKHOUSE_LOCK_TIMEOUT_S)")
     query.set_defaults(handler=_query)
     prices = commands.add_parser("prices", help="show each cached symbol's last trade and its age")
     prices.add_argument("--exchange")
@@ -151,16 +181,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.set_defaults(handler=_replay)
     dev = commands.add_parser("dev", help="start embedded services, the replay feed and `dagster dev`")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--port", type=int, default=None, help="Dagster UI port (default: TP_UI_PORT, 3000)")
     dev.set_defaults(handler=_dev)
     normalize = commands.add_parser("normalize", help="import a recorded capture into normalized Parquet datasets")
     normalize.add_argument("--exchange", required=True)
     normalize.add_argument("--input", required=True, help="capture: one raw frame per line, or cryptofeed raw data")
     normalize.add_argument("--snapshot", action="append",
-                           help="REST snapshot body file, as SYMBOL=FILE (repeatable; FILE alone for one symbol)")
-    normalize.add_argument("--symbols", help="comma-separated normalized symbols (default: the configured ones)")
+                           help="REST snapshots: a cryptofeed REST recording (each response is matched to its "
+                                "symbol by its URL), or one response body as SYMBOL=FILE (FILE alone for a "
+                                "one-symbol capture); repeatable. Default: the cryptofeed REST recordings next "
+                                "to a <FEED>.ws.* input")
+    normalize.add_argument("--symbols", help="comma-separated normalized symbols to import (default: every symbol "
+                                             "in the recording)")
     normalize.add_argument("--output", required=True, help="lake root folder to write raw/<dataset>/... into")
+    normalize.add_argument("--no-progress", action="store_true",
+                           help="no progress bar on stderr (shown for inputs of 4 MiB and more)")
     normalize.set_defaults(handler=_normalize)
+    status = commands.add_parser(
+        "status", help="per exchange: run, connection, last trade, msgs/s, lag, gaps, failing checks "
+                       "(exit 1 when an ERROR check fails)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
     check = commands.add_parser("check-config", help="validate settings and exchanges.yaml")
     check.set_defaults(handler=_check_config)
     args = parser.parse_args(argv)

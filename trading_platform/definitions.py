@@ -1,15 +1,21 @@
-"""The one ``Definitions`` object, built when Dagster loads the code location (not at import)."""
+"""The one ``Definitions`` object, built when Dagster loads the code location (not at import).
+
+Each domain of ``defs/`` contributes its own definitions; the resources and the conventions every asset
+shares (owner, freshness policy) are added here, once.
+"""
 
 from __future__ import annotations
+
+from typing import cast
 
 import dagster as dg
 
 from trading_platform.config import load_exchanges
-from trading_platform.defs.assets import LAKE_SPECS, WAREHOUSE_ASSETS
-from trading_platform.defs.checks import raw_trades_checks
-from trading_platform.defs.ingestion import build_ingestion_job, build_supervisor
-from trading_platform.defs.rebuild import build_rebuild_job
+from trading_platform.defs.conventions import with_conventions
+from trading_platform.defs.ingestion.definitions import ingestion_definitions
+from trading_platform.defs.lake.definitions import lake_definitions
 from trading_platform.defs.resources import build_resources
+from trading_platform.defs.warehouse.definitions import warehouse_definitions
 from trading_platform.exchanges.registry import exchange_class
 from trading_platform.settings import Settings, load_settings
 
@@ -18,23 +24,21 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     exchanges = load_exchanges(settings.exchanges_file)
     for name in exchanges.enabled:
         exchange_class(name)  # an enabled exchange without a module fails here, naming the key
-    jobs = [build_ingestion_job(name) for name in exchanges.enabled]
-    rebuild = build_rebuild_job(list(exchanges.exchanges))
-    sensors: list[dg.SensorDefinition] = [build_supervisor(job, name)
-                                          for job, name in zip(jobs, exchanges.enabled, strict=True)]
-    sensors.append(dg.AutomationConditionSensorDefinition(
-        "load_automation",
-        target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=15,
-        description="Evaluates the load cadence of the warehouse and cache assets and their checks.",
-    ))
+    domains = dg.Definitions.merge(
+        lake_definitions(),
+        warehouse_definitions(list(exchanges.exchanges)),
+        ingestion_definitions(list(exchanges.enabled)),
+    )
     return dg.Definitions(
-        assets=[*LAKE_SPECS, *WAREHOUSE_ASSETS],
-        asset_checks=[raw_trades_checks],
-        jobs=[*jobs, rebuild],
-        sensors=sensors,
+        # The domains declare AssetSpecs and AssetsDefinitions only (no SourceAsset, nothing cacheable).
+        assets=dg.map_asset_specs(with_conventions, cast(list[dg.AssetSpec | dg.AssetsDefinition], domains.assets)),
+        asset_checks=domains.asset_checks,
+        jobs=domains.jobs,
+        sensors=domains.sensors,
         resources=build_resources(settings),
+        # Load steps keep Dagster's default executor, one process per step: chdb releases its folder lock
+        # only when the process that opened it exits, so a step run in a longer-lived process would keep the
+        # folder from the next step of another run (seen as "Cannot lock file .../status").
     )
 
 

@@ -11,6 +11,8 @@ from datetime import date
 
 import pyarrow as pa
 
+from trading_platform.sql import qualified_name, quote_identifier, quote_string
+
 DATABASE = "trading"
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 
@@ -38,7 +40,13 @@ class Table:
 
     @property
     def qualified_name(self) -> str:
+        """``trading.name`` as people read it (logs, metadata, the adapters' ``insert_arrow``)."""
         return f"{DATABASE}.{self.name}"
+
+    @property
+    def sql_name(self) -> str:
+        """The qualified name quoted for a SQL statement: every statement names its table through this."""
+        return qualified_name(DATABASE, self.name)
 
     @property
     def column_names(self) -> list[str]:
@@ -53,16 +61,17 @@ class Table:
 
     def ddl(self) -> str:
         columns = ",\n    ".join(
-            f"{c.name} {c.clickhouse_type} COMMENT '{c.description}'" for c in self.columns
+            f"{quote_identifier(c.name)} {c.clickhouse_type} COMMENT {quote_string(c.description)}"
+            for c in self.columns
         )
         settings = ", ".join(f"{k} = {v}" for k, v in self.engine_settings.items())
         ttl = f"\nTTL {self.ttl}" if self.ttl else ""
         return (
-            f"CREATE TABLE IF NOT EXISTS {self.qualified_name}\n(\n    {columns}\n)\n"
+            f"CREATE TABLE IF NOT EXISTS {self.sql_name}\n(\n    {columns}\n)\n"
             f"ENGINE = MergeTree\nPARTITION BY {self.partition_by}\n"
             f"ORDER BY ({', '.join(self.order_by)}){ttl}"
             + (f"\nSETTINGS {settings}" if settings else "")
-            + f"\nCOMMENT '{self.description}'"
+            + f"\nCOMMENT {quote_string(self.description)}"
         )
 
     def lake_prefix(self, exchange: str | None = None, symbol: str | None = None,
@@ -79,6 +88,10 @@ class Table:
     def lake_key(self, batch_id: str, exchange: str, day: date, symbol: str | None = None) -> str:
         return f"{self.lake_prefix(exchange, symbol, day)}{batch_id}.parquet"
 
+
+# Parquet key-value metadata on every lake file the platform writes: how many files of its dataset the
+# batch wrote. The loader loads a batch only when it sees all of them, as one insert.
+BATCH_FILES_METADATA = b"trading_platform.batch_files"
 
 # Dedup by insert token on a plain MergeTree needs a non-zero window (replicated tables have one).
 _DEDUP = {"non_replicated_deduplication_window": "100000"}
@@ -168,10 +181,10 @@ BOOK_EVENTS = Table(
 LOAD_MANIFEST = Table(
     name="load_manifest",
     dataset="",
-    description="One row per lake batch loaded into ClickHouse",
+    description="One row per lake file loaded into ClickHouse",
     columns=(
         Column("table_name", pa.string(), "LowCardinality(String)", "target table"),
-        Column("lake_key", pa.string(), "String", "object key of the Parquet file, the insert dedup token"),
+        Column("lake_key", pa.string(), "String", "object key of the Parquet file"),
         Column("batch_id", pa.string(), "String", "lake batch (one flush) the file belongs to"),
         Column("rows", pa.uint64(), "UInt64", "rows inserted"),
         Column("checksum", pa.string(), "String", "content checksum of the loaded rows"),

@@ -34,11 +34,15 @@ class Settings(BaseSettings):
     clickhouse_url: str = Field(
         "", description="chdb:///folder (embedded) or http(s)://user:pass@host:8123. Empty: <state_dir>/chdb."
     )
+    clickhouse_lock_timeout_s: float = Field(
+        120.0, gt=0, description="How long a load or a query waits for the embedded chdb folder another process holds."
+    )
     redis_url: str = Field("embedded", description="'embedded' (platform-owned Valkey) or redis://host:port/db.")
-    embedded_redis_port: int = Field(6391, ge=1, le=65535)
-    feed_mode: Literal["replay", "live"] = "replay"
-    replay_host: str = "127.0.0.1"
-    replay_port: int = Field(9555, ge=1, le=65535)
+    embedded_redis_port: int = Field(6391, ge=1, le=65535, description="Port of the embedded Valkey (make run).")
+    ui_port: int = Field(3000, ge=1, le=65535, description="Port of the Dagster UI that make run starts.")
+    feed_mode: Literal["replay", "live"] = Field("replay", description="Replay server on loopback, or the exchanges.")
+    replay_host: str = Field("127.0.0.1", description="Host of the replay feed (feed_mode replay).")
+    replay_port: int = Field(9555, ge=1, le=65535, description="Port of the replay feed (feed_mode replay).")
     exchanges_file: Path = Field(
         Path(__file__).resolve().parent / "config" / "exchanges.yaml",
         description="Exchanges, symbols, channels and endpoints.",
@@ -48,8 +52,8 @@ class Settings(BaseSettings):
     hot_tick_s: float = Field(1.0, gt=0, le=5, description="Redis hot-cache write cadence in the run.")
     wal_fsync_interval_s: float = Field(0.2, ge=0, description="Longest time a WAL append waits for fsync.")
     run_window_s: float = Field(3600.0, gt=0, description="An ingestion run drains and ends after this.")
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles, with jitter...")
+    reconnect_max_s: float = Field(30.0, gt=0, description="...up to this.")
     spike_threshold: float = Field(
         0.2, gt=0, description="Relative jump from the previous trade's price that quarantines a trade."
     )

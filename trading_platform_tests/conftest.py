@@ -7,14 +7,16 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 import pytest
 import redis
 
 from trading_platform.config import ExchangesFile, load_exchanges
+from trading_platform.dev.valkey import EmbeddedValkey
 from trading_platform.settings import Settings
-from trading_platform.storage.redis_cache import EmbeddedValkey
 from trading_platform_tests.storage.clickhouse_fixtures import (  # noqa: F401  (fixtures)
     chdb_clickhouse_url,
     chdb_http_server,
@@ -24,6 +26,33 @@ from trading_platform_tests.storage.clickhouse_fixtures import (  # noqa: F401  
 )
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "trading_platform" / "config" / "exchanges.yaml"
+# make test runs two pytest-xdist workers. Each long scenario module runs whole on one worker, its tests
+# in order: the end-to-end tests share one `dagster dev` and build on each other's state, and the fault
+# scenarios each load the machine with three feeds, so they never overlap one another. The other modules
+# fill in around them, each whole as well.
+SCENARIO_MODULES = ("trading_platform_tests/defs/test_end_to_end.py", "trading_platform_tests/faults/")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    # xdist's own loadgroup/loadfile grouping does not take effect with pytest 9.2 (pytest-xdist#1386):
+    # the scheduler groups by path here instead.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ScenarioModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            # Every other module whole too: a module-scoped fixture (a live run, a server) starts once.
+            return next((module for module in SCENARIO_MODULES if nodeid.startswith(module)),
+                        super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # The long scenarios first, one per worker: they set the suite's length.
+            for module in SCENARIO_MODULES:
+                if module in self.workqueue:
+                    self.workqueue.move_to_end(module, last=False)
+                    break
+            super()._assign_work_unit(node)
+
+    return ScenarioModulesWhole(config, log)
 
 
 def free_port() -> int:
@@ -42,7 +71,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis/Valkey: ``TP_TEST_REDIS_URL`` when set, else the embedded Valkey on a free port."""
     url = os.environ.get("TP_TEST_REDIS_URL")
     if url:
-        yield url
+        # One database per test worker (no xdist -> 1, gw0 -> 2, gw1 -> 3): a test flushes only its own.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw-1").removeprefix("gw")
+        yield f"{url.rstrip('/')}/{int(worker) + 2}" if urlparse(url).path in ("", "/") else url
         return
     with EmbeddedValkey(free_port(), tmp_path_factory.mktemp("valkey")) as server:
         yield server.url

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.replay import ReplayServer
-from trading_platform.schema import lake_table
+from trading_platform.schema import LOAD_MANIFEST, lake_table
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore
 
 T = TypeVar("T")
@@ -124,3 +125,26 @@ def account(history: pa.Table, stored: pa.Table, window: dict[str, tuple[int, in
         duplicated=len(keys) - len(have), not_executed=sorted(k for k in have if k not in expected),
         content_mismatch=mismatch[:20],
     )
+
+
+class Crash(Exception):
+    """The load process dying at this point."""
+
+
+class DyingLoad:
+    """The real ClickHouse for a load that dies after ``data_inserts`` inserts into data tables: the next
+    insert of any kind (data or manifest) raises :class:`Crash` instead of being sent."""
+
+    def __init__(self, ch: ClickHouse, data_inserts: int) -> None:
+        self.ch = ch
+        self.left = data_inserts
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.ch, name)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
+        if self.left == 0:
+            raise Crash
+        if table != LOAD_MANIFEST.qualified_name:
+            self.left -= 1
+        self.ch.insert_arrow(table, data, dedup_token=dedup_token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from trading_platform.storage.redis_cache import LatestTrade, PriceCache, connect
+from trading_platform_tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "trading_platform.cli"]
 
@@ -35,6 +37,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # two processes contending for chdb for ~20 s: make test runs it, make test-fast does not
 def test_query_works_while_loads_hold_the_embedded_clickhouse(tmp_path: Path) -> None:
     url = f"chdb://{tmp_path / 'chdb'}"
     env = dict(os.environ, TP_CLICKHOUSE_URL=url, TP_STATE_DIR=str(tmp_path))
@@ -86,3 +89,33 @@ def test_check_config_lists_exchanges_without_secrets(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "binance   enabled" in result.stdout
     assert "s3cret" not in result.stdout
+
+
+@pytest.mark.parametrize(("taken", "setting"), [
+    ("TP_UI_PORT", "TP_UI_PORT (or --port)"), ("TP_REPLAY_PORT", "TP_REPLAY_PORT"),
+    ("TP_EMBEDDED_REDIS_PORT", "TP_EMBEDDED_REDIS_PORT"),
+])
+def test_dev_with_a_port_taken_stops_at_once_naming_the_setting(tmp_path: Path, taken: str, setting: str) -> None:
+    ports = {name: free_port() for name in ("TP_UI_PORT", "TP_REPLAY_PORT", "TP_EMBEDDED_REDIS_PORT")}
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path / "state"), TP_REDIS_URL="embedded",
+               **{name: str(port) for name, port in ports.items()})
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        result = run_cli("dev", env=env)
+    assert result.returncode == 2
+    assert f"port {ports[taken]} on 127.0.0.1" in result.stderr and setting in result.stderr
+    assert "Traceback" not in result.stderr and "Dagster UI on" not in result.stdout
+    for name, port in ports.items():  # nothing was started, so every other port is still free
+        if name != taken:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+
+
+def test_dev_with_an_unwritable_state_folder_names_tp_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ports = {name: str(free_port()) for name in ("TP_UI_PORT", "TP_REPLAY_PORT", "TP_EMBEDDED_REDIS_PORT")}
+    result = run_cli("dev", env=dict(os.environ, TP_STATE_DIR=str(blocker / "state"), **ports))
+    assert result.returncode == 2 and "set TP_STATE_DIR to a writable folder" in result.stderr

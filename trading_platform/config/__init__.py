@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trading_platform.settings import ConfigError, Settings, describe_validation_error
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,10}-[A-Z0-9]{2,10}$")
-KNOWN_EXCHANGES = ("binance", "coinbase", "kraken")
 
 
 class Endpoints(BaseModel):
@@ -52,9 +51,19 @@ class ExchangeConfig(BaseModel):
         )
 
 
+def _registered_exchange(name: str) -> str:
+    """An exchange name must have a class in the registry (one line there adds an exchange)."""
+    from trading_platform.exchanges.registry import EXCHANGES  # here: the exchange modules import this module
+
+    if name not in EXCHANGES:
+        allowed = [repr(known) for known in EXCHANGES]
+        raise ValueError(f"Input should be {', '.join(allowed[:-1])} or {allowed[-1]}")
+    return name
+
+
 class ExchangesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    exchanges: dict[Literal["binance", "coinbase", "kraken"], ExchangeConfig]
+    exchanges: dict[Annotated[str, AfterValidator(_registered_exchange)], ExchangeConfig]
 
     @property
     def enabled(self) -> dict[str, ExchangeConfig]:

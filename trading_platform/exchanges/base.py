@@ -1,174 +1,82 @@
-"""What every exchange module provides, and the columnar result all of them decode into.
+"""The exchange template: what every live exchange shares, and the hooks each protocol fills in.
 
-An exchange module turns a list of raw frames into one Arrow table in the ``schema.MARKET_TRADES``
-layout (without ``batch_id``, which the batcher assigns) plus rejected frames with their raw text.
-Frames are decoded a batch at a time: the fast path is one typed msgspec decode of the whole batch;
-only a batch holding a control or malformed frame falls back to frame-by-frame decoding.
+``Exchange`` is a ``RecordDecoder`` (``record_decoder.py``: the batch decode, its per-frame fallback and reject
+classification) that routes every record to its dataset (a new connection resets the books, REST answers
+fill trade gaps or books), builds trade rows in ``DECODED_TRADE_SCHEMA`` (symbol mapping, time conversion,
+unknown symbols set aside), keeps trade-id continuity with REST backfills, and does the book bookkeeping.
+
+An exchange module keeps only its protocol: subscribe messages, wire structs and their field mapping
+(``trade_columns``), what its messages do (``on_messages``), and its sequencing / checksum rules. The result
+types live in ``decoded.py``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Annotated, Any
+from typing import Any, NamedTuple
 
-import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.book import BookEvents, BookSnapshots, OrderBook
+from trading_platform.exchanges.conversions import micros_timestamps, strings_to_float
+from trading_platform.exchanges.decoded import (
+    DECODED_TRADE_SCHEMA,
+    Action,
+    DecodeOutput,
+    FetchSnapshot,
+    RecordKind,
+    Rejects,
+    SendFrames,
+)
+from trading_platform.exchanges.record_decoder import RecordDecoder
 from trading_platform.exchanges.trade_gaps import (
     TRADE_GAP_FILLED,
     BackfillRequest,
     TradeGap,
     TradeGaps,
     TradePage,
+    is_backfill,
 )
-from trading_platform.schema import MARKET_TRADES, QUARANTINE
 
-# Integers the wire structs accept: a value outside fails the typed decode (wrong_type) instead of overflowing
-# an Arrow column later. Ids and sequence numbers are int64 columns; exchange times in ms must stay in range
-# once multiplied to µs.
-Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
-
-# Columns an exchange module produces; batch_id is added when the batch is sealed.
-DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.name != "batch_id"]).append(
-    pa.field("frame_index", pa.int64(), nullable=False)  # row -> raw frame, for quarantine
-)
-REJECT_SCHEMA = pa.schema([f for f in QUARANTINE.arrow_schema if f.name != "batch_id"])
-
-
-def strings_to_float(values: list[str]) -> pa.Array:
-    """Exchange number strings -> float64, vectorized; unparseable ones become NaN, which the quality
-    rules then reject with the raw frame (one bad number never fails the whole batch)."""
-    array = pa.array(values, pa.string())
-    try:
-        return pc.cast(array, pa.float64())
-    except pa.ArrowInvalid:
-        return pa.array([_float_or_nan(v) for v in values], pa.float64())
-
-
-def _float_or_nan(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return float("nan")
-
-
-@dataclass
-class Rejects:
-    """Frames (or rows of frames) set aside, with the rule that rejected them and the raw text."""
-
-    received_us: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)
-    raws: list[str] = field(default_factory=list)
-
-    def add(self, received_us: int, reason: str, detail: str, raw: bytes | str) -> None:
-        self.received_us.append(received_us)
-        self.reasons.append(reason)
-        self.details.append(detail)
-        self.raws.append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
-
-    def __len__(self) -> int:
-        return len(self.reasons)
-
-    def to_arrow(self, exchange: str) -> pa.Table:
-        return pa.table(
-            {
-                "exchange": pa.array([exchange] * len(self), pa.string()),
-                "received_at": pa.array(self.received_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                "reason": pa.array(self.reasons, pa.string()),
-                "detail": pa.array(self.details, pa.string()),
-                "raw": pa.array(self.raws, pa.string()),
-            },
-            schema=REJECT_SCHEMA,
-        )
-
-
-class RecordKind(IntEnum):
-    """What a WAL record / decode input is. Stored in the WAL, so values never change."""
-
-    FRAME = 0  # a WebSocket frame as received
-    REST = 1  # a REST response: b"<symbol>\n" + body (e.g. Binance's depth snapshot)
-    CONNECTED = 2  # a new connection opened (books and per-connection sequences restart); payload: URL
-    REST_FAILED = 3  # a REST request the exchange refused for good: b"<header>\n" + the error
-    # Never in the WAL: a FRAME the normalizer quarantined before decoding (oversized, not UTF-8). The
-    # exchange sees it only to keep its per-connection sequence (Coinbase's sequence_num) continuous.
-    SCREENED = 100
-
-
-@dataclass(frozen=True)
-class FetchSnapshot:
-    """Ask the runner to GET ``url`` and feed the body back as a REST record for ``symbol``.
-
-    The record's first line is ``symbol`` for the book snapshot, or ``symbol purpose`` for any other
-    request (e.g. ``BTC-USDT trades 101 150``, a trade-gap backfill), so the answer finds its question.
-    """
-
-    symbol: str
-    url: str
-    purpose: str = ""
-
-    @property
-    def header(self) -> bytes:
-        return (f"{self.symbol} {self.purpose}" if self.purpose else self.symbol).encode()
-
-
-@dataclass(frozen=True)
-class SendFrames:
-    """Ask the runner to send these frames on the current connection (e.g. resubscribe one book)."""
-
-    frames: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """Ask the session to drop the connection and reconnect (e.g. a per-connection sequence gap)."""
-
-    reason: str
-
-
-Action = FetchSnapshot | SendFrames | Reconnect
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 
-@dataclass
-class DecodedFrames:
-    trades: pa.Table  # DECODED_TRADE_SCHEMA
-    rejects: Rejects
-    control_frames: int = 0  # subscribe acks, heartbeats: expected, neither data nor errors
-    book_snapshots: BookSnapshots | None = None
-    book_events: BookEvents | None = None
-    actions: list[Action] = field(default_factory=list)
-    # Well-formed frames of a channel or message type we did not ask for (exchanges add new ones at any
-    # time and clients are expected to skip them): counted, not quarantined as errors.
-    ignored_frames: int = 0
+class TradeColumns(NamedTuple):
+    """One column per trade field, built from a batch of wire trades by the protocol's field mapping."""
+
+    natives: pa.Array  # the exchange's symbol spelling
+    trade_ids: pa.Array  # string
+    prices: pa.Array  # float64
+    quantities: pa.Array  # float64
+    sides: pa.Array  # the taker's side, "buy" / "sell"
+    timestamps: pa.Array  # UTC µs; null where the exchange's time was not a time
+    time_texts: list[str] | None = None  # the exchange's own time text, quoted when a time is rejected
 
 
-class Exchange(ABC):
-    """One exchange's protocol. Subclasses live one per module in ``trading_platform.exchanges``.
+class Exchange(RecordDecoder):
+    """One exchange's protocol. Subclasses live one per module in ``trading_platform.exchanges`` and are
+    listed in ``registry.EXCHANGES``.
 
-    An instance is stateful: it owns the order books of its symbols. Inputs arrive in receive order as
-    (payload, received_us, kind) records; the same sequence always yields the same outputs, which is
-    what lets WAL recovery and the offline importer reproduce the live path.
+    An instance is stateful: it owns the order books of its symbols and the trade-id continuity of each.
     """
 
-    name: str
     # Larger frames are quarantined, not decoded. Coinbase's full level2 snapshot of a busy book can be
     # several MiB, so modules raise this where their protocol needs it.
     max_frame_bytes: int = 1 << 20
+    symbol_noun = "symbol"  # what the exchange calls a market, in reject details
+    trade_time_format = "a time"  # how trade times are spelled, in reject details
 
     def __init__(self, config: ExchangeConfig) -> None:
         self.config = config
         self.symbols = list(config.symbols)
         self.native_to_symbol = {self.native_symbol(s): s for s in self.symbols}
+        # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
+        self._native_symbols = pa.array(list(self.native_to_symbol), pa.string())
+        self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
         # Running totals the importer prints and the run logs: book_updates_applied, checksums_passed,
         # checksums_failed, sequence_gaps, snapshots_applied (modules add their own keys freely).
         self.counters: Counter[str] = Counter()
@@ -183,6 +91,7 @@ class Exchange(ABC):
     def wants_books(self) -> bool:
         return "book" in self.config.channels
 
+    # --- the protocol: what each module provides ------------------------------------------------
     @staticmethod
     @abstractmethod
     def native_symbol(symbol: str) -> str:
@@ -205,10 +114,111 @@ class Exchange(ABC):
         """True for the reply that ends the drain (the last ack when there are several)."""
 
     @abstractmethod
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames:
-        """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
-        rejects and actions."""
+    def trade_columns(self, trades: list[Any]) -> TradeColumns:
+        """The field mapping: wire trades (as ``on_messages`` collected them) -> columns."""
+
+    def new_connection(self) -> None:
+        """A new connection opened: every book is untrusted until it resyncs from a fresh snapshot. Modules
+        with more per-connection state (sequences, pending requests) extend it."""
+        for symbol in self.symbols:
+            self.books[symbol].clear()
+            self.synced[symbol] = False
+
+    def on_rest_answer(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
+        """A REST record that answers no trade backfill (e.g. Binance's depth snapshot). Modules that ask
+        for none: an answer nobody is waiting for, counted as control."""
+        out.control += 1
+
+    def on_screened(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
+        """A frame the normalizer quarantined before decoding (its per-connection sequence may count it)."""
+
+    # --- routing records ---------------------------------------------------------------------------
+    def on_record(self, kind: RecordKind, payload: bytes, index: int, received_us: int,
+                  out: DecodeOutput) -> None:
+        if kind == RecordKind.CONNECTED:
+            self.new_connection()
+            # Frames asked for the old connection are moot: the new one subscribes everything afresh
+            # (and the runner sends on the current connection).
+            out.actions[:] = [a for a in out.actions if not isinstance(a, SendFrames)]
+        elif kind == RecordKind.SCREENED:
+            self.on_screened(payload, received_us, out)
+        elif kind in (RecordKind.REST, RecordKind.REST_FAILED):
+            header, _, body = payload.partition(b"\n")
+            text = header.decode("utf-8", "replace")
+            if kind == RecordKind.REST_FAILED or is_backfill(text.partition(" ")[2]):
+                out.backfilled.append(self.on_trade_history(text, body, kind, index, received_us, out.events,
+                                                            out.actions, out.rejects))
+            else:
+                self.on_rest_answer(payload, received_us, out)
+        else:
+            out.control += 1
+
+    def reject_unknown_symbol(self, native: str, received_us: int, frame: bytes, rejects: Rejects) -> None:
+        rejects.add(received_us, "unknown_symbol",
+                    f"{self.symbol_noun} {native!r} is not configured for {self.name}", frame)
+
+    # --- trade rows --------------------------------------------------------------------------------
+    def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:
+        """Live trades (checked for continuity), then the rows REST backfills brought."""
+        table = self.trade_table(self.trade_columns(out.trades), out.trade_frames, frames, received_us,
+                                 out.rejects)
+        if table.num_rows:
+            ids = self.trade_ids(table)
+            if ids is not None:
+                table = self.check_trades(table, ids, received_us[out.trade_frames[-1]], out.events, out.actions)
+        backfilled = [t for t in out.backfilled if t.num_rows]
+        return pa.concat_tables([table, *backfilled]) if backfilled else table
+
+    def trade_table(self, columns: TradeColumns, frame_index: list[int], frames: list[bytes],
+                    received_us: list[int], rejects: Rejects) -> pa.Table:
+        """Trade rows of configured symbols with a valid time; the other rows are rejected with their frame."""
+        timestamps = columns.timestamps
+        table, known = self.trade_rows(columns, frame_index, [received_us[i] for i in frame_index])
+        self.on_trade_rows(table, known)
+        if not timestamps.null_count and pc.all(known).as_py() is not False:
+            return table
+        valid = pc.and_(known, pc.is_valid(timestamps))
+        natives = columns.natives
+        for row in pc.indices_nonzero(pc.invert(valid)).to_pylist():
+            index = frame_index[row]
+            if not known[row].as_py():
+                self.reject_unknown_symbol(natives[row].as_py(), received_us[index], frames[index], rejects)
+            else:
+                text = columns.time_texts[row] if columns.time_texts is not None else None
+                detail = f"trade timestamp {text!r} is not {self.trade_time_format}"
+                rejects.add(received_us[index], "wrong_type", detail, frames[index])
+        return table.filter(valid)
+
+    def trade_rows(self, columns: TradeColumns, frame_index: list[int],
+                   received_at_us: list[int]) -> tuple[pa.Table, pa.Array]:
+        """All rows in ``DECODED_TRADE_SCHEMA``, and which of them are of configured symbols."""
+        position = pc.index_in(columns.natives, value_set=self._native_symbols)
+        timestamps = columns.timestamps
+        return pa.table(
+            {
+                "exchange": pa.array([self.name] * len(frame_index), pa.string()),
+                "symbol": self._normalized_symbols.take(position),
+                "native_symbol": columns.natives,
+                "trade_id": columns.trade_ids,
+                "price": columns.prices,
+                "quantity": columns.quantities,
+                "side": columns.sides,
+                "timestamp": timestamps.fill_null(0) if timestamps.null_count else timestamps,
+                "received_at": micros_timestamps(received_at_us),
+                "frame_index": pa.array(frame_index, pa.int64()),
+            },
+            schema=DECODED_TRADE_SCHEMA,
+        ), pc.is_valid(position)
+
+    def on_trade_rows(self, table: pa.Table, known: pa.Array) -> None:
+        """Every trade row of the call, before unknown symbols are set aside (Coinbase's dedupe marks)."""
+
+    def trade_ids(self, table: pa.Table) -> np.ndarray | None:
+        """The integer ids of ``table``'s rows for the continuity check; None: ids that are no sequence."""
+        try:
+            return np.asarray(pc.cast(table.column("trade_id"), pa.int64()).to_numpy())
+        except pa.ArrowInvalid:
+            return None
 
     # --- trade history (REST), for trade-gap backfills: what each module fills in ---------------
     def trade_history_url(self, request: BackfillRequest) -> str | None:
@@ -228,18 +238,11 @@ class Exchange(ABC):
                      taker_sides: list[str], times_us: list[int], received_us: int, frame_index: int) -> pa.Table:
         """Trade rows (``DECODED_TRADE_SCHEMA``) of one REST history page, from the page's own fields."""
         count = len(ids)
-        return pa.table({
-            "exchange": pa.array([self.name] * count, pa.string()),
-            "symbol": pa.array([symbol] * count, pa.string()),
-            "native_symbol": pa.array([self.native_symbol(symbol)] * count, pa.string()),
-            "trade_id": pa.array([str(i) for i in ids], pa.string()),
-            "price": strings_to_float(prices),
-            "quantity": strings_to_float(quantities),
-            "side": pa.array(taker_sides, pa.string()),
-            "timestamp": pa.array(times_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "received_at": pa.array([received_us] * count, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "frame_index": pa.array([frame_index] * count, pa.int64()),
-        }, schema=DECODED_TRADE_SCHEMA)
+        columns = TradeColumns(pa.array([self.native_symbol(symbol)] * count, pa.string()),
+                               pa.array([str(i) for i in ids], pa.string()), strings_to_float(prices),
+                               strings_to_float(quantities), pa.array(taker_sides, pa.string()),
+                               micros_timestamps(times_us))
+        return self.trade_rows(columns, [frame_index] * count, [received_us] * count)[0]
 
     # --- trade continuity, shared by every module (see trade_gaps.py) ---------------------------
     def check_trades(self, table: pa.Table, ids: np.ndarray, received_us: int, events: BookEvents,
@@ -283,6 +286,7 @@ class Exchange(ABC):
             if rows.num_rows:
                 events.add(symbol, received_us, TRADE_GAP_FILLED,
                            f"trade ids {request.gap.first}..{request.gap.last} complete from REST")
+                self.counters["trade_gaps_filled"] += 1
         elif page.next_cursor is not None and page.next_cursor != request.cursor:
             low, high = min(g.first for g in remaining), max(g.last for g in remaining)
             gap = TradeGap(symbol, low, high, request.gap.after_us, request.gap.before_us)
@@ -310,13 +314,7 @@ class Exchange(ABC):
             self._ask_history(BackfillRequest(gap), 0, events, actions)
         return actions
 
-    # --- shared book bookkeeping -------------------------------------------------------------
-    def reset_books(self) -> None:
-        """A new connection: every book is untrusted until it resyncs from a fresh snapshot."""
-        for symbol in self.symbols:
-            self.books[symbol].clear()
-            self.synced[symbol] = False
-
+    # --- book bookkeeping -------------------------------------------------------------------------
     def emit_if_due(self, symbol: str, event_us: int, received_us: int, out: BookSnapshots) -> None:
         """Emit a top-N snapshot when the book's exchange time enters a new cadence bucket.
 

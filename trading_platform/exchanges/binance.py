@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from operator import itemgetter
-from typing import Literal, cast
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -18,19 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
-from trading_platform.exchanges.base import (
-    DECODED_TRADE_SCHEMA,
-    DecodedFrames,
-    Exchange,
-    FetchSnapshot,
-    Int64,
-    Millis,
-    Reconnect,
-    RecordKind,
-    Rejects,
-    strings_to_float,
-)
-from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.conversions import millis_timestamps, strings_to_float
+from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 from trading_platform.settings import ConfigError
 
@@ -109,7 +99,6 @@ _raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
 _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 _control_decoder = msgspec.json.Decoder(_Control)
 
-_UTC_US = pa.timestamp("us", tz="UTC")
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
 _SUBSCRIBE_ID = 1
 _MAX_STREAMS = 1024  # per connection
@@ -139,11 +128,10 @@ _DEFAULT_REST_URL = "https://api.binance.com"
 
 class Binance(Exchange):
     name = "binance"
+    frame_decoder = _frame_decoder
 
     def __init__(self, config: ExchangeConfig) -> None:
         super().__init__(config)
-        self._native_symbols = pa.array(list(self.native_to_symbol), pa.string())
-        self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
         streams = len(self._streams())
         if streams > _MAX_STREAMS:
             raise ConfigError(f"exchanges.binance: {streams} streams exceed Binance's {_MAX_STREAMS} per connection "
@@ -153,8 +141,11 @@ class Binance(Exchange):
         self._buffers: dict[str, deque[_Depth]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
-        self._batch_ids: pa.Array = pa.array([], pa.int64())
         self._stream_names = frozenset(self._streams())
+        self._aggregated = False  # the last batch held aggTrades, whose ids are not the trade sequence
+        # With books, nearly every run holds depth frames: decode all kinds at once rather than fail the
+        # trades-only shape.
+        self.batch_decoder = _any_batch_decoder if self.wants_books else _batch_decoder
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
@@ -225,169 +216,84 @@ class Binance(Exchange):
     def snapshot_url(self, symbol: str) -> str:
         return f"{self.rest_url}/api/v3/depth?symbol={self.native_symbol(symbol)}&limit={SNAPSHOT_LIMIT}"
 
-    # --- decoding ------------------------------------------------------------------------------
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames:
-        out = DecodedFrames(DECODED_TRADE_SCHEMA.empty_table(), Rejects(),
-                            book_snapshots=BookSnapshots(self.name), book_events=BookEvents(self.name))
-        records: list[int] = []  # positions of REST / CONNECTED records
-        positions: list[int] | None = None  # positions of the FRAME records, None when all are frames
-        batch = frames
-        if kinds is not None and any(kinds):
-            positions = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
-            records = [i for i, kind in enumerate(kinds) if kind != RecordKind.FRAME]
-            batch = [frames[i] for i in positions]
-
-        payloads, indices = self._decode_frames(batch, positions, frames, received_us, out)
-        sequential: list[tuple[int, _Payload | None]] = [(i, None) for i in records]
-        present = set(map(type, payloads))  # one C-level pass (trades-only batches may hold aggTrades too)
-        if present & {_Depth, _Shutdown}:
-            # Book frames are rare next to trades (~10/s per symbol); one pass picks them out.
-            others = [k for k, p in enumerate(payloads) if type(p) is _Depth or type(p) is _Shutdown]
-            if others:
-                sequential += [(indices[k], payloads[k]) for k in others]
-                skip = set(others)
-                keep = [k for k in range(len(payloads)) if k not in skip]
-                payloads = [payloads[k] for k in keep]
-                indices = [indices[k] for k in keep]
-        if payloads:
-            trades = cast(list[_TradePayload], payloads)  # only trades are left
-            out.trades = self._columns(trades, indices, received_us, frames, out.rejects)
-            if _AggTrade not in present:  # aggTrade ids are another sequence
-                out.trades = self.check_trades(out.trades, self._batch_ids.to_numpy(), received_us[indices[-1]],
-                                               _events(out), out.actions)
-        if sequential:
-            sequential.sort(key=itemgetter(0))
-            for index, payload in sequential:
-                self._sequential(index, payload, frames, received_us, kinds, out)
-        return out
-
-    def _decode_frames(self, batch: list[bytes], positions: list[int] | None, frames: list[bytes],
-                       received_us: list[int], out: DecodedFrames) -> tuple[list[_Payload], list[int]]:
-        """Payloads with their positions in ``frames``."""
-        if not batch:
-            return [], []
-        joined = b"[" + b",".join(batch) + b"]"
+    # --- decoding: the protocol's part of the template ---------------------------------------------
+    def decode_frame(self, frame: bytes) -> _AnyCombined:
         try:
-            if self.wants_books:
-                # Nearly every tick holds depth frames: decode all kinds at once rather than fail the trade shape.
-                decoded: list[_AnyCombined] | list[_Combined] = _any_batch_decoder.decode(joined)
-            else:
-                decoded = _batch_decoder.decode(joined)
-            # An empty frame, or one holding "a,b", would shift every position after it: take the slow path.
-            if len(decoded) == len(batch):
-                return [c.data for c in decoded], positions if positions is not None else list(range(len(batch)))
+            return _frame_decoder.decode(frame)
         except msgspec.DecodeError:
-            pass
-        payloads: list[_Payload] = []
-        indices: list[int] = []
-        for k, frame in enumerate(batch):
-            index = positions[k] if positions is not None else k
-            try:
-                payloads.append(_frame_decoder.decode(frame).data)
-                indices.append(index)
-                continue
-            except msgspec.DecodeError as error:
-                first_error = error
             try:
                 _raw_shutdown_decoder.decode(frame)
-                payloads.append(_Shutdown())
-                indices.append(index)
-                continue
             except msgspec.DecodeError:
                 pass
-            kind, detail = _classify(frame, self._stream_names)
-            if kind == "control":
-                out.control_frames += 1
-            elif kind == "ignored":
-                out.ignored_frames += 1
             else:
-                out.rejects.add(received_us[index], kind, detail or str(first_error), frames[index])
-        return payloads, indices
+                return _AnyCombined(_Shutdown())
+            raise  # the combined-stream error, which names the field that failed
 
-    def _columns(self, trades: list[_TradePayload], indices: list[int], received_us: list[int],
-                 frames: list[bytes], rejects: Rejects) -> pa.Table:
-        native = pa.array([t.s for t in trades], pa.string())
-        ids = pa.array([t.t for t in trades], pa.int64())
-        # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
-        position = pc.index_in(native, value_set=self._native_symbols)
-        table = pa.table(
-            {
-                "exchange": pa.array([self.name] * len(trades), pa.string()),
-                "symbol": self._normalized_symbols.take(position),
-                "native_symbol": native,
-                # @trade: the trade id t; @aggTrade: the aggregate trade id a.
-                "trade_id": pc.cast(ids, pa.string()),
-                "price": strings_to_float([t.p for t in trades]),
-                "quantity": strings_to_float([t.q for t in trades]),
-                # m: the buyer is the maker, so the aggressor (taker) sold.
-                "side": pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
-                "timestamp": pc.multiply(pa.array([t.T for t in trades], pa.int64()), 1000).cast(_UTC_US),
-                # indices are sorted and unique, so equal lengths mean every record is a trade
-                "received_at": pa.array(received_us if len(indices) == len(received_us)
-                                        else [received_us[i] for i in indices], pa.int64()).cast(_UTC_US),
-                "frame_index": pa.array(indices, pa.int64()),
-            },
-            schema=DECODED_TRADE_SCHEMA,
+    def classify_message(self, message: Any) -> tuple[str, str] | None:
+        return _classify(message, self._stream_names)
+
+    def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
+                    received_us: list[int], out: DecodeOutput) -> None:
+        payloads: list[_Payload] = [m.data for m in messages]
+        # One C-level pass; book frames are rare next to trades (~10/s per symbol), so most runs are trades only.
+        if not set(map(type, payloads)) & {_Depth, _Shutdown}:
+            out.trades += payloads
+            out.trade_frames += indices
+            return
+        for payload, index in zip(payloads, indices, strict=True):
+            if type(payload) is _Depth:
+                self._depth_frame(payload, index, frames, received_us, out)
+            elif type(payload) is _Shutdown:
+                # The server is going away: reconnect now. Expected control traffic, not bad data.
+                out.control += 1
+                if Reconnect("serverShutdown") not in out.actions:
+                    out.actions.append(Reconnect("serverShutdown"))
+            else:
+                out.trades.append(payload)
+                out.trade_frames.append(index)
+
+    def trade_columns(self, trades: list[_TradePayload]) -> TradeColumns:
+        self._aggregated = _AggTrade in set(map(type, trades))
+        return TradeColumns(
+            natives=pa.array([t.s for t in trades], pa.string()),
+            # @trade: the trade id t; @aggTrade: the aggregate trade id a.
+            trade_ids=pc.cast(pa.array([t.t for t in trades], pa.int64()), pa.string()),
+            prices=strings_to_float([t.p for t in trades]),
+            quantities=strings_to_float([t.q for t in trades]),
+            # m: the buyer is the maker, so the aggressor (taker) sold.
+            sides=pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
+            timestamps=millis_timestamps([t.T for t in trades]),
         )
-        if position.null_count:
-            unknown = table.filter(pc.is_null(position))
-            for index, symbol in zip(unknown.column("frame_index").to_pylist(),
-                                     unknown.column("native_symbol").to_pylist(), strict=True):
-                rejects.add(received_us[index], "unknown_symbol",
-                            f"symbol {symbol!r} is not configured for {self.name}", frames[index])
-            table = table.filter(pc.is_valid(position))
-            ids = ids.filter(pc.is_valid(position))
-        self._batch_ids = ids  # the integer ids of ``table``'s rows, for the trade-gap check
-        return table
+
+    def trade_ids(self, table: pa.Table) -> np.ndarray | None:
+        return None if self._aggregated else super().trade_ids(table)  # aggTrade ids are another sequence
+
+    def on_rest_answer(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
+        self._on_snapshot(payload, received_us, out)
 
     # --- order books: one record at a time, in receive order -----------------------------------
-    def _sequential(self, index: int, payload: _Payload | None, frames: list[bytes], received_us: list[int],
-                    kinds: list[RecordKind] | None, out: DecodedFrames) -> None:
-        if payload is None:
-            assert kinds is not None
-            if kinds[index] == RecordKind.CONNECTED:
-                self._on_connected()
-            elif kinds[index] == RecordKind.REST:
-                header, _, body = frames[index].partition(b"\n")
-                if b" trades " in header:
-                    rows = self.on_trade_history(header.decode(), body, kinds[index], index, received_us[index],
-                                                 _events(out), out.actions, out.rejects)
-                    if rows.num_rows:
-                        out.trades = pa.concat_tables([out.trades, rows])
-                else:
-                    self._on_snapshot(frames[index], received_us[index], out)
-            elif kinds[index] == RecordKind.REST_FAILED:
-                header, _, body = frames[index].partition(b"\n")
-                self.on_trade_history(header.decode(), body, kinds[index], index, received_us[index], _events(out),
-                                      out.actions, out.rejects)
-        elif type(payload) is _Shutdown:
-            # The server is going away: reconnect now. Expected control traffic, not bad data.
-            out.control_frames += 1
-            if Reconnect("serverShutdown") not in out.actions:
-                out.actions.append(Reconnect("serverShutdown"))
-        elif type(payload) is _Depth:
-            symbol = self.native_to_symbol.get(payload.s)
-            if symbol is None:
-                out.rejects.add(received_us[index], "unknown_symbol",
-                                f"symbol {payload.s!r} is not configured for {self.name}", frames[index])
-            elif not self.wants_books:
-                out.control_frames += 1  # a stream we did not ask for (e.g. an archive): not data for us
-            elif not _numeric(payload.b) or not _numeric(payload.a):
-                # Dropped like a lost frame: the next event's U shows the hole and the book resyncs.
-                out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
-            else:
-                self._on_depth(symbol, payload, received_us[index], out)
+    def _depth_frame(self, payload: _Depth, index: int, frames: list[bytes], received_us: list[int],
+                     out: DecodeOutput) -> None:
+        symbol = self.native_to_symbol.get(payload.s)
+        if symbol is None:
+            self.reject_unknown_symbol(payload.s, received_us[index], frames[index], out.rejects)
+        elif not self.wants_books:
+            out.control += 1  # a stream we did not ask for (e.g. an archive): not data for us
+        elif not _numeric(payload.b) or not _numeric(payload.a):
+            # Dropped like a lost frame: the next event's U shows the hole and the book resyncs.
+            out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
+        else:
+            self._on_depth(symbol, payload, received_us[index], out)
 
-    def _on_connected(self) -> None:
+    def new_connection(self) -> None:
         """A new connection: books, buffers and outstanding snapshot requests all belong to the old one.
         An unclosed gap stays open, so the next sync still records its `resync`."""
-        self.reset_books()
+        super().new_connection()
         for symbol in self.symbols:
             self._buffers[symbol].clear()
             self._pending[symbol] = False
 
-    def _on_depth(self, symbol: str, event: _Depth, received_us: int, out: DecodedFrames) -> None:
+    def _on_depth(self, symbol: str, event: _Depth, received_us: int, out: DecodeOutput) -> None:
         """Buffer one diff event while unsynced (asking for a snapshot once), else apply it (step 6)."""
         if not self.synced[symbol]:
             self._buffers[symbol].append(event)
@@ -408,16 +314,16 @@ class Binance(Exchange):
         for price, quantity in event.a:
             book.set_level("ask", price, quantity)
         book.sequence = event.u
-        self.emit_if_due(symbol, event.E * 1000, received_us, _snapshots(out))
+        self.emit_if_due(symbol, event.E * 1000, received_us, out.snapshots)
 
-    def _gap(self, symbol: str, event_us: int, detail: str, out: DecodedFrames) -> None:
-        _events(out).add(symbol, event_us, "sequence_gap", detail)
+    def _gap(self, symbol: str, event_us: int, detail: str, out: DecodeOutput) -> None:
+        out.events.add(symbol, event_us, "sequence_gap", detail)
         self.books[symbol].clear()
         self.synced[symbol] = False
         self._buffers[symbol].clear()
         self._after_gap[symbol] = True
 
-    def _on_snapshot(self, payload: bytes, received_us: int, out: DecodedFrames) -> None:
+    def _on_snapshot(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
         """A REST record ``b"<symbol>\\n" + body`` answering a FetchSnapshot (steps 2-6 of the procedure)."""
         symbol_text, _, body = payload.partition(b"\n")
         symbol = symbol_text.decode("utf-8", "replace").strip()
@@ -425,9 +331,9 @@ class Binance(Exchange):
             out.rejects.add(received_us, "unknown_symbol", f"snapshot for {symbol!r}, not configured", payload)
             return
         if not self._pending[symbol]:
-            out.control_frames += 1  # answers a request forgotten at a reconnect, or a duplicate
+            out.control += 1  # answers a request forgotten at a reconnect, or a duplicate
             return
-        events = _events(out)
+        events = out.events
         try:
             snapshot = _snapshot_decoder.decode(body)
             if not _numeric(snapshot.bids) or not _numeric(snapshot.asks):
@@ -477,38 +383,29 @@ def _numeric(levels: list[tuple[str, str]]) -> bool:
     return True
 
 
-def _snapshots(out: DecodedFrames) -> BookSnapshots:
-    assert out.book_snapshots is not None  # decode always creates both collectors
-    return out.book_snapshots
-
-
-def _events(out: DecodedFrames) -> BookEvents:
-    assert out.book_events is not None
-    return out.book_events
-
-
-
-FrameKind = Literal["control", "ignored", "exchange_error", "malformed_json", "wrong_type"]
 _EVENT_TYPES = frozenset({"trade", "aggTrade", "depthUpdate", "serverShutdown"})
+# Raw-stream payloads that carry no event type "e", known by their fields: @bookTicker and @depth<N> (partial
+# book). Combined streams name them in "stream"; on a raw stream this is all there is to recognize them by.
+_UNTYPED_STREAMS = (("bookTicker", frozenset({"u", "s", "b", "B", "a", "A"})),
+                    ("depth<levels>", frozenset({"lastUpdateId", "bids", "asks"})))
 
 
-def _classify(frame: bytes, streams: frozenset[str]) -> tuple[FrameKind, str | None]:
-    """Why a frame failed the typed decode: a reply to a request, an error reply, a stream or event type we
-    did not ask for (e.g. ``@bookTicker`` on a shared socket: counted as ignored), or bad data."""
-    try:
-        message = msgspec.json.decode(frame)
-    except msgspec.DecodeError as error:
-        return "malformed_json", f"not valid JSON: {error}"
+def _classify(message: Any, streams: frozenset[str]) -> tuple[str, str] | None:
+    """A JSON frame the wire structs refused: a reply to a request, an error reply, a stream or event type we
+    did not ask for (e.g. ``@bookTicker`` on a shared socket: counted as ignored), or (None) bad data."""
     if not isinstance(message, dict):
-        return "wrong_type", None
+        return None
     if "id" in message and "stream" not in message:
-        return ("exchange_error", f"error reply: {message.get('error')}") if "error" in message else (
-            "control", None)
+        return ("exchange_error", f"error reply: {message.get('error')}") if "error" in message else (CONTROL, "")
     stream = message.get("stream")
     if isinstance(stream, str) and stream not in streams and not stream.startswith("!"):
-        return "ignored", f"stream {stream!r}"
+        return IGNORED, f"stream {stream!r}"
     data = message.get("data", message)
     event = data.get("e") if isinstance(data, dict) else None
     if stream is None and isinstance(event, str) and event not in _EVENT_TYPES:
-        return "ignored", f"event type {event!r}"
-    return "wrong_type", None
+        return IGNORED, f"event type {event!r}"
+    if stream is None and event is None and isinstance(data, dict):
+        for name, keys in _UNTYPED_STREAMS:
+            if keys <= data.keys():
+                return IGNORED, f"{name} stream"
+    return None

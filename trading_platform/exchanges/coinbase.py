@@ -44,9 +44,8 @@ the 8 unauthenticated messages/s per IP; reconnect pacing is the session's backo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import msgspec
@@ -55,18 +54,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
-from trading_platform.exchanges.base import (
-    DECODED_TRADE_SCHEMA,
-    Action,
-    DecodedFrames,
-    Exchange,
-    Int64,
-    Reconnect,
-    RecordKind,
-    Rejects,
-    strings_to_float,
-)
-from trading_platform.exchanges.book import BookEvents, BookSnapshots, Side
+from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.book import Side
+from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
+from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
 # True: ``side`` is the maker's side, the taker traded the other way. See the module docstring.
@@ -82,9 +73,6 @@ _PROBE_BYTES = 4096  # the envelope's fields come before its events
 _DEFAULT_REST_URL = "https://api.coinbase.com"
 TICKER_PAGE = 1000  # market trades per REST page
 _BOOK_SIDE: Final[dict[str, Side]] = {"bid": "bid", "offer": "ask"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-_UTC_US = pa.timestamp("us", tz="UTC")
 
 
 # --- wire structs -------------------------------------------------------------------------------------------
@@ -183,62 +171,26 @@ _frame_decoder = msgspec.json.Decoder(_Message)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
 
 
-# --- shared helpers (also used by coinbase_legacy) ----------------------------------------------------------
-def to_us(moment: datetime) -> int:
-    """Exact µs since the epoch (naive datetimes are UTC, as Arrow reads them)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_US
-
-
 def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
 
-
-@dataclass
-class TradeRows:
-    """Trade fields gathered while walking a batch, turned into Arrow columns once. ``taker_buys`` is for
-    row-by-row decoders (the legacy feed); the live path computes the side in Arrow instead."""
-
-    natives: list[str] = field(default_factory=list)
-    trade_ids: list[str] = field(default_factory=list)
-    prices: list[str] = field(default_factory=list)
-    sizes: list[str] = field(default_factory=list)
-    taker_buys: list[bool] = field(default_factory=list)
-    times: list[datetime] = field(default_factory=list)
-    frame_index: list[int] = field(default_factory=list)
-
-
-@dataclass
-class BookOutput:
-    """What one decode call produced besides trades."""
-
-    snapshots: BookSnapshots
-    events: BookEvents
-    rejects: Rejects = field(default_factory=Rejects)
-    actions: list[Action] = field(default_factory=list)
-    control: int = 0
-
-
-@dataclass
-class _Batch(BookOutput):
-    trades: list[_Trade] = field(default_factory=list)
-    trade_frames: list[int] = field(default_factory=list)
-    backfilled: list[pa.Table] = field(default_factory=list)  # trades from REST trade-history answers
-    ignored: int = 0
-    # trades[unflushed:] have not raised the high-water marks yet (see _flush_high_water)
-    unflushed: int = 0
+def _taker_sides(maker_sides: list[str]) -> pa.Array:
+    """Coinbase reports the maker's side (see the module docstring): the taker's, as a column."""
+    sides = pa.array(maker_sides, pa.string())
+    taker_buys = pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY")
+    return pc.if_else(taker_buys, "buy", "sell")
 
 
 class Coinbase(Exchange):
     name = "coinbase"
     max_frame_bytes = 32 << 20  # a full level2 snapshot of a deep book
+    symbol_noun = "product"
+    batch_decoder = _batch_decoder
+    frame_decoder = _frame_decoder
 
     def __init__(self, config: ExchangeConfig) -> None:
         super().__init__(config)
-        self._native_symbols = pa.array(list(self.native_to_symbol), pa.string())
-        self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
         self._expected_sequence: int | None = None
         self._reconnect_requested = False
         self._gap_open: set[str] = set()  # symbols with a recorded gap and no resync yet
@@ -247,6 +199,9 @@ class Coinbase(Exchange):
         self.heartbeat_counter: int | None = None
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
         self._stale_in_a_row = 0
+        # Trades collected this call from position _unflushed on have not raised the high-water marks yet
+        # (see _flush_high_water); reset once the call's rows are built.
+        self._unflushed = 0
 
     # --- connection ------------------------------------------------------------------------------------------
     @staticmethod
@@ -286,36 +241,29 @@ class Coinbase(Exchange):
             products for event in probe.events for channel, products in event.subscriptions.items()
             if channel in _ACKED_DATA_CHANNELS)
 
-    # --- decoding --------------------------------------------------------------------------------------------
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames:
-        batch = _Batch(BookSnapshots(self.name), BookEvents(self.name))
-        start = 0
-        if kinds is not None:
-            for index, kind in enumerate(kinds):
-                if kind != RecordKind.FRAME:
-                    self._decode_run(frames, received_us, start, index, batch)
-                    self._record(kind, frames[index], index, received_us[index], batch)
-                    start = index + 1
-        self._decode_run(frames, received_us, start, len(frames), batch)
-        trades = self._finish_trades(batch, received_us, frames)
-        return DecodedFrames(trades, batch.rejects, batch.control, batch.snapshots, batch.events, batch.actions,
-                             batch.ignored)
+    # --- decoding: the protocol's part of the template ------------------------------------------------------
+    def on_screened(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
+        # Quarantined by the normalizer (oversized, not UTF-8), but it was a message: count its number.
+        _, sequence = _lenient_envelope(payload)
+        if sequence is not None:
+            self._in_sequence(sequence, received_us, out)
 
-    def _record(self, kind: RecordKind, payload: bytes, index: int, received: int, batch: _Batch) -> None:
-        if kind == RecordKind.CONNECTED:
-            self.new_connection()
-        elif kind == RecordKind.SCREENED:
-            # Quarantined by the normalizer (oversized, not UTF-8), but it was a message: count its number.
-            _, sequence = _lenient_envelope(payload)
-            if sequence is not None:
-                self._in_sequence(sequence, received, batch)
-        elif kind in (RecordKind.REST, RecordKind.REST_FAILED):
-            header, _, body = payload.partition(b"\n")
-            batch.backfilled.append(self.on_trade_history(header.decode(), body, kind, index, received,
-                                                          batch.events, batch.actions, batch.rejects))
-        else:
-            batch.control += 1
+    def classify_rejected(self, frame: bytes, error: msgspec.DecodeError) -> tuple[str, str]:
+        channel, _ = _lenient_envelope(frame)
+        if channel is not None and channel not in _KNOWN_CHANNELS:
+            self.counters[f"ignored_channel_{channel}"] += 1
+            return IGNORED, f"channel {channel!r}"
+        return super().classify_rejected(frame, error)
+
+    def classify_message(self, message: Any) -> tuple[str, str] | None:
+        if isinstance(message, dict) and message.get("type") == "error":
+            return "exchange_error", f"error reply: {message.get('message')} {message.get('reason') or ''}".strip()
+        return None
+
+    def stand_in(self, frame: bytes) -> _Skipped | None:
+        # A refused frame was a message all the same: keep the numbering whole.
+        _, sequence = _lenient_envelope(frame)
+        return _Skipped(sequence) if sequence is not None else None
 
     def export_state(self) -> dict[str, Any]:
         # Snapshot trades after a restart must not re-add trades an earlier run stored.
@@ -345,64 +293,37 @@ class Coinbase(Exchange):
             ids = np.array([int(t.trade_id) for t in trades], dtype=np.int64)
         except ValueError as error:
             raise ValueError(f"non-numeric trade id: {error}") from None
-        sides = pa.array([t.side for t in trades], pa.string())
-        rows = TradeRows(natives=[request.gap.symbol] * len(trades), trade_ids=[t.trade_id for t in trades],
-                         prices=[t.price for t in trades], sizes=[t.size for t in trades],
-                         times=[t.time for t in trades], frame_index=[frame_index] * len(trades))
-        table, _ = self.trade_columns(rows, pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY"),
-                                      [received_us] * (frame_index + 1))
+        table, _ = self.trade_rows(self.trade_columns(trades), [frame_index] * len(trades),
+                                   [received_us] * len(trades))
         # A full page that has not reached back to the gap's start continues before its oldest trade.
         more = len(trades) >= TICKER_PAGE and int(ids.min()) > request.gap.first
-        cursor = str(to_us(min(t.time for t in trades)) // 1_000_000 + 1) if more else None
+        cursor = str(datetime_us(min(t.time for t in trades)) // 1_000_000 + 1) if more else None
         return TradePage(table, ids, cursor)
 
     def new_connection(self) -> None:
         """Books and the per-connection sequence restart; trade high-water marks carry over."""
-        self.reset_books()
+        super().new_connection()
         self._expected_sequence = None
         self._reconnect_requested = False
 
-    def _decode_run(self, frames: list[bytes], received_us: list[int], lo: int, hi: int, batch: _Batch) -> None:
-        if lo >= hi:
-            return
-        indices: range | list[int] = range(lo, hi)
-        try:
-            messages: list[_Message] = _batch_decoder.decode(b"[" + b",".join(frames[lo:hi]) + b"]")
-            if len(messages) != hi - lo:  # an empty frame, or one holding "a,b": frame by frame
-                raise msgspec.DecodeError("frame count")
-        except msgspec.DecodeError:
-            # Only a batch holding a bad frame gets here: decode frame by frame and quarantine the bad ones.
-            messages, indices = [], []
-            for index in range(lo, hi):
-                try:
-                    messages.append(_frame_decoder.decode(frames[index]))
-                    indices.append(index)
-                except msgspec.DecodeError as error:
-                    channel, sequence = _lenient_envelope(frames[index])
-                    if channel is not None and channel not in _KNOWN_CHANNELS:
-                        batch.ignored += 1
-                        self.counters[f"ignored_channel_{channel}"] += 1
-                    else:
-                        reason, detail = classify_rejected(frames[index], error)
-                        batch.rejects.add(received_us[index], reason, detail, frames[index])
-                    if sequence is not None:  # it was a message all the same: keep the numbering whole
-                        messages.append(_Skipped(sequence))  # type: ignore[arg-type]
-                        indices.append(index)
+    def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
+                    received_us: list[int], out: DecodeOutput) -> None:
         # The hot loop: an in-order frame holding one trade update is handled inline; anything else (a
         # gap, a duplicate, a snapshot, books, control) takes the general path.
         expected = self._expected_sequence
-        trades, trade_frames = batch.trades, batch.trade_frames
-        for message, index in zip(messages, indices, strict=True):
+        trades, trade_frames = out.trades, out.trade_frames
+        decoded: list[_Message | _Skipped] = messages
+        for message, index in zip(decoded, indices, strict=True):
             if message.sequence_num == expected:
                 expected += 1
             else:
                 self._expected_sequence = expected
-                if not self._in_sequence(message.sequence_num, received_us[index], batch):
+                if not self._in_sequence(message.sequence_num, received_us[index], out):
                     expected = self._expected_sequence
-                    batch.control += 1
+                    out.control += 1
                     continue
                 expected = self._expected_sequence
-            if type(message) is _Skipped:
+            if isinstance(message, _Skipped):
                 continue
             if isinstance(message, _MarketTrades) and len(message.events) == 1:
                 event = message.events[0]
@@ -410,28 +331,28 @@ class Coinbase(Exchange):
                     trades.append(event.trades[0])
                     trade_frames.append(index)
                     continue
-            self._apply(message, index, received_us[index], frames[index], batch)
+            self._apply(message, index, received_us[index], frames[index], out)
         self._expected_sequence = expected
 
-    def _apply(self, message: _Message, index: int, received: int, frame: bytes, batch: _Batch) -> None:
+    def _apply(self, message: _Message, index: int, received: int, frame: bytes, out: DecodeOutput) -> None:
         """A frame already checked for sequence."""
         if isinstance(message, _MarketTrades):
-            self._trades(message, index, batch)
+            self._trades(message, index, out)
         elif isinstance(message, _L2Data):
             if not self.wants_books:
-                batch.control += 1
+                out.control += 1
                 return
             for event in message.events:
-                self._l2_event(event, message, received, frame, batch)
+                self._l2_event(event, message, received, frame, out)
         else:
             if isinstance(message, _Heartbeats):
                 for beat in message.events:
                     counter = _counter(beat.heartbeat_counter)
                     if counter is not None:
                         self.heartbeat_counter = counter
-            batch.control += 1
+            out.control += 1
 
-    def _in_sequence(self, sequence: int, received: int, batch: _Batch) -> bool:
+    def _in_sequence(self, sequence: int, received: int, out: DecodeOutput) -> bool:
         """False for a frame already seen (numbered below the expectation); records gaps."""
         if sequence < 0:
             return True
@@ -447,42 +368,42 @@ class Coinbase(Exchange):
             # The count restarted on this connection: follow it, and resync the books like after a gap.
             self._stale_in_a_row = 0
             self._expected_sequence = sequence + 1
-            self._lose_books(f"sequence_num restarted at {sequence} (expected {expected})", received, batch)
+            self._lose_books(f"sequence_num restarted at {sequence} (expected {expected})", received, out)
             return True
         self._stale_in_a_row = 0
         self._expected_sequence = sequence + 1
         detail = f"sequence_num expected {expected} got {sequence} ({sequence - expected} messages missing)"
-        self._lose_books(detail, received, batch)
+        self._lose_books(detail, received, out)
         return True
 
-    def _lose_books(self, detail: str, received: int, batch: _Batch) -> None:
+    def _lose_books(self, detail: str, received: int, out: DecodeOutput) -> None:
         """Messages were lost on this connection: every book is untrusted until a fresh snapshot."""
         for symbol in self.symbols:
-            batch.events.add(symbol, received, "sequence_gap", detail)
+            out.events.add(symbol, received, "sequence_gap", detail)
             self.synced[symbol] = False
         if self.wants_books:
             self._gap_open.update(self.symbols)
             if not self._reconnect_requested:
                 self._reconnect_requested = True
-                batch.actions.append(Reconnect(f"coinbase {detail}: fresh level2 snapshot needed"))
+                out.actions.append(Reconnect(f"coinbase {detail}: fresh level2 snapshot needed"))
 
     # --- trades ----------------------------------------------------------------------------------------------
-    def _trades(self, message: _MarketTrades, index: int, batch: _Batch) -> None:
+    def _trades(self, message: _MarketTrades, index: int, out: DecodeOutput) -> None:
         produced = 0
         for event in message.events:
             trades = event.trades
             if event.type == "snapshot":
                 # The high-water marks must include every earlier trade before judging a replay.
-                self._flush_high_water(batch.trades[batch.unflushed:])
+                self._flush_high_water(out.trades[self._unflushed:])
                 trades = self._unseen(trades)
-                batch.trades.extend(trades)
-                batch.unflushed = len(batch.trades)
+                out.trades.extend(trades)
+                self._unflushed = len(out.trades)
             else:
-                batch.trades.extend(trades)
-            batch.trade_frames.extend([index] * len(trades))
+                out.trades.extend(trades)
+            out.trade_frames.extend([index] * len(trades))
             produced += len(trades)
         if not produced:
-            batch.control += 1
+            out.control += 1
 
     def _unseen(self, trades: list[_Trade]) -> list[_Trade]:
         """Snapshot trades above the high-water mark, judged against the marks from before the snapshot
@@ -506,31 +427,19 @@ class Coinbase(Exchange):
         if current is None or not _at_or_below(trade_id, current):
             self.trade_high_water[product] = trade_id
 
-    def _finish_trades(self, batch: _Batch, received_us: list[int], frames: list[bytes]) -> pa.Table:
-        trades = batch.trades
-        rows = TradeRows(
-            natives=[t.product_id for t in trades],
-            trade_ids=[t.trade_id for t in trades],
-            prices=[t.price for t in trades],
-            sizes=[t.size for t in trades],
-            times=[t.time for t in trades],
-            frame_index=batch.trade_frames,
+    def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
+        return TradeColumns(
+            natives=pa.array([t.product_id for t in trades], pa.string()),
+            trade_ids=pa.array([t.trade_id for t in trades], pa.string()),
+            prices=strings_to_float([t.price for t in trades]),
+            quantities=strings_to_float([t.size for t in trades]),
+            sides=_taker_sides([t.side for t in trades]),
+            timestamps=pa.array([t.time for t in trades], UTC_US),
         )
-        sides = pa.array([t.side for t in trades], pa.string())
-        taker_buys = pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY")
-        table, known = self.trade_columns(rows, taker_buys, received_us)
-        self._raise_high_water_vectorized(table.slice(batch.unflushed), known.slice(batch.unflushed))
-        table = self.drop_unknown_symbols(table, known, received_us, frames, batch.rejects)
-        if table.num_rows:
-            try:
-                ids = pc.cast(table.column("trade_id"), pa.int64()).to_numpy()
-            except pa.ArrowInvalid:
-                ids = None  # non-numeric ids: no continuity to check (the high-water marks still dedupe)
-            if ids is not None:
-                table = self.check_trades(table, ids, received_us[batch.trade_frames[-1]], batch.events,
-                                          batch.actions)
-        backfilled = [t for t in batch.backfilled if t.num_rows]
-        return pa.concat_tables([table, *backfilled]) if backfilled else table
+
+    def on_trade_rows(self, table: pa.Table, known: pa.Array) -> None:
+        self._raise_high_water_vectorized(table.slice(self._unflushed), known.slice(self._unflushed))
+        self._unflushed = 0
 
     def _raise_high_water_vectorized(self, table: pa.Table, known: pa.Array) -> None:
         pending = table.filter(known)
@@ -549,65 +458,29 @@ class Coinbase(Exchange):
                                      strict=True):
             self._raise_high_water(product, trade_id)
 
-    def trade_columns(self, rows: TradeRows, taker_buys: pa.Array,
-                      received_us: list[int]) -> tuple[pa.Table, pa.BooleanArray]:
-        """Arrow trade columns (DECODED_TRADE_SCHEMA) for all rows, and which rows are configured products."""
-        native = pa.array(rows.natives, pa.string())
-        # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
-        position = pc.index_in(native, value_set=self._native_symbols)
-        count = len(rows.natives)
-        table = pa.table(
-            {
-                "exchange": pa.array([self.name] * count, pa.string()),
-                "symbol": self._normalized_symbols.take(position),
-                "native_symbol": native,
-                "trade_id": pa.array(rows.trade_ids, pa.string()),
-                "price": strings_to_float(rows.prices),
-                "quantity": strings_to_float(rows.sizes),
-                "side": pc.if_else(taker_buys, "buy", "sell"),
-                "timestamp": pa.array(rows.times, _UTC_US),
-                "received_at": pa.array([received_us[i] for i in rows.frame_index], pa.int64()).cast(_UTC_US),
-                "frame_index": pa.array(rows.frame_index, pa.int64()),
-            },
-            schema=DECODED_TRADE_SCHEMA,
-        )
-        return table, pc.is_valid(position)
-
-    def drop_unknown_symbols(self, table: pa.Table, known: pa.BooleanArray, received_us: list[int],
-                             frames: list[bytes], rejects: Rejects) -> pa.Table:
-        if pc.all(known).as_py() is not False:
-            return table
-        unknown = table.filter(pc.invert(known))
-        for index, product in zip(unknown.column("frame_index").to_pylist(),
-                                  unknown.column("native_symbol").to_pylist(), strict=True):
-            rejects.add(received_us[index], "unknown_symbol",
-                        f"product {product!r} is not configured for {self.name}", frames[index])
-        return table.filter(known)
-
     # --- books -----------------------------------------------------------------------------------------------
-    def _l2_event(self, event: _L2Event, message: _L2Data, received: int, frame: bytes, batch: _Batch) -> None:
+    def _l2_event(self, event: _L2Event, message: _L2Data, received: int, frame: bytes, out: DecodeOutput) -> None:
         symbol = self.native_to_symbol.get(event.product_id)
         if symbol is None:
-            batch.rejects.add(received, "unknown_symbol",
-                              f"product {event.product_id!r} is not configured for {self.name}", frame)
+            self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
         levels = ((_BOOK_SIDE[u.side], u.price_level, u.new_quantity) for u in event.updates)
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
-            self.apply_book_snapshot(symbol, levels, to_us(message.timestamp), received, message.sequence_num,
-                                     batch)
+            self.apply_book_snapshot(symbol, levels, datetime_us(message.timestamp), received, message.sequence_num,
+                                     out)
         else:
             self.apply_book_changes(symbol, levels, self._update_time(event, message), received,
-                                    message.sequence_num, batch)
+                                    message.sequence_num, out)
 
     @staticmethod
     def _update_time(event: _L2Event, message: _L2Data) -> int:
         last = event.updates[-1].event_time if event.updates else None
-        event_us = to_us(last) if last is not None else 0
-        return event_us if event_us > 0 else to_us(message.timestamp)
+        event_us = datetime_us(last) if last is not None else 0
+        return event_us if event_us > 0 else datetime_us(message.timestamp)
 
     def apply_book_snapshot(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int | None,
-                            received_us: int, sequence: int, out: BookOutput) -> None:
+                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Replace the book with a full snapshot; it is in sync from here. ``event_us`` None: the snapshot
         carries no exchange time, so emission waits for the next timed change."""
         book = self.books[symbol]
@@ -623,7 +496,7 @@ class Coinbase(Exchange):
             self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
     def apply_book_changes(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int,
-                           received_us: int, sequence: int, out: BookOutput) -> None:
+                           received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Absolute quantities per level ("0" removes); ignored while the book awaits a snapshot."""
         if not self.synced[symbol]:
             return
@@ -649,14 +522,3 @@ def _counter(value: int | str) -> int | None:
     if isinstance(value, int):
         return value if value >= 0 else None
     return _numeric_id(value)
-
-
-def classify_rejected(frame: bytes, error: msgspec.DecodeError) -> tuple[str, str]:
-    """Why a frame failed the typed decode: an error reply, bad JSON, or a shape we do not accept."""
-    try:
-        message = msgspec.json.decode(frame)
-    except msgspec.DecodeError as invalid:
-        return "malformed_json", f"not valid JSON: {invalid}"
-    if isinstance(message, dict) and message.get("type") == "error":
-        return "exchange_error", f"error reply: {message.get('message')} {message.get('reason') or ''}".strip()
-    return "wrong_type", str(error)

@@ -5,17 +5,16 @@ Books are applied message by message and verified with Kraken's CRC32 checksum o
 the checksum is computed over the exchange's own number text, so book prices and quantities are decoded
 as raw JSON text (``msgspec.Raw``), never through ``float`` (``0.10000000`` must stay ``10000000``).
 
-The book code path (``Kraken.apply_book``) is shared with the v1 archive decoder in ``kraken_legacy``.
+The book code path (``Kraken.apply_book``) is shared with the v1 archive decoder in ``legacy/kraken.py``.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -24,18 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
-from trading_platform.exchanges.base import (
-    DECODED_TRADE_SCHEMA,
-    Action,
-    DecodedFrames,
-    Exchange,
-    Int64,
-    RecordKind,
-    Rejects,
-    SendFrames,
-    UInt32,
-)
-from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
+from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
@@ -52,11 +42,6 @@ _UNSUBSCRIBE_BOOK_ID = 4
 _RESYNC_ID_BASE = 1000  # + 2 * symbol index (unsubscribe), + 1 (subscribe): never a drain id
 _DEFAULT_REST_URL = "https://api.kraken.com"
 TRADES_PAGE = 1000  # Trades `count` (the maximum)
-
-_UTC_US = pa.timestamp("us", tz="UTC")
-_UTC_NS = pa.timestamp("ns", tz="UTC")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 
 
 # --- wire types ------------------------------------------------------------------------------
@@ -106,7 +91,6 @@ _Message = _TradeMessage | _BookMessage | _Heartbeat | _Status
 _batch_decoder = msgspec.json.Decoder(list[_Message])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _untyped_decoder = msgspec.json.Decoder()
-_datetime_decoder = msgspec.json.Decoder(datetime)
 _CHANNELS = ("trade", "book", "heartbeat", "status")
 
 
@@ -135,14 +119,6 @@ def subscription_depth(book_depth: int) -> int:
     return next(depth for depth in BOOK_DEPTHS if depth >= book_depth)
 
 
-@dataclass
-class BookOutput:
-    """Where ``Kraken.apply_book`` records its results."""
-
-    snapshots: BookSnapshots
-    events: BookEvents
-
-
 def _number_text(raw: msgspec.Raw | bytes) -> str:
     """The JSON number's own text; exponent notation is expanded so the checksum sees plain digits."""
     text = bytes(raw).decode()
@@ -156,21 +132,16 @@ def _number_text(raw: msgspec.Raw | bytes) -> str:
     return text
 
 
-def _datetime_us(value: datetime) -> int:
-    if value.tzinfo is None:  # RFC3339 requires an offset; treat a missing one as UTC
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _ONE_US
-
-
 class Kraken(Exchange):
     name = "kraken"
+    trade_time_format = "RFC3339"
+    batch_decoder = _batch_decoder
+    frame_decoder = _frame_decoder
 
     def __init__(self, config: ExchangeConfig) -> None:
         super().__init__(config)
         self.depth = subscription_depth(config.book_depth)
         self._natives = list(self.native_to_symbol)
-        self._native_symbols = pa.array(self._natives, pa.string())
-        self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
         self._index = {symbol: i for i, symbol in enumerate(self.symbols)}
         # A mismatch asked for a fresh snapshot; its arrival is recorded as a resync. Not per connection:
         # a reconnect while waiting still ends in the snapshot that repairs the book.
@@ -295,134 +266,86 @@ class Kraken(Exchange):
         more = count >= TRADES_PAGE and int(ids.max()) < request.gap.last and last.isdigit()
         return TradePage(table, ids, str(int(last) - 1) if more else None)
 
-    # --- decoding --------------------------------------------------------------------------
-    def new_book_output(self) -> BookOutput:
-        return BookOutput(BookSnapshots(self.name), BookEvents(self.name))
-
-    def on_connected(self) -> None:
+    # --- decoding: the protocol's part of the template --------------------------------------
+    def new_connection(self) -> None:
         """A new connection: books restart from their snapshots, the resubscribe budget refills."""
-        self.reset_books()
+        super().new_connection()
         self._resubscribes = dict.fromkeys(self.symbols, 0)
 
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames:
-        rejects = Rejects()
-        out = self.new_book_output()
-        actions: list[Action] = []
-        control = ignored = 0
-        connected: list[int] = []
-        rest: list[int] = []  # trade-history answers (Kraken books need no REST)
-        if kinds is None or not any(kinds):
-            positions: Sequence[int] = range(len(frames))
-        else:
-            positions = [i for i, kind in enumerate(kinds) if kind == RecordKind.FRAME]
-            connected = [i for i, kind in enumerate(kinds) if kind == RecordKind.CONNECTED]
-            rest = [i for i, kind in enumerate(kinds) if kind in (RecordKind.REST, RecordKind.REST_FAILED)]
-        messages = self._decode_messages(frames, received_us, positions, rejects)
-        trades: list[_Trade] = []
-        trade_index: list[int] = []
-        # Records are walked in order: a CONNECTED record resets the books between two book frames.
-        resets = iter(connected)
-        next_reset = next(resets, None)
-        backfills: list[pa.Table] = []
-        for i in rest:
-            assert kinds is not None
-            header, _, body = frames[i].partition(b"\n")
-            backfills.append(self.on_trade_history(header.decode(), body, kinds[i], i, received_us[i], out.events,
-                                                   actions, rejects))
-        for i, message in zip(positions, messages, strict=True):
-            while next_reset is not None and next_reset < i:
-                self.on_connected()
-                # Resubscribes asked on the old connection are moot: the new one subscribes every
-                # book with a fresh snapshot anyway (and the runner sends on the current connection).
-                actions[:] = [a for a in actions if not isinstance(a, SendFrames)]
-                next_reset = next(resets, None)
+    def classify_message(self, message: Any) -> tuple[str, str] | None:
+        """A request's reply (ack, pong), an error reply, a channel we do not use (Kraken adds channels; a
+        client skips them), or (None) bad data."""
+        if not isinstance(message, dict):
+            return None
+        if "method" in message and "channel" not in message:
+            if message.get("success") is False or "error" in message:
+                return "exchange_error", f"{message.get('method')} failed: {message.get('error')}"
+            return CONTROL, ""
+        channel = message.get("channel")
+        if isinstance(channel, str) and channel not in _CHANNELS:
+            return IGNORED, f"channel {channel!r}"
+        return None
+
+    def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
+                    received_us: list[int], out: DecodeOutput) -> None:
+        for message, i in zip(messages, indices, strict=True):
             if isinstance(message, _TradeMessage):
-                trades += message.data
-                trade_index += [i] * len(message.data)
+                out.trades += message.data
+                out.trade_frames += [i] * len(message.data)
             elif isinstance(message, _BookMessage):
-                self._book_message(message, frames[i], received_us[i], out, actions, rejects)
-            elif message is _IGNORED:
-                ignored += 1
-            elif message is not None:  # heartbeat, status, or a request's reply (ack, pong)
-                control += 1
-        while next_reset is not None:
-            self.on_connected()
-            actions[:] = [a for a in actions if not isinstance(a, SendFrames)]
-            next_reset = next(resets, None)
-        table = self._trade_columns(trades, trade_index, received_us, frames, rejects)
-        if table.num_rows:
-            ids = pc.cast(table.column("trade_id"), pa.int64()).to_numpy()
-            table = self.check_trades(table, ids, received_us[trade_index[-1]], out.events, actions)
-        if backfills:
-            table = pa.concat_tables([table, *backfills])
-        return DecodedFrames(table, rejects, control, out.snapshots, out.events, actions, ignored)
+                self._book_message(message, frames[i], received_us[i], out)
+            else:  # heartbeat, status
+                out.control += 1
 
-    def _decode_messages(self, frames: list[bytes], received_us: list[int], positions: Sequence[int],
-                         rejects: Rejects) -> Sequence[_Message | bool | object | None]:
-        """One typed message per FRAME record; True for a request's reply, ``_IGNORED`` for a channel we do
-        not use, None for a reject."""
-        batch = frames if len(positions) == len(frames) else [frames[i] for i in positions]
-        try:
-            decoded: list[_Message] = _batch_decoder.decode(b"[" + b",".join(batch) + b"]")
-            if len(decoded) == len(batch):  # else an empty frame, or one holding "a,b": frame by frame
-                return decoded
-        except msgspec.DecodeError:
-            pass
-        result: list[_Message | bool | object | None] = []
-        for i in positions:
-            try:
-                result.append(_frame_decoder.decode(frames[i]))
-            except msgspec.DecodeError as error:
-                reason, detail = _classify(frames[i])
-                if reason == "control":
-                    result.append(True)
-                elif reason == "ignored":
-                    result.append(_IGNORED)
-                else:
-                    rejects.add(received_us[i], reason, detail or str(error), frames[i])
-                    result.append(None)
-        return result
+    def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
+        times = [t.timestamp for t in trades]
+        return TradeColumns(
+            natives=pa.array([t.symbol for t in trades], pa.string()),
+            trade_ids=pc.cast(pa.array([t.trade_id for t in trades], pa.int64()), pa.string()),
+            prices=pa.array([t.price for t in trades], pa.float64()),
+            quantities=pa.array([t.qty for t in trades], pa.float64()),
+            sides=pa.array([t.side for t in trades], pa.string()),
+            timestamps=rfc3339_timestamps(times),
+            time_texts=times,
+        )
 
-    def _book_message(self, message: _BookMessage, frame: bytes, received_us: int,
-                      out: BookOutput, actions: list[Action], rejects: Rejects) -> None:
+    def _book_message(self, message: _BookMessage, frame: bytes, received_us: int, out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
         for entry in message.data:
             symbol = self.native_to_symbol.get(entry.symbol)
             if symbol is None:
-                rejects.add(received_us, "unknown_symbol",
-                            f"symbol {entry.symbol!r} is not configured for {self.name}", frame)
+                self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)
                 continue
             try:
                 asks = [(_number_text(level.price), _number_text(level.qty)) for level in entry.asks]
                 bids = [(_number_text(level.price), _number_text(level.qty)) for level in entry.bids]
             except _NotANumber as error:
                 detail = f"book level of {entry.symbol}: {error}"
-                rejects.add(received_us, "wrong_type", detail, frame)
+                out.rejects.add(received_us, "wrong_type", detail, frame)
                 # A lost update could hide below the checksummed top 10, and a lost snapshot would leave
                 # the book waiting forever: resync rather than guess.
                 if self.synced[symbol] or is_snapshot:
                     self.lose_sync(symbol, received_us, f"{message.type}_rejected", detail, out)
-                    self._request_resync(symbol, received_us, out, actions)
+                    self._request_resync(symbol, received_us, out)
                 continue
-            event_us = received_us if entry.timestamp is None else _datetime_us(entry.timestamp)
+            event_us = received_us if entry.timestamp is None else datetime_us(entry.timestamp)
             if not self.apply_book(symbol, asks, bids, entry.checksum, is_snapshot, self.depth,
                                    event_us, received_us, out):
-                self._request_resync(symbol, received_us, out, actions)
+                self._request_resync(symbol, received_us, out)
 
-    def _request_resync(self, symbol: str, received_us: int, out: BookOutput, actions: list[Action]) -> None:
+    def _request_resync(self, symbol: str, received_us: int, out: DecodeOutput) -> None:
         self._resubscribes[symbol] += 1
         if self._resubscribes[symbol] <= MAX_RESUBSCRIBES:
-            actions.append(SendFrames(self.resubscribe_book_frames(symbol)))
+            out.actions.append(SendFrames(self.resubscribe_book_frames(symbol)))
         elif self._resubscribes[symbol] == MAX_RESUBSCRIBES + 1:
             out.events.add(symbol, received_us, "resync_abandoned",
                            f"{MAX_RESUBSCRIBES} resubscribes without a verified snapshot; "
                            "the book stays unsynced until the next connection")
 
-    # --- the one book code path (v2 here, v1 archives in kraken_legacy) ---------------------
+    # --- the one book code path (v2 here, v1 archives in legacy/kraken.py) ---------------------
     def apply_book(self, symbol: str, asks: Sequence[tuple[str, str]], bids: Sequence[tuple[str, str]],
                    checksum: int | None, is_snapshot: bool, depth: int, event_us: int, received_us: int,
-                   out: BookOutput) -> bool:
+                   out: DecodeOutput) -> bool:
         """Apply one book message (levels as exchange text) and verify it; False on a checksum mismatch.
 
         Snapshot: replace the book. Update: ignored while the book awaits a snapshot (after a connect or
@@ -463,7 +386,7 @@ class Kraken(Exchange):
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
         return True
 
-    def lose_sync(self, symbol: str, received_us: int, kind: str, detail: str, out: BookOutput) -> None:
+    def lose_sync(self, symbol: str, received_us: int, kind: str, detail: str, out: DecodeOutput) -> None:
         """Record a failure of ``symbol``'s book (a ``kind`` event row) and stop trusting it.
 
         The book is not emitted again until a verified snapshot arrives, which is recorded as a ``resync``.
@@ -471,73 +394,3 @@ class Kraken(Exchange):
         self.synced[symbol] = False
         self._resync_pending[symbol] = True
         out.events.add(symbol, received_us, kind, detail)
-
-    # --- trade columns ---------------------------------------------------------------------
-    def _trade_columns(self, trades: list[_Trade], indices: list[int], received_us: list[int],
-                       frames: list[bytes], rejects: Rejects) -> pa.Table:
-        native = pa.array([t.symbol for t in trades], pa.string())
-        position = pc.index_in(native, value_set=self._native_symbols)
-        timestamps = _timestamp_column([t.timestamp for t in trades])
-        table = pa.table(
-            {
-                "exchange": pa.array([self.name] * len(trades), pa.string()),
-                "symbol": self._normalized_symbols.take(position),
-                "native_symbol": native,
-                "trade_id": pc.cast(pa.array([t.trade_id for t in trades], pa.int64()), pa.string()),
-                "price": pa.array([t.price for t in trades], pa.float64()),
-                "quantity": pa.array([t.qty for t in trades], pa.float64()),
-                "side": pa.array([t.side for t in trades], pa.string()),
-                "timestamp": timestamps.fill_null(0) if timestamps.null_count else timestamps,
-                "received_at": pa.array([received_us[i] for i in indices], pa.int64()).cast(_UTC_US),
-                "frame_index": pa.array(indices, pa.int64()),
-            },
-            schema=DECODED_TRADE_SCHEMA,
-        )
-        if position.null_count or timestamps.null_count:
-            known, timed = pc.is_valid(position), pc.is_valid(timestamps)
-            for row in pc.indices_nonzero(pc.invert(pc.and_(known, timed))).to_pylist():
-                index = indices[row]
-                if not known[row].as_py():
-                    rejects.add(received_us[index], "unknown_symbol",
-                                f"symbol {trades[row].symbol!r} is not configured for {self.name}", frames[index])
-                else:
-                    rejects.add(received_us[index], "wrong_type",
-                                f"trade timestamp {trades[row].timestamp!r} is not RFC3339", frames[index])
-            table = table.filter(pc.and_(known, timed))
-        return table
-
-
-def _timestamp_column(texts: list[str]) -> pa.Array:
-    """RFC3339 text -> µs UTC; null where a value is not a timestamp (its row is quarantined)."""
-    try:
-        # Through ns so 9-digit fractions parse too; truncating to µs is the intent (safe=False).
-        return pa.array(texts, pa.string()).cast(_UTC_NS).cast(_UTC_US, safe=False)
-    except pa.ArrowInvalid:
-        return pa.array([_rfc3339_us(text) for text in texts], pa.int64()).cast(_UTC_US)
-
-
-def _rfc3339_us(text: str) -> int | None:
-    try:
-        return _datetime_us(_datetime_decoder.decode(msgspec.json.encode(text)))
-    except (msgspec.DecodeError, OverflowError):
-        return None
-
-
-FrameKind = Literal["control", "ignored", "exchange_error", "malformed_json", "wrong_type"]
-_IGNORED = object()  # a decoded-message placeholder: a well-formed frame of a channel we do not use
-
-
-def _classify(frame: bytes) -> tuple[FrameKind, str | None]:
-    """Why a frame failed the typed decode: a request's reply (ack, pong), an error reply, a channel we do
-    not use (Kraken adds channels; a client skips them), or bad data."""
-    try:
-        message = _untyped_decoder.decode(frame)
-    except msgspec.DecodeError as error:
-        return "malformed_json", f"not valid JSON: {error}"
-    if isinstance(message, dict) and "method" in message and "channel" not in message:
-        if message.get("success") is False or "error" in message:
-            return "exchange_error", f"{message.get('method')} failed: {message.get('error')}"
-        return "control", None
-    if isinstance(message, dict) and isinstance(message.get("channel"), str) and message["channel"] not in _CHANNELS:
-        return "ignored", f"channel {message.get('channel')!r}"
-    return "wrong_type", None

@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA, Action, DecodedFrames, RecordKind, Rejects
+from trading_platform.exchanges.decoded import DECODED_TRADE_SCHEMA, Action, DecodedFrames, RecordKind, Rejects
 from trading_platform.quality.rules import SpikeReference, validate_trades
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The ingestion run of one exchange: session -> WAL -> normalize -> hot cache -> micro-batches -> lake.
 
-Dagster-free on purpose: the Dagster op (``defs/ingestion.py``) builds one of these, passes callbacks
+Dagster-free on purpose: the Dagster op (``defs/ingestion/jobs.py``) builds one of these, passes callbacks
 that turn reports into asset materializations and logs, and sets the stop event on terminate.
 """
 
@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-from trading_platform.exchanges.base import Action, Exchange, FetchSnapshot, Reconnect, RecordKind, SendFrames
+from trading_platform.exchanges.base import Exchange
+from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
 from trading_platform.ingestion.rest import RateLimited, Refused, Rejected, RestResponse, http_get
@@ -38,22 +41,55 @@ REST_RATE_LIMIT_DEFAULT_S = 30.0  # a 429/418 without Retry-After: wait this lon
 REST_REJECTED_ATTEMPTS = 3  # a request answered 4xx this often is given up (the exchange will not serve it)
 
 
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGTERM / SIGINT set ``stop`` (the run drains and flushes) instead of killing the process;
+    Dagster's terminate sends SIGINT to the run. Only the main thread can install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class FeedRefused(RuntimeError):
     """The exchange refuses this client for good (HTTP 403 / 451): the feed stops instead of retrying."""
 
 
-@dataclass(frozen=True)
-class RunnerConfig:
-    wal_dir: Path
-    batch_max_rows: int = 50_000
-    batch_max_age_s: float = 10.0
-    hot_tick_s: float = 1.0
-    wal_fsync_interval_s: float = 0.2
-    run_window_s: float = 3600.0
-    spike_threshold: float = 0.2
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    heartbeat_s: float = 15.0  # the supervisor declares a run dead after several missed heartbeats
+class RunnerConfig(Protocol):
+    """The values a run reads. ``Settings`` is one (it declares every knob once, with its default); the
+    Dagster op passes its ingestion resource, which holds the same values."""
+
+    @property
+    def wal_dir(self) -> Path: ...
+    @property
+    def batch_max_rows(self) -> int: ...
+    @property
+    def batch_max_age_s(self) -> float: ...
+    @property
+    def hot_tick_s(self) -> float: ...
+    @property
+    def wal_fsync_interval_s(self) -> float: ...
+    @property
+    def run_window_s(self) -> float: ...
+    @property
+    def spike_threshold(self) -> float: ...
+    @property
+    def reconnect_initial_s(self) -> float: ...
+    @property
+    def reconnect_max_s(self) -> float: ...
+    @property
+    def heartbeat_s(self) -> float: ...  # the supervisor declares a run dead after several missed heartbeats
 
 
 @dataclass
@@ -73,6 +109,7 @@ class FlushReport:
     ignored_frames: int = 0  # well-formed frames of channels / types we do not use
     trade_gaps_open: int = 0
     counters: dict[str, int] = field(default_factory=dict)  # the exchange's running totals
+    messages_per_s: float = 0.0  # frames received per second since the previous flush
 
 
 @dataclass
@@ -151,6 +188,7 @@ class IngestionRunner:
         self._latest: dict[str, LatestTrade] = {}
         self._sealed: asyncio.Queue[tuple[SealedBatch, _OpenBatch, bool]] | None = None
         self._hot_cache_errors = 0
+        self._rate_mark = (time.monotonic(), 0)  # (when, frames received) at the previous flush
         self._hot_cache_down = False
         self._session: FeedSession | None = None
         self._rest_resume_at = 0.0  # monotonic time before which no REST call is made (rate limiting)
@@ -183,7 +221,7 @@ class IngestionRunner:
         for action in self.exchange.outstanding_actions():  # e.g. trade gaps a previous run left open
             await self._perform(action)
         session = FeedSession(self.exchange, self.url, self._on_frame, self.config.reconnect_initial_s,
-                              self.config.reconnect_max_s, self.on_status, on_connected=self._on_connected)
+                              self.config.reconnect_max_s, self.on_status, new_connection=self._new_connection)
         self._session = session
         watcher = asyncio.create_task(watch_stop())
         receiver = asyncio.create_task(session.run(stop))
@@ -228,7 +266,7 @@ class IngestionRunner:
         self._record(frame, received_us, RecordKind.FRAME)
         self.summary.frames_received += 1
 
-    def _on_connected(self, url: str, received_us: int) -> None:
+    def _new_connection(self, url: str, received_us: int) -> None:
         # Book snapshots asked on the previous connection no longer apply (the books restart); other
         # requests, such as trade-gap backfills, stay valid across connections.
         self._fetching = {key for key in self._fetching if b" " in key}
@@ -434,6 +472,9 @@ class IngestionRunner:
         self.summary.recovered_batches += int(recovered)
         self.summary.trades_flushed += written.trade_rows
         stats = self._session.stats if self._session is not None else None
+        now, frames = time.monotonic(), self.summary.frames_received
+        since, frames_before = self._rate_mark
+        self._rate_mark = (now, frames)
         self.on_flush(FlushReport(
             exchange=self.exchange.name, written=written, wal_first=sealed.first, wal_last=sealed.last,
             recovered=recovered, flush_seconds=round(time.monotonic() - started, 4),
@@ -443,6 +484,7 @@ class IngestionRunner:
             ignored_frames=self.summary.ignored_frames,
             trade_gaps_open=len(self.exchange.trade_gaps.open_gaps()),
             counters=dict(self.exchange.counters),
+            messages_per_s=round((frames - frames_before) / max(now - since, 1e-3), 1),
         ))
 
     def _reference_after(self, sealed: SealedBatch) -> dict[str, list[float]]:

@@ -48,11 +48,11 @@ class FeedSession:
     def __init__(self, exchange: Exchange, url: str, on_frame: Callable[[bytes, int], None],
                  reconnect_initial_s: float = 0.5, reconnect_max_s: float = 30.0,
                  on_status: Callable[[str], None] | None = None,
-                 on_connected: Callable[[str, int], None] | None = None) -> None:
+                 new_connection: Callable[[str, int], None] | None = None) -> None:
         self.exchange = exchange
         self.url = url
         self.on_frame = on_frame
-        self.on_connected = on_connected or (lambda url, received_us: None)
+        self.new_connection = new_connection or (lambda url, received_us: None)
         self._ws: ClientConnection | None = None
         self._reconnect_reason: str | None = None
         self.reconnect_initial_s = reconnect_initial_s
@@ -72,7 +72,7 @@ class FeedSession:
                     self._ws = ws
                     self._reconnect_reason = None
                     # Recorded before the first frame: books and per-connection sequences restart here.
-                    self.on_connected(self.url, time.time_ns() // 1000)
+                    self.new_connection(self.url, time.time_ns() // 1000)
                     self.on_status(f"{self.exchange.name}: connected to {self.url.split('?')[0]}")
                     for frame in self.exchange.subscribe_frames():
                         await ws.send(frame)

@@ -26,7 +26,6 @@ from trading_platform.replay.book import kraken_checksum
 from trading_platform.replay.capture import parse_line, read_capture
 from trading_platform.replay.faults import Fault, FaultCounters, FaultKind, FaultResult
 from trading_platform.replay.ledger import TradeLedger
-from trading_platform.replay.recording import FrameRecorder
 from trading_platform.replay.runner import run_replay, running_replay_server
 from trading_platform.replay.server import CONNECTION_ID_HEADER, ReplayServer, start_replay_server
 
@@ -36,7 +35,6 @@ __all__ = [
     "FaultCounters",
     "FaultKind",
     "FaultResult",
-    "FrameRecorder",
     "ReplayServer",
     "TradeLedger",
     "kraken_checksum",

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -88,17 +87,10 @@ class BinanceSession(Session):
         super().__init__(ws, feed)
         self.combined = combined
         self.streams: dict[str, None] = {}  # insertion-ordered set, listed in subscription order
-        self._recent: deque[float] = deque()
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "combined": self.combined, "streams": list(self.streams)}
 
-    def over_rate_limit(self, now: float) -> bool:
-        recent = self._recent
-        recent.append(now)
-        while recent and recent[0] <= now - 1.0:
-            recent.popleft()
-        return len(recent) > MAX_MESSAGES_PER_S
 
 
 class _BadRequest(Exception):
@@ -172,7 +164,7 @@ class BinanceFeed(ExchangeFeed):
         loop = asyncio.get_running_loop()
         try:
             async for message in ws:
-                if self.options.enforce_limits and session.over_rate_limit(loop.time()):
+                if self.options.enforce_limits and session.over_rate_limit(loop.time(), MAX_MESSAGES_PER_S):
                     session.outbox.close()
                     await ws.close(1008, "Too many requests")
                     break

@@ -1,14 +1,15 @@
 """Replaying a recorded capture: clients of one exchange's path get the recorded frames, in order.
 
-A capture is a text file, one record per line, in either format ``recording.py`` writes (and that
-users' archives use, protocols doc section 4):
-- one raw frame per line (the exact text): sent back to back, as fast as the client reads;
-- cryptofeed's recording: ``<unix_ts>: <frame>`` lines are frames whose timestamps drive the pacing
-  (``speed`` 2 plays twice as fast, 0 as fast as possible); ``<url> <-> <ts>`` (connection opened)
-  and ``<url> <- <ts>: <msg>`` (client sent) lines are skipped; ``<url> -> <ts>: <body>`` lines are
-  REST answers, served on the same port: the n-th request for a path's last segment and ``symbol``
-  (e.g. Binance ``/api/v3/depth?symbol=BTCUSDT``) gets the n-th recorded body, the last one repeats.
-Lines of both kinds may be mixed; a line that is neither a cryptofeed record nor empty is a raw frame.
+A capture is a file in the recording format (``trading_platform/capture_format.py``, the one
+``FrameRecorder`` writes and users' archives use, protocols doc section 4); the replay gives its lines
+this meaning:
+- a raw frame (one per line, the exact text): sent back to back, as fast as the client reads;
+- a cryptofeed frame ``<unix_ts>: <frame>``: its timestamp drives the pacing (``speed`` 2 plays twice as
+  fast, 0 as fast as possible);
+- a REST answer ``<url> -> <ts>: <body>``: served on the same port: the n-th request for a path's last
+  segment and ``symbol`` (e.g. Binance ``/api/v3/depth?symbol=BTCUSDT``) gets the n-th recorded body, the
+  last one repeats;
+- every other line (connection opened, client sent, configuration) is skipped.
 
 Every WebSocket connection to any path under the exchange's prefix gets the whole capture from its
 first frame; what the client sends is ignored. After the last frame the connection stays open and
@@ -19,7 +20,6 @@ and not recorded in the trade ledger; only connection faults (drop / refuse) app
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,48 +30,44 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from trading_platform import capture_format
+from trading_platform.capture_format import LineKind
 from trading_platform.replay.connection import ReplayConnection, json_text_response
 from trading_platform.replay.faults import CONNECTION_FAULTS, Fault
 from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolSpec, Trade
 
-_TIMESTAMPED = re.compile(r"^(\d+(?:\.\d*)?): (.*)$", re.DOTALL)
-_CRYPTOFEED = re.compile(r"^(\S+) (<->|<-|->) (\d+(?:\.\d*)?)(?:: (.*))?$", re.DOTALL)
 MAX_QUEUED = 1000  # frames queued ahead of a slow client before the reader waits
 
 
 @dataclass(frozen=True)
-class CaptureLine:
+class ReplayLine:
+    """What the replay does with one capture line: play a frame, serve a REST answer, or skip it."""
+
     kind: str  # "frame", "rest", "skip"
     text: str
-    timestamp: float | None = None
+    timestamp: float | None = None  # the recorded time in seconds, which paces the frames
     url: str = ""
 
 
-def parse_line(line: str) -> CaptureLine:
-    line = line.rstrip("\r\n")
-    if not line:
-        return CaptureLine("skip", "")
-    if line[0] in "{[":
-        return CaptureLine("frame", line)
-    match = _TIMESTAMPED.match(line)
-    if match:
-        return CaptureLine("frame", match.group(2), float(match.group(1)))
-    match = _CRYPTOFEED.match(line)
-    if match:
-        url, arrow, stamp, body = match.groups()
-        if arrow == "->" and body is not None:
-            return CaptureLine("rest", body, float(stamp), url)
-        return CaptureLine("skip", "", float(stamp), url)
-    return CaptureLine("frame", line)
+def parse_line(line: str) -> ReplayLine:
+    parsed = capture_format.parse_line(line.encode())
+    return ReplayLine("skip", "") if parsed is None else _replay_line(parsed)
 
 
-def read_capture(path: Path) -> Iterator[CaptureLine]:
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            parsed = parse_line(line)
-            if parsed.kind != "skip":
-                yield parsed
+def _replay_line(line: capture_format.CaptureLine) -> ReplayLine:
+    timestamp = line.received_us / 1_000_000 if line.timed else None
+    if line.kind is LineKind.FRAME:
+        return ReplayLine("frame", line.text, timestamp)
+    if line.kind is LineKind.REST:
+        return ReplayLine("rest", line.text, timestamp, line.url or "")
+    return ReplayLine("skip", "", timestamp, line.url or "")
+
+
+def read_capture(path: Path) -> Iterator[ReplayLine]:
+    """The frames and REST answers of a capture, in file order."""
+    for line in capture_format.read_capture(path, (LineKind.FRAME, LineKind.REST)):
+        yield _replay_line(line)
 
 
 def _rest_key(url: str) -> tuple[str, str]:

@@ -53,12 +53,11 @@ from trading_platform.replay.book import ChangeTracker
 from trading_platform.replay.clock import now_ns, rfc3339_ns, rfc3339_us
 from trading_platform.replay.connection import ReplayConnection, json_text_response
 from trading_platform.replay.faults import CONNECTION_FAULTS, OVERSIZED_BYTES, Fault, FaultKind
-from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
+from trading_platform.replay.feed import CadencedBookFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
 
 MAX_MESSAGES_PER_S = 8
-BOOK_FLUSH_MS = 50
 DATA_CHANNELS = ("heartbeats", "market_trades", "level2")
 SILENT_CHANNELS = ("candles", "status", "ticker", "ticker_batch")
 AUTH_CHANNELS = ("user", "futures_balance_summary")
@@ -84,7 +83,6 @@ class CoinbaseSession(Session):
         self.subscribed_once = False  # the 5 s subscribe deadline no longer applies
         # channel -> products (insertion-ordered); heartbeats and silent channels have no products.
         self.channels: dict[str, dict[str, None]] = {}
-        self._recent: deque[float] = deque()
 
     def describe(self) -> dict[str, object]:
         subscriptions = {channel: list(products) for channel, products in self.channels.items()}
@@ -99,12 +97,6 @@ class CoinbaseSession(Session):
             f'"sequence_num":{number},"events":{events}}}'
         )
 
-    def over_rate_limit(self, now: float) -> bool:
-        recent = self._recent
-        recent.append(now)
-        while recent and recent[0] <= now - 1.0:
-            recent.popleft()
-        return len(recent) > MAX_MESSAGES_PER_S
 
 
 class _BadRequest(Exception):
@@ -115,7 +107,7 @@ def _error(message: str) -> str:
     return json.dumps({"type": "error", "message": message}, separators=(",", ":"))
 
 
-class CoinbaseFeed(ExchangeFeed):
+class CoinbaseFeed(CadencedBookFeed):
     name = "coinbase"
     supported_faults = FRAME_FAULT_KINDS | CONNECTION_FAULTS | {FaultKind.SEQUENCE_GAP}
 
@@ -127,8 +119,6 @@ class CoinbaseFeed(ExchangeFeed):
         self._trackers: dict[str, ChangeTracker] = {
             symbol: market.book.tracker() for symbol, market in self.market.markets.items()
         }
-        self._book_due_ms = 0
-        self._heartbeat_due_ms = 0
         self._started_ns = now_ns()
 
     # -- connection ----------------------------------------------------------------------------------
@@ -152,7 +142,7 @@ class CoinbaseFeed(ExchangeFeed):
                     message = await asyncio.wait_for(ws.recv(), remaining)
                 else:
                     message = await ws.recv()
-                if self.options.enforce_limits and session.over_rate_limit(loop.time()):
+                if self.options.enforce_limits and session.over_rate_limit(loop.time(), MAX_MESSAGES_PER_S):
                     session.outbox.close()
                     await ws.close(1008, "Too many requests")
                     break
@@ -226,7 +216,7 @@ class CoinbaseFeed(ExchangeFeed):
                 self._trade_subscribers.setdefault(product, set()).add(session)
                 self._send_trade_snapshot(session, market)
             elif channel == "level2":
-                self._flush_book(product, market)  # others get pending changes first: the snapshot is current
+                self.flush_book(product, market)  # others get pending changes first: the snapshot is current
                 self._book_subscribers.setdefault(product, set()).add(session)
                 self._send_book_snapshot(session, market)
 
@@ -301,21 +291,7 @@ class CoinbaseFeed(ExchangeFeed):
         events = f'[{{"type":"snapshot","product_id":"{spec.symbol}","updates":[{updates}]}}]'
         session.outbox.push_control(session.envelope("l2_data", rfc3339_ns(now_ns()), events))
 
-    def publish_books(self, now_ms: int) -> None:
-        if now_ms >= self._heartbeat_due_ms:
-            self._heartbeat_due_ms = (now_ms // 1000 + 1) * 1000
-            self._send_heartbeats()
-        if now_ms < self._book_due_ms:
-            return
-        self._book_due_ms = (now_ms // BOOK_FLUSH_MS + 1) * BOOK_FLUSH_MS
-        for symbol, market in self.market.markets.items():
-            self._flush_book(symbol, market)
-
-    def flush_books(self, now_ms: int) -> None:
-        for symbol, market in self.market.markets.items():
-            self._flush_book(symbol, market)
-
-    def _flush_book(self, symbol: str, market: SymbolMarket) -> None:
+    def flush_book(self, symbol: str, market: SymbolMarket) -> None:
         tracker = self._trackers[symbol]
         if not tracker.first_id:
             return
@@ -340,7 +316,7 @@ class CoinbaseFeed(ExchangeFeed):
                 session.outbox.push_control(session.envelope("l2_data", timestamp, events))
         tracker.clear()
 
-    def _send_heartbeats(self) -> None:
+    def send_heartbeats(self) -> None:
         if not self._heartbeat_subscribers:
             return
         ns = now_ns()

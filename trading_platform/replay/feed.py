@@ -12,14 +12,16 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from trading_platform.capture_format import FrameRecorder
 from trading_platform.config import ExchangeConfig
 from trading_platform.replay.connection import ReplayConnection
 from trading_platform.replay.faults import (
@@ -32,9 +34,8 @@ from trading_platform.replay.faults import (
 )
 from trading_platform.replay.history import DEFAULT_HISTORY_TRADES, HistoryRow, TradeHistory
 from trading_platform.replay.ledger import TradeLedger
-from trading_platform.replay.market import DEFAULT_BOOK_RATE, MarketSimulator, SymbolSpec, Trade
+from trading_platform.replay.market import DEFAULT_BOOK_RATE, MarketSimulator, SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import Outbox
-from trading_platform.replay.recording import FrameRecorder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class FeedOptions:
     # Newest trades per symbol the REST history endpoints serve (None: all kept). Smaller than an outage,
     # it makes that outage unrecoverable, like an exchange whose public history is short.
     rest_history_trades: int | None = None
+    # exchange -> symbol -> newest trades of a stopped market to continue from (empty: a fresh market).
+    resume: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
 
 
 class RequestRejected(Exception):
@@ -83,6 +86,15 @@ class Session:
         )
         self.exchange = feed.name
         self.opened_at = time.time()
+        self._recent_messages: deque[float] = deque()
+
+    def over_rate_limit(self, now: float, limit_per_s: int) -> bool:
+        """Count a client message received at ``now``; True when the last second holds more than the limit."""
+        recent = self._recent_messages
+        recent.append(now)
+        while recent and recent[0] <= now - 1.0:
+            recent.popleft()
+        return len(recent) > limit_per_s
 
     def describe(self) -> dict[str, object]:
         """What ``GET /_replay/connections`` shows about this connection."""
@@ -117,6 +129,7 @@ class ExchangeFeed(ABC):
             int(time.time() * 1000),
             options.book_rate_per_symbol,
             options.history_trades,
+            options.resume.get(self.name),
         )
         self.sessions: set[Session] = set()
         # Gets every frame text sent on this exchange (set by the server when recording).
@@ -291,3 +304,37 @@ class ExchangeFeed(ABC):
             await sender
         except Exception:
             log.exception("%s connection %d: sender failed", self.name, session.connection_id)
+
+
+class CadencedBookFeed(ExchangeFeed):
+    """A feed that sends book changes per symbol on a fixed cadence and a heartbeat every second (Coinbase's
+    level2 and heartbeats channels, Kraken's book channel and heartbeat): the exchange module only says how a
+    symbol's pending changes and a heartbeat look on its wire."""
+
+    book_flush_ms = 50
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._book_due_ms = 0
+        self._heartbeat_due_ms = 0
+
+    def publish_books(self, now_ms: int) -> None:
+        if now_ms >= self._heartbeat_due_ms:
+            self._heartbeat_due_ms = (now_ms // 1000 + 1) * 1000
+            self.send_heartbeats()
+        if now_ms < self._book_due_ms:
+            return
+        self._book_due_ms = (now_ms // self.book_flush_ms + 1) * self.book_flush_ms
+        self.flush_books(now_ms)
+
+    def flush_books(self, now_ms: int) -> None:
+        for symbol, market in self.market.markets.items():
+            self.flush_book(symbol, market)
+
+    @abstractmethod
+    def send_heartbeats(self) -> None:
+        """Send the heartbeat frame to every session that asked for heartbeats."""
+
+    @abstractmethod
+    def flush_book(self, symbol: str, market: SymbolMarket) -> None:
+        """Send ``symbol``'s pending book changes to its subscribers, then forget them."""

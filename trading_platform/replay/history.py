@@ -96,7 +96,7 @@ class TradeHistory:
         return bisect.bisect_left(self._time, time_ms)
 
     def price(self, row: HistoryRow) -> float:
-        return row.price_ticks / 10**self.spec.price_decimals
+        return float(row.price_ticks / 10**self.spec.price_decimals)
 
     def qty(self, row: HistoryRow) -> float:
-        return row.qty_lots / 10**self.spec.qty_decimals
+        return float(row.qty_lots / 10**self.spec.qty_decimals)

@@ -52,12 +52,11 @@ from trading_platform.replay.book import ChangeTracker
 from trading_platform.replay.clock import now_ns, rfc3339_us
 from trading_platform.replay.connection import ReplayConnection, json_text_response
 from trading_platform.replay.faults import CONNECTION_FAULTS, OVERSIZED_BYTES, Fault, FaultKind
-from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
+from trading_platform.replay.feed import CadencedBookFeed, RequestRejected, Session
 from trading_platform.replay.market import SymbolMarket, SymbolSpec, Trade
 from trading_platform.replay.outbox import TradeFrames
 
 DEPTHS = (10, 25, 100, 500, 1000)
-BOOK_FLUSH_MS = 50
 API_VERSION = "2.0.10"
 FRAME_FAULT_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.WRONG_TYPE, FaultKind.UNKNOWN_SYMBOL,
                                FaultKind.OVERSIZED, FaultKind.UNKNOWN_TYPE, FaultKind.INVALID_UTF8})
@@ -104,7 +103,7 @@ def _dumps(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-class KrakenFeed(ExchangeFeed):
+class KrakenFeed(CadencedBookFeed):
     name = "kraken"
     supported_faults = FRAME_FAULT_KINDS | CONNECTION_FAULTS | {FaultKind.BAD_CHECKSUM}
 
@@ -119,8 +118,6 @@ class KrakenFeed(ExchangeFeed):
             symbol: market.book.tracker() for symbol, market in self.market.markets.items()
         }
         self._bad_checksums: dict[str, int] = {}
-        self._book_due_ms = 0
-        self._heartbeat_due_ms = 0
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -229,7 +226,7 @@ class KrakenFeed(ExchangeFeed):
             # Re-sent history: recorded in the ledger too (its trades() is a set, so repeats collapse).
             return [TradeFrames(native_symbol(symbol), recent[0].trade_id, [frame], len(recent))]
         # Book: bring every view of this pair up to date first, so the snapshot and the views agree.
-        self._flush_book(symbol, market)
+        self.flush_book(symbol, market)
         session.books[symbol] = depth
         self._book_subscribers.setdefault((symbol, depth), set()).add(session)
         view = self._views.get((symbol, depth))
@@ -314,23 +311,12 @@ class KrakenFeed(ExchangeFeed):
             for session in subscribers:
                 session.outbox.push_trades(item)
 
-    def publish_books(self, now_ms: int) -> None:
-        if now_ms >= self._heartbeat_due_ms:
-            self._heartbeat_due_ms = (now_ms // 1000 + 1) * 1000
-            for session in self.sessions:
-                if isinstance(session, KrakenSession) and session.subscribed:
-                    session.outbox.push_control('{"channel":"heartbeat"}')
-        if now_ms < self._book_due_ms:
-            return
-        self._book_due_ms = (now_ms // BOOK_FLUSH_MS + 1) * BOOK_FLUSH_MS
-        for symbol, market in self.market.markets.items():
-            self._flush_book(symbol, market)
+    def send_heartbeats(self) -> None:
+        for session in self.sessions:
+            if isinstance(session, KrakenSession) and session.subscribed:
+                session.outbox.push_control('{"channel":"heartbeat"}')
 
-    def flush_books(self, now_ms: int) -> None:
-        for symbol, market in self.market.markets.items():
-            self._flush_book(symbol, market)
-
-    def _flush_book(self, symbol: str, market: SymbolMarket) -> None:
+    def flush_book(self, symbol: str, market: SymbolMarket) -> None:
         tracker = self._trackers[symbol]
         if not tracker.first_id:
             return

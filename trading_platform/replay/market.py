@@ -119,6 +119,8 @@ MAX_TOUCH_GAP_SLOTS = 2  # a touch further than this from the fair value gets a 
 DEFAULT_BOOK_RATE = 20.0
 MAKER_MEAN_DISTANCE = 6.0
 MAKER_CANCEL_SHARE = 0.3
+# Newest trades per symbol a stopped market hands to its restart: its REST history keeps serving them.
+RESUME_TRADES = 1_000
 RECENT_TRADES = 50  # kept per symbol for the trade snapshots Coinbase and Kraken send on subscribe
 
 
@@ -205,7 +207,9 @@ class SymbolMarket:
         start_ms: int,
         book_rate_per_s: float = DEFAULT_BOOK_RATE,
         history_trades: int = DEFAULT_HISTORY_TRADES,
+        resume: list[list[int]] | None = None,
     ) -> None:
+        """``resume``: the newest trades of a stopped market (see :meth:`tail`) to continue from."""
         if rate_per_s < 0 or book_rate_per_s < 0:
             raise ValueError(f"rates must be >= 0, got {rate_per_s} and {book_rate_per_s}")
         self.spec = spec
@@ -213,8 +217,8 @@ class SymbolMarket:
         self._content = random.Random(f"{seed}/{exchange}/{spec.symbol}/content")
         self._arrivals = random.Random(f"{seed}/{exchange}/{spec.symbol}/arrivals")
         self.next_trade_id = self._content.randrange(100_000_000, 4_000_000_000)
-        self._price_scale = 10**spec.price_decimals
-        self._qty_scale = 10**spec.qty_decimals
+        self._price_scale = int(10**spec.price_decimals)
+        self._qty_scale = int(10**spec.qty_decimals)
         self._log_anchor = math.log(spec.start_price)
         self._log_mid = self._log_anchor
         self.step = max(1, round(spec.start_price * LEVEL_STEP_REL * self._price_scale))  # grid, in ticks
@@ -229,7 +233,9 @@ class SymbolMarket:
         self.fill_observer: Callable[[Trade, int, int], None] | None = None
         self._seed_book()
         self.last_price = self.book.best_ask() / self._price_scale
-        if rate_per_s > 0:
+        if resume:
+            self._restore(resume)
+        elif rate_per_s > 0:
             self._seed_history(start_ms, 1000.0 / rate_per_s)
 
         self._calm_order_rate = rate_per_s / MEAN_FILLS / _MEAN_MULTIPLIER / 1000.0  # per ms
@@ -317,6 +323,22 @@ class SymbolMarket:
                 if slot == 0 or rng.random() < 0.85:
                     book.set_level(is_bid, price, self._level_lots(price))
                 slot += 1
+
+    def tail(self, count: int) -> list[list[int]]:
+        """The newest ``count`` executed trades as [id, price ticks, qty lots, time ms, buyer maker]."""
+        last = len(self.history)
+        return [[r.trade_id, r.price_ticks, r.qty_lots, r.time_ms, int(r.buyer_maker)]
+                for r in self.history.rows(max(0, last - count), last)]
+
+    def _restore(self, rows: list[list[int]]) -> None:
+        """Continue a stopped market: its newest trades are history again (a platform that stopped before
+        the market did backfills them from REST, as from an exchange) and the ids go on after them."""
+        for trade_id, price_ticks, qty_lots, time_ms, buyer_maker in rows:
+            trade = Trade(trade_id, price_ticks / self._price_scale, qty_lots / self._qty_scale, time_ms,
+                          bool(buyer_maker), price_ticks, qty_lots)
+            self.history.append(trade)
+            self.recent.append(trade)
+        self.next_trade_id = rows[-1][0] + 1
 
     def _seed_history(self, start_ms: int, interval_ms: float) -> None:
         """Trade before ``start_ms`` until the last RECENT_TRADES exist, so snapshots are never empty."""
@@ -439,17 +461,23 @@ class MarketSimulator:
         start_ms: int,
         book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
         history_trades: int = DEFAULT_HISTORY_TRADES,
+        resume: dict[str, list[list[int]]] | None = None,
     ) -> None:
         if rate_per_symbol < 0:
             raise ValueError(f"rate_per_symbol must be >= 0, got {rate_per_symbol}")
         self.exchange = exchange
+        resumed = resume or {}
         self.markets: dict[str, SymbolMarket] = {
             symbol: SymbolMarket(
                 SymbolSpec.for_symbol(symbol), rate_per_symbol, seed, exchange, start_ms, book_rate_per_symbol,
-                history_trades,
+                history_trades, resumed.get(symbol),
             )
             for symbol in symbols
         }
+
+    def resume_point(self, trades: int = RESUME_TRADES) -> dict[str, list[list[int]]]:
+        """Each symbol's newest trades: what a restarted simulator continues from (``resume``)."""
+        return {symbol: market.tail(trades) for symbol, market in self.markets.items()}
 
     def shift(self, ms: int) -> None:
         for market in self.markets.values():

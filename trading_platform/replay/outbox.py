@@ -6,7 +6,8 @@ exact accounting needs: an UNSUBSCRIBE removes the streams first and then queues
 trade frame of those streams is on the wire before the reply. Trades are recorded in the ledger right
 after ``send`` accepted them (a send that raises ``ConnectionClosed`` records nothing).
 
-A recorder (see ``capture.FrameRecorder``) gets the text of every frame once ``send`` accepted it.
+A recorder (``trading_platform.capture_format.FrameRecorder``) gets the text of every frame once ``send``
+accepted it.
 """
 
 from __future__ import annotations

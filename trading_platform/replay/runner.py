@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import signal
 import threading
@@ -12,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trading_platform.capture_format import RecordFormat
 from trading_platform.config import ExchangesFile, load_exchanges
-from trading_platform.replay.recording import RecordFormat
 from trading_platform.replay.server import ReplayServer, start_replay_server
 from trading_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE_PER_SYMBOL = 5.0
+RESUME_FILE = "resume.json"  # in <state dir>/replay/: the markets' newest trades, written at a clean stop
 
 
 def run_replay(
@@ -51,13 +53,31 @@ def run_replay(
     }
     if book_rate_per_symbol is not None:
         options["book_rate_per_symbol"] = book_rate_per_symbol
-    asyncio.run(_serve_until_signalled(settings.replay_host, settings.replay_port, exchanges, rate, options))
+    resume = settings.state_dir / "replay" / RESUME_FILE
+    asyncio.run(_serve_until_signalled(settings.replay_host, settings.replay_port, exchanges, rate, options,
+                                       resume))
+
+
+def _take_resume_point(resume: Path) -> dict[str, dict[str, list[list[int]]]] | None:
+    """What a cleanly stopped feed left, removed as it is read: after a crash there is none, and the
+    markets start at fresh ids (the platform then records the jump as an unfillable gap)."""
+    try:
+        point: dict[str, dict[str, list[list[int]]]] = json.loads(resume.read_text())
+    except FileNotFoundError:
+        return None
+    resume.unlink()
+    log.info("replay feed continues the markets it stopped (%s)", resume)
+    return point
 
 
 async def _serve_until_signalled(
-    host: str, port: int, exchanges: ExchangesFile, rate: float, options: dict[str, Any]
+    host: str, port: int, exchanges: ExchangesFile, rate: float, options: dict[str, Any], resume: Path
 ) -> None:
-    server = await start_replay_server(host, port, exchanges, rate_per_symbol=rate, **options)
+    # Restarting `make run` must not look like a market whose trade ids jumped by billions: the markets
+    # continue where they stopped, as an exchange's do, REST history included (the platform stops a moment
+    # before the feed does and backfills the trades it missed from it).
+    server = await start_replay_server(host, port, exchanges, rate_per_symbol=rate,
+                                       resume=_take_resume_point(resume), **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -70,6 +90,8 @@ async def _serve_until_signalled(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await server.close()
+        resume.parent.mkdir(parents=True, exist_ok=True)
+        resume.write_text(json.dumps(server.resume_point(), separators=(",", ":")))
 
 
 @contextmanager

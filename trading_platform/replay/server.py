@@ -8,7 +8,8 @@ subscribed connections' outboxes; per-connection sender tasks write them. So the
 loop over symbols, whatever the trade rate.
 
 With a capture, one exchange's prefix serves the recorded frames instead (``capture.py``); with
-``record``, every frame sent on the named exchanges is written to a file (``recording.py``).
+``record``, every frame sent on the named exchanges is written to a file
+(``FrameRecorder``, ``trading_platform/capture_format.py``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from trading_platform.capture_format import FrameRecorder, RecordFormat
 from trading_platform.config import ExchangesFile
 from trading_platform.replay import admin
 from trading_platform.replay.binance import BinanceFeed
@@ -35,9 +38,10 @@ from trading_platform.replay.history import DEFAULT_HISTORY_TRADES
 from trading_platform.replay.kraken import KrakenFeed
 from trading_platform.replay.ledger import TradeLedger
 from trading_platform.replay.market import DEFAULT_BOOK_RATE, new_seed
-from trading_platform.replay.recording import FrameRecorder, RecordFormat
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Exchanges with a replay protocol; configured exchanges without one are not served.
 FEED_TYPES: dict[str, type[ExchangeFeed]] = {"binance": BinanceFeed, "coinbase": CoinbaseFeed, "kraken": KrakenFeed}
@@ -61,11 +65,12 @@ class ReplayServer:
         self,
         exchanges: ExchangesFile,
         host: str,
-        rate_per_symbol: float,
-        seed: int | None,
-        tick_interval: float,
-        enforce_limits: bool,
-        max_pending_frames: int,
+        rate_per_symbol: float = 5.0,
+        seed: int | None = None,
+        *,
+        tick_interval: float = 0.01,
+        enforce_limits: bool = True,
+        max_pending_frames: int = 500_000,
         book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
         subscribe_timeout_s: float = 5.0,
         capture: Path | None = None,
@@ -75,6 +80,7 @@ class ReplayServer:
         record_format: RecordFormat = "raw",
         history_trades: int = DEFAULT_HISTORY_TRADES,
         rest_history_trades: int | None = None,
+        resume: dict[str, dict[str, list[list[int]]]] | None = None,
     ) -> None:
         self.host = host
         self.seed = new_seed() if seed is None else seed
@@ -90,6 +96,7 @@ class ReplayServer:
             subscribe_timeout_s,
             history_trades,
             rest_history_trades,
+            resume or {},
         )
         if (capture is None) != (capture_exchange is None):
             raise ValueError("capture and capture_exchange go together")
@@ -132,6 +139,10 @@ class ReplayServer:
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._tick_task = asyncio.create_task(self._tick_forever(), name="replay-tick")
+
+    def resume_point(self) -> dict[str, dict[str, list[list[int]]]]:
+        """exchange -> symbol -> newest trades: what a restarted server continues from (``resume``)."""
+        return {name: feed.market.resume_point() for name, feed in self.feeds.items()}
 
     async def close(self) -> None:
         """Stop ticking, close every connection (1001) and wait until handlers have finished."""
@@ -305,14 +316,14 @@ class ReplayServer:
         """The server's current book of a normalized symbol (e.g. ``BTC-USD``) on ``exchange``:
         ``{"update_id": int, "bids": [(price, qty), …], "asks": […]}``, texts with the symbol's
         decimals, best first. Safe from any thread."""
-        return self._on_loop(lambda: self.feeds[exchange].book(symbol))  # type: ignore[no-any-return]
+        return self._on_loop(lambda: self.feeds[exchange].book(symbol))
 
     def history(self, exchange: str, symbol: str | None = None, with_trades: bool = True) -> dict[str, Any]:
         """Every trade ``exchange``'s market executed (connected clients or not), per native symbol:
         ``{native: {"first_id", "last_id", "count", "trades": [[id, price, qty, side, time_ms], …]}}`` with
         price and quantity as the exchange's decimal text and ``side`` the aggressor's (``buy``/``sell``).
         The ground truth of "nothing lost". ``symbol``: one native symbol. Safe from any thread."""
-        return self._on_loop(lambda: self.feeds[exchange].history_document(symbol, with_trades))  # type: ignore[no-any-return]
+        return self._on_loop(lambda: self.feeds[exchange].history_document(symbol, with_trades))
 
     def connections(self) -> list[dict[str, object]]:
         """Open client connections, as :meth:`Session.describe` reports them."""
@@ -326,7 +337,7 @@ class ReplayServer:
             "connections": {name: len(feed.sessions) for name, feed in self.feeds.items()},
         }
 
-    def _on_loop(self, read: Any) -> Any:
+    def _on_loop(self, read: Callable[[], _T]) -> _T:
         # Sessions are owned by the loop thread: copy them there when asked from elsewhere.
         try:
             running = asyncio.get_running_loop()
@@ -335,7 +346,7 @@ class ReplayServer:
         if running is self.loop:
             return read()
 
-        async def call() -> Any:
+        async def call() -> _T:
             return read()
 
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=30)
@@ -348,19 +359,8 @@ async def start_replay_server(
     rate_per_symbol: float = 5.0,
     seed: int | None = None,
     *,
-    tick_interval: float = 0.01,
     ping_interval: float | None = PING_INTERVAL_S,
-    enforce_limits: bool = True,
-    max_pending_frames: int = 500_000,
-    book_rate_per_symbol: float = DEFAULT_BOOK_RATE,
-    subscribe_timeout_s: float = 5.0,
-    capture: Path | None = None,
-    capture_exchange: str | None = None,
-    speed: float = 1.0,
-    record: dict[str, Path] | None = None,
-    record_format: RecordFormat = "raw",
-    history_trades: int = DEFAULT_HISTORY_TRADES,
-    rest_history_trades: int | None = None,
+    **options: Any,
 ) -> ReplayServer:
     """Start serving on ``host:port`` (0: an ephemeral port, see ``server.port``).
 
@@ -368,32 +368,18 @@ async def start_replay_server(
     the long-run average trades per second per symbol (arrivals are bursty around it);
     ``book_rate_per_symbol`` the maker events (level adds/resizes/cancels) per second per symbol on
     top of the fills. ``seed`` fixes each symbol's trades and book; without it a random seed is drawn
-    and reported as ``server.seed``. ``subscribe_timeout_s``: Coinbase's subscribe deadline.
+    and reported as ``server.seed``. ``options`` are :class:`ReplayServer`'s keyword arguments:
+    ``subscribe_timeout_s``: Coinbase's subscribe deadline.
 
     ``capture`` + ``capture_exchange``: that exchange's prefix replays the capture file (see
     ``capture.py``) at ``speed`` (0: as fast as possible). ``record``: {exchange: file} to write every
     frame sent on that exchange, one per line (``record_format`` ``raw`` or ``cryptofeed``).
     ``history_trades``: executed trades kept per symbol (REST history, ``/_replay/history``);
     ``rest_history_trades``: how many of the newest the REST endpoints serve (None: all kept).
+    ``resume``: a stopped server's :meth:`ReplayServer.resume_point`, to continue its markets (trade ids
+    and REST history); without it each symbol starts at a random id.
     """
-    server = ReplayServer(
-        exchanges,
-        host,
-        rate_per_symbol,
-        seed,
-        tick_interval,
-        enforce_limits,
-        max_pending_frames,
-        book_rate_per_symbol,
-        subscribe_timeout_s,
-        capture,
-        capture_exchange,
-        speed,
-        record,
-        record_format,
-        history_trades,
-        rest_history_trades,
-    )
+    server = ReplayServer(exchanges, host, rate_per_symbol, seed, **options)
     await server.start(port, ping_interval)
     log.info(
         "replay feed on %s (seed %d, %.3g trades/s per symbol): %s",
@@ -401,7 +387,8 @@ async def start_replay_server(
         server.seed,
         rate_per_symbol,
         "; ".join(
-            f"{name}: capture {capture}" if name == capture_exchange else f"{name}: {PATHS.get(name, '/' + name)}"
+            f"{name}: capture {options['capture']}" if name == options.get("capture_exchange")
+            else f"{name}: {PATHS.get(name, '/' + name)}"
             for name in server.feeds
         ),
     )

@@ -25,14 +25,17 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlparse, urlunparse
 
 import pyarrow as pa
 
 from trading_platform import schema
+from trading_platform.sql import quote_identifier, quote_string, quote_table_name
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chdb.session import Session
 
 __all__ = [
@@ -52,6 +55,10 @@ _CODE_RE = re.compile(r"Code: (\d+)\.")
 # chdb reports a folder locked by another process as "Code: 36 ... Error initializing EmbeddedServer"
 # (the Code 76 line only reaches stderr), so the lock is also recognised by probing the status file.
 _LOCK_MARKERS = ("Code: 76.", "Cannot lock file")
+# ... and that same message is all a contender sees when the holder closed the folder between the failed open
+# and the probe: such a failure is opened again (a few times) before it counts as another error.
+_INIT_FAILED_MARKER = "Error initializing EmbeddedServer"
+_AMBIGUOUS_RETRIES = 5
 # One process embeds one chdb engine, i.e. one database folder (chdb's own rule, Code 36).
 _OTHER_PATH_MARKER = "already initialized with path"
 
@@ -84,15 +91,6 @@ def redact_url(url: str) -> str:
     return urlunparse(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def quote_string(value: str) -> str:
-    """A ClickHouse string literal (only ``\\`` and ``'`` need escaping)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def quote_identifier(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
 @runtime_checkable
 class ClickHouse(Protocol):
     """What the platform needs from ClickHouse; both backends implement exactly this."""
@@ -108,7 +106,7 @@ class ClickHouse(Protocol):
         ...
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
-        """Insert ``data`` into ``table`` (``db.table``), columns mapped by name.
+        """Insert ``data`` into ``table`` (``db.table``, quoted here), columns mapped by name.
 
         With ``dedup_token`` a repeated insert of the same token is dropped by ClickHouse (tables need
         ``non_replicated_deduplication_window`` or a Replicated engine), which makes loads idempotent.
@@ -122,6 +120,21 @@ class ClickHouse(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+class _ClosedOnExit:
+    """``with backend:`` closes it on the way out, whichever backend it is."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def open_clickhouse(url: str, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ClickHouse:
@@ -140,7 +153,7 @@ def open_clickhouse(url: str, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
 
 def ensure_schema(ch: ClickHouse) -> None:
     """Create the ``trading`` database and every table of :data:`schema.ALL_TABLES` (idempotent)."""
-    ch.command(f"CREATE DATABASE IF NOT EXISTS {schema.DATABASE}")
+    ch.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(schema.DATABASE)}")
     for table in schema.ALL_TABLES:
         ch.command(table.ddl())
 
@@ -194,9 +207,10 @@ def open_chdb_session(path: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOU
     url = f"chdb://{path}"
     deadline = time.monotonic() + lock_timeout_s
     delay = 0.02
+    ambiguous_left = _AMBIGUOUS_RETRIES
     while True:
         try:
-            return Session(str(path))
+            return cast("Callable[[str], Session]", Session)(str(path))  # chdb has no type hints
         except Exception as exc:  # chdb raises RuntimeError with the ClickHouse text
             message = str(exc)
             if _OTHER_PATH_MARKER in message:
@@ -205,7 +219,12 @@ def open_chdb_session(path: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOU
                     f"and chdb embeds one database folder per process ({message})",
                     code=error_code(message),
                 ) from exc
-            if not (any(m in message for m in _LOCK_MARKERS) or _status_file_locked(path)):
+            locked = any(m in message for m in _LOCK_MARKERS) or _status_file_locked(path)
+            if not locked and _INIT_FAILED_MARKER in message and ambiguous_left > 0:
+                ambiguous_left -= 1
+                time.sleep(random.uniform(0.01, 0.05))
+                continue
+            if not locked:
                 raise ClickHouseUnavailable(
                     f"cannot open ClickHouse at {url}: {message}", code=error_code(message)
                 ) from exc
@@ -226,7 +245,15 @@ def open_chdb_session(path: Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOU
                 break
 
 
-class ChdbClickHouse:
+class _ChdbSession(Protocol):
+    """What :class:`ChdbClickHouse` calls on chdb's ``Session`` (chdb has no type hints)."""
+
+    def query(self, sql: str, fmt: str) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ChdbClickHouse(_ClosedOnExit):
     """The embedded backend: one chdb session on a database folder, held until :meth:`close`.
 
     Open late and close early: while this object lives, no other process can open the folder.
@@ -235,7 +262,7 @@ class ChdbClickHouse:
     def __init__(self, path: Path | str, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.url = f"chdb://{self.path}"
-        self._session: Session | None = open_chdb_session(self.path, lock_timeout_s=lock_timeout_s)
+        self._session: _ChdbSession | None = open_chdb_session(self.path, lock_timeout_s=lock_timeout_s)
         # A chdb session is not thread-safe; Dagster may call a resource from several threads.
         self._lock = threading.Lock()
 
@@ -267,8 +294,9 @@ class ChdbClickHouse:
         settings = (
             f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}" if dedup_token else ""
         )
+        target = quote_table_name(table)
         self._query(
-            f"INSERT INTO {table} ({columns}){settings} SELECT {columns} FROM Python(_tp_insert_arrow)",
+            f"INSERT INTO {target} ({columns}){settings} SELECT {columns} FROM Python(_tp_insert_arrow)",
             "TabSeparated",
         )
 
@@ -277,14 +305,6 @@ class ChdbClickHouse:
             session, self._session = self._session, None
         if session is not None:
             session.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ChdbClickHouse({str(self.path)!r})"
@@ -298,7 +318,7 @@ def _truthy(values: list[str]) -> bool:
     return values[-1].strip().lower() not in ("0", "false", "no", "off")
 
 
-class ServerClickHouse:
+class ServerClickHouse(_ClosedOnExit):
     """A ClickHouse server through clickhouse-connect (HTTP interface)."""
 
     def __init__(self, url: str, *, connect_timeout_s: int = 10) -> None:
@@ -355,19 +375,12 @@ class ServerClickHouse:
         if data.num_rows == 0:
             return
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-        self._call(self._client.insert_arrow, table, data, settings=settings)
+        # clickhouse-connect passes a dotted name through as it is, so it gets it quoted already.
+        self._call(self._client.insert_arrow, quote_table_name(table), data, settings=settings)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ServerClickHouse({self.url!r})"

@@ -66,3 +66,26 @@ def test_an_exchange_without_a_module_fails_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match=r"exchanges\.bitstamp\.enabled.*trading_platform/exchanges/bitstamp\.py"):
         exchange_class("bitstamp")
+
+
+def test_every_asset_has_the_owner_and_the_freshness_policy_of_its_group(definitions: dg.Definitions) -> None:
+    from datetime import timedelta
+
+    graph = definitions.resolve_asset_graph()
+    def window(warn: int, fail: int) -> dg.FreshnessPolicy:
+        return dg.FreshnessPolicy.time_window(warn_window=timedelta(minutes=warn), fail_window=timedelta(minutes=fail))
+
+    policies = {"lake": window(1, 5), "warehouse": window(3, 10), "cache": window(3, 10)}
+    keys = graph.get_all_asset_keys()
+    assert len(keys) == 9
+    for key in keys:
+        node = graph.get(key)
+        assert node.owners == ["team:market-data"], key
+        assert node.freshness_policy == policies[node.group_name], key
+
+
+def test_an_asset_outside_the_known_groups_is_refused() -> None:
+    from trading_platform.defs.conventions import with_conventions
+
+    with pytest.raises(ValueError, match=r"group 'scratch'.*freshness policy"):
+        with_conventions(dg.AssetSpec("stray", group_name="scratch"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pyarrow as pa
@@ -23,6 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from dagster_graphql import DagsterGraphQLClient
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 from trading_platform.config import ExchangesFile
 from trading_platform.replay import ReplayServer, running_replay_server
@@ -40,6 +45,7 @@ from trading_platform_tests.support import (
     wait_for,
 )
 
+# One test worker runs this module whole, in order (see SCENARIO_MODULES in conftest.py).
 pytestmark = pytest.mark.slow
 
 SENSOR_QUERY = """
@@ -65,6 +71,8 @@ class Platform:
     dagster_home: Path
     redis_url: str
     log: Path
+    url: str = ""
+    ui_up_at: float = 0.0  # when the webserver first answered
 
     @property
     def clickhouse_url(self) -> str:
@@ -85,7 +93,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
     home = root / "dagster_home"
     home.mkdir()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    with running_replay_server(exchanges_config, rate_per_symbol=10.0, seed=5) as replay:
+    # 60 pairs at 4 trades/s each: every path exercised, at a CPU cost that leaves the loads their share.
+    with running_replay_server(exchanges_config, rate_per_symbol=4.0, seed=5) as replay:
         port = free_port()
         env = dict(os.environ, DAGSTER_HOME=str(home), TP_STATE_DIR=str(root / "state"),
                    TP_REPLAY_PORT=str(replay.port), TP_REDIS_URL=redis_server, TP_BATCH_MAX_AGE_S="2",
@@ -98,7 +107,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
                 cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )
         client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=30)
-        platform = Platform(client, replay, root / "state", home, redis_server, log)
+        platform = Platform(client, replay, root / "state", home, redis_server, log, f"http://127.0.0.1:{port}")
 
         def webserver_up() -> bool:
             try:
@@ -108,6 +117,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
                 return process.poll() is not None  # fail fast below if dagster dev died
         try:
             wait_for(webserver_up, 120, "the Dagster webserver", interval_s=1)
+            platform.ui_up_at = time.monotonic()
             assert process.poll() is None, log.read_text()[-5000:]
             yield platform
         finally:
@@ -153,6 +163,95 @@ def _supervisor(exchange: str) -> dict[str, str]:
     return {**SUPERVISOR, "sensorName": f"supervise_{exchange}"}
 
 
+CHECKS_QUERY = """
+query Checks($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { assetKey { path } assetChecksOrError { ... on AssetChecks { checks {
+    name executionForLatestMaterialization { status } } } } }
+}"""
+UI_ASSETS = ("raw_trades", "market_trades", "latest_prices")
+LOADED_ASSETS = ("market_trades", "orderbook_snapshots", "book_events", "quarantine", "latest_prices")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+# Headless on a closed network: no sandbox as root, no GPU, and none of Chromium's own background traffic.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "ui"
+
+
+def _settled(page: Page) -> None:
+    """Before a screenshot: the graph's live data has arrived (no node still says Loading...)."""
+    page.wait_for_function("() => !document.body.innerText.includes('Loading...')", timeout=20_000)
+
+
+def _check_status(platform: Platform, assets: tuple[str, ...]) -> dict[str, str | None]:
+    """What the UI shows per check: the status of its execution for the asset's latest materialization."""
+    nodes = platform.graphql(CHECKS_QUERY, keys=[{"path": [a]} for a in assets])["assetNodes"]
+    return {f"{n['assetKey']['path'][0]}:{c['name']}": (c["executionForLatestMaterialization"] or {}).get("status")
+            for n in nodes for c in n["assetChecksOrError"]["checks"]}
+
+
+def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform) -> None:
+    """Within 3 minutes of the UI answering, every check of the lake, warehouse and cache assets users look at
+    has passed on the asset's latest materialization, as the browser shows it. Screenshots: test-artifacts/ui."""
+    # make test installs Debian's chromium (as root, with apt); without it this test fails and says so.
+    assert CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: install Debian's chromium package (apt-get install chromium)"
+    from playwright.sync_api import sync_playwright
+
+    budget_s = 180 - (time.monotonic() - platform.ui_up_at)
+    # Each check must show a passing execution for its asset's latest materialization; a load that starts
+    # meanwhile shows its checks as running again (about 10-30 s a minute), so each check counts once seen.
+    seen: dict[str, str | None] = {}
+    passed: set[str] = set()
+
+    def all_passed() -> dict[str, str | None] | None:
+        seen.update(_check_status(platform, UI_ASSETS))
+        passed.update(k for k, v in seen.items() if v == "SUCCEEDED")
+        return dict(seen) if seen and passed == set(seen) else None
+    try:
+        status = wait_for(all_passed, budget_s, "every check passing on the latest materialization", interval_s=2)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; never seen passing: {sorted(set(seen) - passed)}; last: {seen}") from None
+    assert {key.split(":")[0] for key in status} == set(UI_ASSETS) and len(status) == 7, status
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{platform.url}/asset-groups")
+            for group in ("lake", "warehouse", "cache"):
+                page.get_by_text(group, exact=True).first.wait_for(timeout=30_000)
+            assert "join the dagster community" not in page.inner_text("body").lower()
+            _settled(page)
+            page.screenshot(path=ARTIFACTS / "asset-groups.png")
+            page.goto(f"{platform.url}/assets/market_trades?view=lineage")
+            for neighbour in ("raw_trades", "latest_prices"):
+                page.get_by_text(neighbour, exact=True).first.wait_for(timeout=30_000)
+            _settled(page)
+            page.screenshot(path=ARTIFACTS / "market_trades-lineage.png")
+            for asset in UI_ASSETS:
+                page.goto(f"{platform.url}/assets/{asset}?view=checks")
+                checks = [key.split(":")[1] for key in status if key.startswith(f"{asset}:")]
+
+                shown: set[str] = set()
+
+                def all_shown_passing(names: list[str] = checks, url: str = page.url, shown: set[str] = shown) -> bool:
+                    page.goto(url)  # a fresh page each time: the list does not always follow a new run
+                    page.get_by_text(names[0], exact=True).first.wait_for(timeout=30_000)
+                    page.wait_for_timeout(1500)
+                    text = page.inner_text("body")
+                    shown.update(n for n in names if re.search(rf"{n}\s+{n}\s+Succeeded", text))
+                    return shown == set(names)
+                # A load run (about 30 s a minute) shows its checks as running meanwhile.
+                wait_for(all_shown_passing, 90, f"the {asset} checks tab to show {checks} succeeded", interval_s=2)
+                page.screenshot(path=ARTIFACTS / f"{asset}-checks.png")
+        finally:
+            browser.close()
+    # The daemon (automation ticks, sensors) logged no error meanwhile.
+    daemon_errors = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", platform.log.read_text()).splitlines()
+                     if re.search(r"dagster\.daemon\.\w+ - ERROR", line)]
+    assert not daemon_errors, daemon_errors[:5]
+
+
 def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platform) -> None:
     # The supervisor sensors start one ingestion run per exchange by themselves.
     runs = {}
@@ -180,10 +279,10 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
                           ("SUCCESS", "FAILURE", "CANCELED") and st, 60, "the terminated runs to end", interval_s=1)
         assert status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS)
 
-    # Every trade the markets executed meanwhile is in the lake and (through the load automation, no
-    # clicks) in ClickHouse, exactly once, with its content.
+    # Every trade the markets executed meanwhile is in the lake and in ClickHouse, exactly once, with its
+    # content.
     lake_rows = len(lake_trade_ids(lake))
-    _account_lake_and_clickhouse(platform, window_start, window_end)
+    _account_lake_and_clickhouse(platform, window_start, window_end, load_now=True)
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60) as ch:
         per_pair = ch.query_arrow("SELECT exchange, native_symbol, count() AS n, uniqExact(trade_id) AS u "
                                   "FROM trading.market_trades GROUP BY exchange, native_symbol").to_pylist()
@@ -223,11 +322,18 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
 
 
 def _account_lake_and_clickhouse(platform: Platform, window_start: dict[str, dict[str, int]],
-                                 window_end: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+                                 window_end: dict[str, dict[str, int]],
+                                 load_now: bool = False) -> dict[str, dict[str, int]]:
     """Wait for the loads, then per exchange: every trade the market executed in the window is in the lake and
-    in ClickHouse exactly once with its price, quantity, side and time; nothing stored that never happened."""
+    in ClickHouse exactly once with its price, quantity, side and time; nothing stored that never happened.
+
+    ``load_now``: materialize the warehouse and cache as the UI's Materialize button does, instead of
+    waiting up to a minute for the load automation's next tick (the UI test shows the automation's loads:
+    their checks pass on every latest materialization)."""
     lake = LocalObjectStore(platform.state_dir / "lake")
     trades = read_dataset(lake, "trades")
+    if load_now:
+        platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[[a] for a in LOADED_ASSETS])
     wait_for(lambda: _clickhouse_rows(platform.clickhouse_url) == trades.num_rows, 180,
              f"ClickHouse to hold the lake's {trades.num_rows} rows", interval_s=3)
     events = read_dataset(lake, "book_events")
@@ -317,7 +423,7 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
         finally:
             wal.close()
 
-    figures = _account_lake_and_clickhouse(platform, window_start, window_end)
+    figures = _account_lake_and_clickhouse(platform, window_start, window_end, load_now=True)
     for exchange in EXCHANGES:
         assert figures[exchange]["trade_gaps"] > 0, f"{exchange}: the kill left no gap; recovery was not exercised"
     from trading_platform_tests.faults.test_fault_injection import record

@@ -14,8 +14,10 @@ import dagster as dg
 import pytest
 import redis
 
-from trading_platform.defs.ingestion import build_ingestion_job, build_supervisor
-from trading_platform.defs.resources import FeedResource
+from trading_platform.defs.ingestion.jobs import build_ingestion_job
+from trading_platform.defs.ingestion.sensors import build_supervisor
+from trading_platform.defs.resources import build_resources
+from trading_platform.settings import Settings
 from trading_platform.storage.redis_cache import LatestTrade, PriceCache, connect
 from trading_platform_tests.conftest import CONFIG_FILE
 
@@ -51,20 +53,21 @@ def postgres_instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
         admin.close()
 
 
-def feed(tmp_path: Path) -> FeedResource:
-    return FeedResource(exchanges_file=str(CONFIG_FILE), state_dir=str(tmp_path), supervisor_dead_after_s=30)
+def resources(tmp_path: Path, supervisor_dead_after_s: float = 30) -> dict[str, dg.ConfigurableResource]:
+    return build_resources(Settings(state_dir=tmp_path, exchanges_file=CONFIG_FILE,
+                                    supervisor_dead_after_s=supervisor_dead_after_s))
 
 
 def test_supervisor_on_a_postgres_instance_starts_one_run_and_never_a_second(
         postgres_instance: dg.DagsterInstance, tmp_path: Path) -> None:
     job = build_ingestion_job("binance")
     sensor = build_supervisor(job, "binance")
-    context = dg.build_sensor_context(instance=postgres_instance, resources={"feed": feed(tmp_path)})
+    context = dg.build_sensor_context(instance=postgres_instance, resources=resources(tmp_path))
     first = sensor(context)
     assert isinstance(first, dg.RunRequest) and first.tags["tp/relaunch_reason"] == "first start"
     postgres_instance.add_run(dg.DagsterRun(job_name=job.name, run_id=uuid.uuid4().hex,
                                             status=dg.DagsterRunStatus.STARTED))
-    second = sensor(dg.build_sensor_context(instance=postgres_instance, resources={"feed": feed(tmp_path)}))
+    second = sensor(dg.build_sensor_context(instance=postgres_instance, resources=resources(tmp_path)))
     assert isinstance(second, dg.SkipReason) and "is STARTED" in (second.skip_message or "")
 
 
@@ -74,9 +77,9 @@ def test_a_silent_run_is_declared_dead_on_a_postgres_instance(postgres_instance:
     sensor = build_supervisor(job, "binance")
     run = postgres_instance.add_run(dg.DagsterRun(job_name=job.name, run_id=uuid.uuid4().hex,
                                                   status=dg.DagsterRunStatus.STARTED))
-    quiet = FeedResource(exchanges_file=str(CONFIG_FILE), state_dir=str(tmp_path), supervisor_dead_after_s=0.5)
+    quiet = resources(tmp_path, supervisor_dead_after_s=0.5)
     time.sleep(1.0)  # no event at all from the run
-    result = sensor(dg.build_sensor_context(instance=postgres_instance, resources={"feed": quiet}))
+    result = sensor(dg.build_sensor_context(instance=postgres_instance, resources=quiet))
     assert isinstance(result, dg.SkipReason) and "declared dead" in (result.skip_message or "")
     assert postgres_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
 

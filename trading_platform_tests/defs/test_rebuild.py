@@ -10,12 +10,14 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from trading_platform.defs.rebuild import build_rebuild_job
-from trading_platform.defs.resources import ClickHouseResource, LakeResource
+from trading_platform.defs.resources import build_resources
+from trading_platform.defs.warehouse.jobs import build_rebuild_job
 from trading_platform.ingestion.lake_writer import write_batch
+from trading_platform.load.lake_to_clickhouse import load_new_batches
+from trading_platform.load.rebuild import day_fingerprint
 from trading_platform.schema import MARKET_TRADES
+from trading_platform.settings import Settings
 from trading_platform.storage.clickhouse import ensure_schema, open_clickhouse
-from trading_platform.storage.lake_loader import day_fingerprint, load_new_batches
 from trading_platform.storage.object_store import LocalObjectStore
 
 
@@ -49,7 +51,7 @@ def rebuild(store: LocalObjectStore, url: str, exchange: str = "binance") -> dg.
     today = datetime.now(UTC).date().isoformat()
     return job.execute_in_process(
         partition_key=dg.MultiPartitionKey({"date": today, "exchange": exchange}),
-        resources={"lake": LakeResource(storage_url=store.url), "clickhouse": ClickHouseResource(url=url)},
+        resources=build_resources(Settings(storage_url=store.url, clickhouse_url=url)),
     )
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from trading_platform.config import Endpoints, ExchangeConfig, ExchangesFile
-from trading_platform.exchanges.base import DecodedFrames, FetchSnapshot, Reconnect, RecordKind
 from trading_platform.exchanges.binance import SNAPSHOT_LIMIT, Binance
+from trading_platform.exchanges.decoded import DecodedFrames, FetchSnapshot, Reconnect, RecordKind
 from trading_platform.settings import ConfigError
 
 DOC_DEPTH = (b'{"e": "depthUpdate", "E": 1672515782136, "s": "BNBBTC", "U": 157, "u": 160, '

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from trading_platform.config import ExchangesFile
-from trading_platform.exchanges.base import FetchSnapshot, RecordKind
 from trading_platform.exchanges.binance import Binance
+from trading_platform.exchanges.decoded import FetchSnapshot, RecordKind
+from trading_platform_tests.support import replay_endpoints
 
 
 def trade(trade_id: int, price: str = "100.5", symbol: str = "BTCUSDT") -> bytes:
@@ -29,7 +30,9 @@ def ranges(action: FetchSnapshot) -> str:
 
 @pytest.fixture
 def binance(exchanges_config: ExchangesFile) -> Binance:
-    return Binance(exchanges_config.exchanges["binance"])
+    exchange = Binance(exchanges_config.exchanges["binance"])
+    exchange.connect_url(replay_endpoints(exchange.config, "127.0.0.1", 9555))  # REST on loopback, never live
+    return exchange
 
 
 def test_contiguous_ids_ask_for_nothing(binance: Binance) -> None:
@@ -41,7 +44,8 @@ def test_a_gap_between_batches_is_recorded_and_requested(binance: Binance) -> No
     binance.decode([trade(1), trade(2), trade(3)], [0, 0, 0])
     decoded = binance.decode([trade(7), trade(8)], [5, 5])
     assert [(a.symbol, a.url, ranges(a)) for a in decoded.actions if isinstance(a, FetchSnapshot)] == [
-        ("BTC-USDT", "https://api.binance.com/api/v3/historicalTrades?symbol=BTCUSDT&fromId=4&limit=3", "trades 4 6")]
+        ("BTC-USDT", "http://127.0.0.1:9555/binance/api/v3/historicalTrades?symbol=BTCUSDT&fromId=4&limit=3",
+         "trades 4 6")]
     assert decoded.book_events is not None and decoded.book_events.kinds == ["trade_gap"]
     assert decoded.trades.num_rows == 2
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
-from trading_platform.exchanges.base import DecodedFrames, Reconnect, RecordKind
 from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, Coinbase
+from trading_platform.exchanges.decoded import DecodedFrames, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
 
 DOC_L2_SNAPSHOT = b"""{

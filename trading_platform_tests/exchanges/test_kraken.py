@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
-from trading_platform.exchanges.base import RecordKind, SendFrames
+from trading_platform.exchanges.decoded import RecordKind, SendFrames
 from trading_platform.exchanges.kraken import MAX_RESUBSCRIBES, Kraken, kraken_checksum, subscription_depth
 from trading_platform.exchanges.registry import exchange_class
 
@@ -79,12 +79,17 @@ def us(second: int, micros: int = 0) -> int:
     return int(datetime(2023, 10, 6, 17, 35, second, micros, tzinfo=UTC).timestamp()) * 1_000_000 + micros
 
 
-@pytest.fixture
-def config(exchanges_config: ExchangesFile) -> ExchangeConfig:
+def book_config(exchanges_config: ExchangesFile) -> ExchangeConfig:
+    """Kraken with trades and books, 10 levels: the depth of the documented checksum examples."""
     config = exchanges_config.exchanges["kraken"].model_copy()
     config.channels = ["trades", "book"]
     config.book_depth = 10
     return config
+
+
+@pytest.fixture
+def config(exchanges_config: ExchangesFile) -> ExchangeConfig:
+    return book_config(exchanges_config)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 import pytest
 
 from trading_platform.config import ExchangesFile
-from trading_platform.exchanges.base import DecodedFrames, Exchange, FetchSnapshot, RecordKind
+from trading_platform.exchanges.base import Exchange
+from trading_platform.exchanges.decoded import DecodedFrames, FetchSnapshot, RecordKind
 from trading_platform.exchanges.registry import exchange_for
 
 T0_MS = 1_700_000_000_000

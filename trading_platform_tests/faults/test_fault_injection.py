@@ -26,18 +26,21 @@ import pyarrow as pa
 import pytest
 
 from trading_platform.config import ExchangesFile
+from trading_platform.dev.valkey import EmbeddedValkey
 from trading_platform.exchanges.registry import exchange_for
-from trading_platform.ingestion.runner import IngestionRunner, RunnerConfig
+from trading_platform.ingestion.runner import IngestionRunner
+from trading_platform.load.lake_to_clickhouse import load_new_batches
 from trading_platform.replay import Fault, FaultKind, ReplayServer, running_replay_server
 from trading_platform.schema import MARKET_TRADES
-from trading_platform.settings import PROJECT_ROOT
+from trading_platform.settings import PROJECT_ROOT, Settings
 from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
-from trading_platform.storage.lake_loader import load_new_batches
 from trading_platform.storage.object_store import ObjectStore, open_object_store
-from trading_platform.storage.redis_cache import EmbeddedValkey, PriceCache, connect
+from trading_platform.storage.redis_cache import PriceCache, connect
 from trading_platform_tests.conftest import free_port
 from trading_platform_tests.support import (
     EXCHANGES,
+    Crash,
+    DyingLoad,
     account,
     market_history,
     market_marks,
@@ -46,6 +49,7 @@ from trading_platform_tests.support import (
     wait_for,
 )
 
+# One test worker runs this module whole, in order (see SCENARIO_MODULES in conftest.py).
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 30.0
@@ -124,7 +128,7 @@ def start_fleet(tmp_path: Path, replay: ReplayServer, exchanges_config: Exchange
         exchange = exchange_for(exchanges_config.exchanges[name])
         url = exchange.connect_url(replay_endpoints(exchange.config, replay.host, replay.port))
         runners[name] = IngestionRunner(
-            exchange, url, store, RunnerConfig(wal_dir=tmp_path / "wal", **values),
+            exchange, url, store, Settings(state_dir=tmp_path, **values),
             price_cache=(lambda: PriceCache(connect(redis_url))) if redis_url else None)
         threads[name] = threading.Thread(target=runners[name].run, args=(stop,), daemon=True, name=f"ingest-{name}")
         threads[name].start()
@@ -300,7 +304,7 @@ def test_object_store_clickhouse_and_redis_each_down_30_s(tmp_path: Path, replay
     store = open_object_store("s3://lake/raw-data", f"http://127.0.0.1:{s3_port}")
 
     def start_clickhouse() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "trading_platform.storage.clickhouse_http",
+        process = subprocess.Popen([sys.executable, "-m", "trading_platform_tests.storage.clickhouse_http_server",
                                     str(tmp_path / "ch-server"), "--port", str(ch_port), "--exit-on-stdin-eof"],
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    cwd=PROJECT_ROOT)
@@ -376,14 +380,13 @@ def test_the_same_load_twice_at_once_and_after_a_half_done_load(tmp_path: Path, 
     fleet = start_fleet(tmp_path, replay, exchanges_config, local_lake)
     time.sleep(3)
     fleet.finish()
-    # a load that died half-way: some files inserted, no manifest rows
-    from trading_platform.storage.lake_loader import lake_days, list_lake_keys, read_parquet
+    # a load that died half-way: half the batches inserted, the last of them without their manifest rows
+    from trading_platform.load.lake_files import batch_of, lake_days, list_lake_keys
 
     keys = list_lake_keys(local_lake, MARKET_TRADES, lake_days(1))
-    with open_clickhouse(url) as ch:
-        for key in keys[: len(keys) // 2]:
-            ch.insert_arrow(MARKET_TRADES.qualified_name, read_parquet(local_lake, key, MARKET_TRADES)[0],
-                            dedup_token=key)
+    batches = len({batch_of(key) for key in keys})
+    with open_clickhouse(url) as ch, pytest.raises(Crash):
+        load_new_batches(local_lake, DyingLoad(ch, data_inserts=batches // 2), MARKET_TRADES, 1)  # type: ignore[arg-type]
     errors: list[BaseException] = []
 
     def load() -> None:
@@ -401,15 +404,15 @@ def test_the_same_load_twice_at_once_and_after_a_half_done_load(tmp_path: Path, 
     assert not errors
     with open_clickhouse(url) as ch:
         check_accounting("load retried after dying half-way, then run twice concurrently", fleet, local_lake, ch,
-                         files=len(keys), preloaded_files=len(keys) // 2)
+                         files=len(keys), batches=batches, batches_inserted_before_dying=batches // 2)
 
 
 def test_an_outage_longer_than_the_rest_history_is_an_unresolved_gap_and_an_error_check(
-        tmp_path: Path, exchanges_config: ExchangesFile, local_lake: ObjectStore) -> None:
+        tmp_path: Path, exchanges_config: ExchangesFile, local_lake: ObjectStore, redis_url: str) -> None:
     import dagster as dg
 
-    from trading_platform.defs.assets import book_events, market_trades
-    from trading_platform.defs.resources import ClickHouseResource, FeedResource, LakeResource
+    from trading_platform.defs.resources import build_resources
+    from trading_platform.defs.warehouse.assets import warehouse_load
     from trading_platform_tests.conftest import CONFIG_FILE
 
     # The exchanges' REST history reaches back 20 trades per symbol; the outage lasts ~80.
@@ -448,9 +451,10 @@ def test_an_outage_longer_than_the_rest_history_is_an_unresolved_gap_and_an_erro
 
     # Everything else still loads, and the ERROR check names the ranges.
     url = f"chdb://{tmp_path / 'chdb'}"
-    resources = {"lake": LakeResource(storage_url=local_lake.url), "clickhouse": ClickHouseResource(url=url),
-                 "feed": FeedResource(exchanges_file=str(CONFIG_FILE), state_dir=str(tmp_path / "state"))}
-    result = dg.materialize([market_trades, book_events], resources=resources, raise_on_error=False)
+    resources = build_resources(Settings(state_dir=tmp_path / "state", exchanges_file=CONFIG_FILE,
+                                         storage_url=local_lake.url, clickhouse_url=url, redis_url=redis_url))
+    result = dg.materialize([warehouse_load], selection=["market_trades", "book_events"], resources=resources,
+                            raise_on_error=False)
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["lake_reconciliation"].passed and checks["no_duplicate_trades"].passed

@@ -14,8 +14,9 @@ import pytest
 from trading_platform.config import ExchangesFile
 from trading_platform.exchanges.base import Exchange
 from trading_platform.exchanges.registry import exchange_for
-from trading_platform.ingestion.runner import IngestionRunner, RunnerConfig
+from trading_platform.ingestion.runner import IngestionRunner
 from trading_platform.replay import Fault, FaultKind, ReplayServer, running_replay_server
+from trading_platform.settings import Settings
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform_tests.support import lake_trade_ids, read_dataset, replay_endpoints, wait_for
 
@@ -34,8 +35,8 @@ def start(tmp_path: Path, replay: ReplayServer, exchange: Exchange) -> tuple[Ing
                                                                              threading.Thread]:
     url = exchange.connect_url(replay_endpoints(exchange.config, replay.host, replay.port))
     runner = IngestionRunner(exchange, url, LocalObjectStore(tmp_path / "lake"),
-                             RunnerConfig(wal_dir=tmp_path / "wal", batch_max_age_s=1.0, hot_tick_s=0.2,
-                                          reconnect_initial_s=0.1, reconnect_max_s=1.0))
+                             Settings(state_dir=tmp_path, batch_max_age_s=1.0, hot_tick_s=0.2,
+                                      reconnect_initial_s=0.1, reconnect_max_s=1.0))
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()

@@ -15,8 +15,9 @@ import pytest
 
 from trading_platform.config import ExchangesFile
 from trading_platform.exchanges.binance import Binance
-from trading_platform.ingestion.runner import FlushReport, IngestionRunner, RunnerConfig
+from trading_platform.ingestion.runner import FlushReport, IngestionRunner
 from trading_platform.replay import Fault, FaultKind, ReplayServer, running_replay_server
+from trading_platform.settings import Settings
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.storage.redis_cache import PriceCache, connect
 from trading_platform_tests.conftest import free_port
@@ -34,10 +35,11 @@ def binance(exchanges_config: ExchangesFile) -> Binance:
     return Binance(exchanges_config.exchanges["binance"])
 
 
-def config(tmp_path: Path, **overrides: float) -> RunnerConfig:
+def config(tmp_path: Path, **overrides: float) -> Settings:
     values: dict = {"batch_max_age_s": 1.0, "hot_tick_s": 0.2, "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5}
     values.update(overrides)
-    return RunnerConfig(wal_dir=tmp_path / "wal", **values)
+    # Not validated: some tests need a value no user may set (a batch age of 0: every tick flushes).
+    return Settings(state_dir=tmp_path).model_copy(update=values)
 
 
 def url_for(server: ReplayServer, binance: Binance) -> str:
@@ -115,7 +117,9 @@ def test_hot_cache_holds_each_symbols_last_trade(
                              price_cache=lambda: PriceCache(connect(redis_url)))
     stop = threading.Event()
     thread = run_in_thread(runner, stop)
-    wait_for(lambda: len(PriceCache(connect(redis_url)).read_all()) == 20, 20, "all 20 symbols cached")
+    # An entry appears with a symbol's first book top, before its first trade: wait for a trade in each.
+    wait_for(lambda: sum("trade_id" in e for e in PriceCache(connect(redis_url)).read_all()) == 20, 30,
+             "a cached trade for all 20 symbols")
     stop.set()
     thread.join(20)
     cached = {e["symbol"]: e for e in PriceCache(connect(redis_url)).read_all()}
@@ -167,16 +171,17 @@ SIGTERM_SCRIPT = """
 import sys
 from trading_platform.config import Endpoints, load_exchanges
 from trading_platform.exchanges.binance import Binance
-from trading_platform.ingestion.runner import IngestionRunner, RunnerConfig
+from trading_platform.ingestion.runner import IngestionRunner
+from trading_platform.settings import Settings
 from trading_platform.storage.object_store import LocalObjectStore
-from trading_platform.defs.ingestion import stop_on_signals
+from trading_platform.ingestion.runner import stop_on_signals
 import threading
 from pathlib import Path
 url, rest_url, root, config_file = sys.argv[1:5]
 binance = Binance(load_exchanges(Path(config_file)).exchanges["binance"])
 runner = IngestionRunner(binance, binance.connect_url(Endpoints(ws_url=url, rest_url=rest_url)),
                          LocalObjectStore(Path(root) / "lake"),
-                         RunnerConfig(wal_dir=Path(root) / "wal", batch_max_age_s=1.0, hot_tick_s=0.2),
+                         Settings(state_dir=Path(root), batch_max_age_s=1.0, hot_tick_s=0.2),
                          on_status=lambda m: print(m, flush=True))
 stop = threading.Event()
 with stop_on_signals(stop):
@@ -194,7 +199,7 @@ def test_sigterm_drains_and_flushes_everything_received(tmp_path: Path, replay: 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
     )
     store = LocalObjectStore(tmp_path / "lake")
-    wait_for(lambda: len(lake_trade_ids(store)) > 0, 30, "a first flushed batch")
+    wait_for(lambda: len(lake_trade_ids(store)) > 0, 60, "a first flushed batch")
     time.sleep(0.5)  # mid-batch
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
@@ -209,13 +214,19 @@ def test_kill_9_loses_nothing_that_reached_the_wal(tmp_path: Path, replay: Repla
     from trading_platform.ingestion.wal import WriteAheadLog
     from trading_platform_tests.conftest import CONFIG_FILE
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream",
-         f"{replay.http_base_url}/binance", str(tmp_path), str(CONFIG_FILE)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    with (tmp_path / "killed_run.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGTERM_SCRIPT, f"{replay.ws_base_url}/binance/stream",
+             f"{replay.http_base_url}/binance", str(tmp_path), str(CONFIG_FILE)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     store = LocalObjectStore(tmp_path / "lake")
-    wait_for(lambda: len(lake_trade_ids(store)) > 0, 30, "a first flushed batch")
+    try:  # a fresh interpreter on a loaded 2-core machine can take a while to import and connect
+        wait_for(lambda: len(lake_trade_ids(store)) > 0, 60, "a first flushed batch")
+    except AssertionError:
+        process.kill()
+        printed = (tmp_path / "killed_run.log").read_text()
+        raise AssertionError(f"no batch flushed; the run printed:\n{printed}") from None
     time.sleep(0.7)  # mid-batch: some frames only in the WAL
     process.kill()
     process.wait()

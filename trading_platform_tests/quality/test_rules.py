@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from trading_platform.exchanges.base import DECODED_TRADE_SCHEMA
+from trading_platform.exchanges.decoded import DECODED_TRADE_SCHEMA
 from trading_platform.quality.rules import SpikeReference, validate_trades
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import selectors
 import subprocess
 import sys
 import time
@@ -45,7 +45,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class HttpServerProcess:
-    """A ``python -m trading_platform.storage.clickhouse_http`` child process."""
+    """A ``python -m trading_platform_tests.storage.clickhouse_http_server`` child process."""
 
     url: str
     path: Path
@@ -71,7 +71,7 @@ def start_http_server_process(path: Path, *, user: str | None = None, password: 
     """Start the server on ``path`` (an ephemeral loopback port) and wait until it prints its URL."""
     path.mkdir(parents=True, exist_ok=True)
     log_path = path.parent / f"{path.name}-server.log"
-    cmd = [sys.executable, "-m", "trading_platform.storage.clickhouse_http", str(path), "--port", "0",
+    cmd = [sys.executable, "-m", "trading_platform_tests.storage.clickhouse_http_server", str(path), "--port", "0",
            "--exit-on-stdin-eof"]
     if user:
         cmd += ["--user", user]
@@ -84,15 +84,17 @@ def start_http_server_process(path: Path, *, user: str | None = None, password: 
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([process.stdout], [], [], max(remaining, 0))
-        if not ready:
-            break
-        chunk = os.read(process.stdout.fileno(), 1)
-        if not chunk:
-            break
-        line += chunk
+    # A selector, not select.select: late in a long test session descriptors pass 1024, select's limit.
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if not selector.select(max(remaining, 0)):
+                break
+            chunk = os.read(process.stdout.fileno(), 1)
+            if not chunk:
+                break
+            line += chunk
     url = line.decode().strip()
     if not url.startswith("http://"):
         server = HttpServerProcess(url, path, process, log_path)

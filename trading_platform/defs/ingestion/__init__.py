@@ -1,0 +1,1 @@
+"""The long-running ingestion runs (one job per exchange) and the sensors that keep them alive."""

@@ -1,0 +1,153 @@
+"""What a decode produces: the columnar trade layout, rejected frames, the runner's actions, and the
+collector one decode call fills (``DecodeOutput``) before it is sealed into ``DecodedFrames``.
+
+Kept apart from the ``Exchange`` template (``base.py``) because ingestion, the quality rules and the
+importer use these types without caring how an exchange decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Annotated, Any
+
+import msgspec
+import pyarrow as pa
+
+from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.schema import MARKET_TRADES, QUARANTINE
+
+# Integers the wire structs accept: a value outside fails the typed decode (wrong_type) instead of overflowing
+# an Arrow column later. Ids and sequence numbers are int64 columns; exchange times in ms must stay in range
+# once multiplied to µs.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+
+# Columns an exchange module produces; batch_id is added when the batch is sealed.
+DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.name != "batch_id"]).append(
+    pa.field("frame_index", pa.int64(), nullable=False)  # row -> raw frame, for quarantine
+)
+REJECT_SCHEMA = pa.schema([f for f in QUARANTINE.arrow_schema if f.name != "batch_id"])
+
+# Verdicts on a frame the typed decode refused that are not errors (any other verdict is a reject reason).
+CONTROL = "control"  # replies to our requests, acks, heartbeats: expected traffic
+IGNORED = "ignored"  # well-formed frames of a channel or message type nobody subscribed to
+
+
+@dataclass
+class Rejects:
+    """Frames (or rows of frames) set aside, with the rule that rejected them and the raw text."""
+
+    received_us: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    raws: list[str] = field(default_factory=list)
+
+    def add(self, received_us: int, reason: str, detail: str, raw: bytes | str) -> None:
+        self.received_us.append(received_us)
+        self.reasons.append(reason)
+        self.details.append(detail)
+        self.raws.append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def to_arrow(self, exchange: str) -> pa.Table:
+        return pa.table(
+            {
+                "exchange": pa.array([exchange] * len(self), pa.string()),
+                "received_at": pa.array(self.received_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "reason": pa.array(self.reasons, pa.string()),
+                "detail": pa.array(self.details, pa.string()),
+                "raw": pa.array(self.raws, pa.string()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+
+
+class RecordKind(IntEnum):
+    """What a WAL record / decode input is. Stored in the WAL, so values never change."""
+
+    FRAME = 0  # a WebSocket frame as received
+    REST = 1  # a REST response: b"<symbol>\n" + body (e.g. Binance's depth snapshot)
+    CONNECTED = 2  # a new connection opened (books and per-connection sequences restart); payload: URL
+    REST_FAILED = 3  # a REST request the exchange refused for good: b"<header>\n" + the error
+    # Never in the WAL: a FRAME the normalizer quarantined before decoding (oversized, not UTF-8). The
+    # exchange sees it only to keep its per-connection sequence (Coinbase's sequence_num) continuous.
+    SCREENED = 100
+
+
+@dataclass(frozen=True)
+class FetchSnapshot:
+    """Ask the runner to GET ``url`` and feed the body back as a REST record for ``symbol``.
+
+    The record's first line is ``symbol`` for the book snapshot, or ``symbol purpose`` for any other
+    request (e.g. ``BTC-USDT trades 101 150``, a trade-gap backfill), so the answer finds its question.
+    """
+
+    symbol: str
+    url: str
+    purpose: str = ""
+
+    @property
+    def header(self) -> bytes:
+        return (f"{self.symbol} {self.purpose}" if self.purpose else self.symbol).encode()
+
+
+@dataclass(frozen=True)
+class SendFrames:
+    """Ask the runner to send these frames on the current connection (e.g. resubscribe one book)."""
+
+    frames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Ask the session to drop the connection and reconnect (e.g. a per-connection sequence gap)."""
+
+    reason: str
+
+
+Action = FetchSnapshot | SendFrames | Reconnect
+
+
+@dataclass
+class DecodedFrames:
+    trades: pa.Table  # DECODED_TRADE_SCHEMA
+    rejects: Rejects
+    control_frames: int = 0  # subscribe acks, heartbeats: expected, neither data nor errors
+    book_snapshots: BookSnapshots | None = None
+    book_events: BookEvents | None = None
+    actions: list[Action] = field(default_factory=list)
+    # Well-formed frames of a channel or message type we did not ask for (exchanges add new ones at any
+    # time and clients are expected to skip them): counted, not quarantined as errors.
+    ignored_frames: int = 0
+
+
+@dataclass
+class DecodeOutput:
+    """Everything one decode call collects, routed by dataset while the records are walked in order.
+
+    Trades are gathered as the protocol's own wire objects (``trades``, with the record index of each in
+    ``trade_frames``) and turned into Arrow columns once, at the end of the call; everything else is
+    recorded as it happens.
+    """
+
+    snapshots: BookSnapshots
+    events: BookEvents
+    rejects: Rejects = field(default_factory=Rejects)
+    actions: list[Action] = field(default_factory=list)
+    control: int = 0
+    ignored: int = 0
+    trades: list[Any] = field(default_factory=list)
+    trade_frames: list[int] = field(default_factory=list)
+    backfilled: list[pa.Table] = field(default_factory=list)  # rows from REST trade-history answers
+
+    @classmethod
+    def for_exchange(cls, name: str) -> DecodeOutput:
+        return cls(BookSnapshots(name), BookEvents(name))
+
+    def sealed(self, trades: pa.Table) -> DecodedFrames:
+        return DecodedFrames(trades, self.rejects, self.control, self.snapshots, self.events, self.actions,
+                             self.ignored)

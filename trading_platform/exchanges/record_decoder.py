@@ -1,0 +1,117 @@
+"""The batch-decode skeleton every decoder of exchange records follows: the live exchanges (``base.Exchange``)
+and the legacy archive decoders alike.
+
+``RecordDecoder.decode`` walks the records of one call in receive order: runs of WebSocket frames are decoded
+a run at a time (one typed msgspec decode of the whole run; only a run holding a control or malformed frame
+falls back to frame-by-frame decoding, where each refused frame is classified as control, ignored or a
+reject), and every other record (a new connection, a REST answer) is handed over at its place between them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodedFrames, DecodeOutput, RecordKind
+
+
+class RecordDecoder(ABC):
+    """The batch-decode skeleton, shared by the live exchanges and the legacy archive decoders.
+
+    Deterministic: the same record sequence always yields the same output, which is what lets WAL recovery
+    and the offline importer reproduce the live path.
+    """
+
+    name: str
+    batch_decoder: msgspec.json.Decoder[Any]  # a JSON array of frames -> list of messages
+    frame_decoder: msgspec.json.Decoder[Any]  # one frame -> one message
+
+    def decode(self, frames: list[bytes], received_us: list[int],
+               kinds: list[RecordKind] | None = None) -> DecodedFrames:
+        """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
+        rejects and actions."""
+        out = DecodeOutput.for_exchange(self.name)
+        start = 0
+        if kinds is not None and any(kinds):  # FRAME is 0: a batch of frames only skips the walk
+            for index, kind in enumerate(kinds):
+                if kind != RecordKind.FRAME:
+                    self._decode_run(frames, received_us, start, index, out)
+                    self.on_record(kind, frames[index], index, received_us[index], out)
+                    start = index + 1
+        self._decode_run(frames, received_us, start, len(frames), out)
+        return out.sealed(self.finish(frames, received_us, out))
+
+    def _decode_run(self, frames: list[bytes], received_us: list[int], lo: int, hi: int,
+                    out: DecodeOutput) -> None:
+        """Frames ``lo..hi-1``: one decode of the whole run, or frame by frame when that fails."""
+        if lo >= hi:
+            return
+        run = frames if lo == 0 and hi == len(frames) else frames[lo:hi]
+        try:
+            messages: list[Any] = self.batch_decoder.decode(b"[" + b",".join(run) + b"]")
+            if len(messages) == hi - lo:  # else an empty frame, or one holding "a,b", shifted the rest
+                self.on_messages(messages, range(lo, hi), frames, received_us, out)
+                return
+        except msgspec.DecodeError:
+            pass
+        messages, indices = [], []
+        for index in range(lo, hi):
+            frame = frames[index]
+            try:
+                messages.append(self.decode_frame(frame))
+                indices.append(index)
+                continue
+            except msgspec.DecodeError as error:
+                verdict, detail = self.classify_rejected(frame, error)
+            if verdict == CONTROL:
+                out.control += 1
+            elif verdict == IGNORED:
+                out.ignored += 1
+            else:
+                out.rejects.add(received_us[index], verdict, detail, frame)
+            stand_in = self.stand_in(frame)
+            if stand_in is not None:
+                messages.append(stand_in)
+                indices.append(index)
+        self.on_messages(messages, indices, frames, received_us, out)
+
+    def decode_frame(self, frame: bytes) -> Any:
+        """One frame on its own (the fallback path); raises ``msgspec.DecodeError`` when refused."""
+        return self.frame_decoder.decode(frame)
+
+    def classify_rejected(self, frame: bytes, error: msgspec.DecodeError) -> tuple[str, str]:
+        """Why a frame failed the typed decode: ``CONTROL``, ``IGNORED`` or a reject reason, with a detail.
+        Not JSON at all is ``malformed_json``; JSON the protocol does not recognize is ``wrong_type``."""
+        try:
+            message = msgspec.json.decode(frame)
+        except msgspec.DecodeError as invalid:
+            return "malformed_json", f"not valid JSON: {invalid}"
+        verdict = self.classify_message(message)
+        return verdict if verdict is not None else ("wrong_type", str(error))
+
+    def classify_message(self, message: Any) -> tuple[str, str] | None:
+        """The protocol's reading of a JSON message its wire structs refused: a reply to a request
+        (``CONTROL``), a channel nobody subscribed to (``IGNORED``), an ``exchange_error``; None: bad data."""
+        return None
+
+    def stand_in(self, frame: bytes) -> Any | None:
+        """A message to keep in place of a refused frame (e.g. one that still consumes a sequence number)."""
+        return None
+
+    @abstractmethod
+    def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
+                    received_us: list[int], out: DecodeOutput) -> None:
+        """Decoded messages in receive order (``indices``: their positions in ``frames``)."""
+
+    @abstractmethod
+    def on_record(self, kind: RecordKind, payload: bytes, index: int, received_us: int,
+                  out: DecodeOutput) -> None:
+        """A record that is not a WebSocket frame, at its place between the frames."""
+
+    @abstractmethod
+    def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:
+        """The call's trade rows (``DECODED_TRADE_SCHEMA``), once every record is walked."""

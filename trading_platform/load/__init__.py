@@ -1,0 +1,1 @@
+"""Pipeline stages that move data between the stores: lake -> ClickHouse, ClickHouse -> Redis."""
