@@ -22,14 +22,24 @@ install: uv-available
 run: install
 	$(UV) run --frozen trading-platform dev
 
-test: install
-	$(UV) run --frozen pytest -q -m "slow or not slow"
+# The UI test drives Debian's chromium (a browser download does not work everywhere): installed here with
+# apt when missing and running as root; elsewhere the test says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		{ echo "installing Debian's chromium for the UI test"; \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }
+.PHONY: browser
+
+# Two workers: each long scenario module whole on one of them (conftest.SCENARIO_MODULES), the rest around.
+test: install browser
+	$(UV) run --frozen pytest -q -m "slow or not slow" -n 2 --durations=15
 
 test-fast: install
-	$(UV) run --frozen pytest -q -m "not slow"
+	$(UV) run --frozen pytest -q -m "not slow" -n 2
 
 bench: install
-	$(UV) run --frozen python benchmarks/bench_binance_decode.py
+	$(UV) run --frozen --group bench python -m benchmarks
 
 lint: install
 	$(UV) run --frozen ruff check trading_platform trading_platform_tests benchmarks

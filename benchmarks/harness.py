@@ -1,0 +1,94 @@
+"""What every benchmark section shares: alternating contenders, medians with min-max, figures with targets.
+
+A section is a module in this folder with ``run(quick: bool) -> list[Figure]``. ``python -m benchmarks``
+runs every section, prints one table (figure, value, target, holds) and writes ``benchmarks/results.json``.
+
+Comparisons are only meaningful on the same messages in the same run: :func:`alternate` times the contenders
+in turns, round after round, so a noisy neighbour slows all of them alike, and reports each one's median with
+its min and max. Ratios are taken between medians of the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Items per second over the rounds of one contender."""
+
+    median: float
+    low: float
+    high: float
+
+    def text(self) -> str:
+        return f"{_human(self.median)}/s ({_human(self.low)}-{_human(self.high)})"
+
+
+@dataclass
+class Figure:
+    """One measured figure; ``target`` and ``holds`` say what we promise about it (None: informational)."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    target: str | None = None
+    holds: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> tuple[str, str, str, str]:
+        value = f"{_human(self.value)} {self.unit}".strip()
+        verdict = "" if self.holds is None else ("yes" if self.holds else "NO")
+        return f"{self.section}: {self.name}", value, self.target or "", verdict
+
+
+def alternate(contenders: dict[str, Callable[[], object]], items: int, rounds: int) -> dict[str, Rate]:
+    """Time each contender ``rounds`` times, in turns; each call processes ``items`` items."""
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, func in contenders.items():
+            started = time.perf_counter()
+            func()
+            seconds[name].append(time.perf_counter() - started)
+    return {name: Rate(items / statistics.median(times), items / max(times), items / min(times))
+            for name, times in seconds.items()}
+
+
+def at_least(section: str, name: str, value: float, unit: str, target: float, detail: dict[str, Any] | None = None,
+             target_text: str | None = None) -> Figure:
+    """A figure that must reach ``target``."""
+    return Figure(section, name, value, unit, target_text or f">= {_human(target)} {unit}".strip(), value >= target,
+                  detail or {})
+
+
+def at_most(section: str, name: str, value: float, unit: str, target: float, detail: dict[str, Any] | None = None,
+            target_text: str | None = None) -> Figure:
+    """A figure that must stay at or below ``target``."""
+    return Figure(section, name, value, unit, target_text or f"<= {_human(target)} {unit}".strip(), value <= target,
+                  detail or {})
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("figure", "value", "target", "holds"), *(f.row() for f in figures)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def as_json(figures: list[Figure]) -> list[dict[str, Any]]:
+    return [asdict(f) for f in figures]
+
+
+def _human(value: float) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    if abs(value) >= 100 or value == int(value):
+        return f"{value:.0f}"
+    return f"{value:.3g}"
