@@ -271,7 +271,7 @@ class Coinbase(Exchange):
 
     def import_state(self, state: dict[str, Any]) -> None:
         super().import_state(state)
-        self.trade_high_water.update(state.get("trade_high_water", {}))
+        self.trade_high_water = dict(state.get("trade_high_water", {}))
 
     # --- trade history: GET /api/v3/brokerage/market/products/{id}/ticker (newest first) ---------------------
     def trade_history_url(self, request: BackfillRequest) -> str:

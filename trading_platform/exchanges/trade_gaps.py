@@ -111,10 +111,13 @@ class TradeGaps:
                 "open_gaps": {s: [g.to_json() for g in gaps] for s, gaps in self.open.items() if gaps}}
 
     def import_state(self, state: dict[str, Any]) -> None:
-        self.last_id.update({k: int(v) for k, v in state.get("last_trade_id", {}).items()})
-        self.last_us.update({k: int(v) for k, v in state.get("last_trade_us", {}).items()})
-        for symbol, gaps in state.get("open_gaps", {}).items():
-            self.open[symbol] = [TradeGap.from_json(symbol, g) for g in gaps]
+        """Replace (not merge) what this instance knows: marks it decoded past the checkpoint would make
+        the re-decoded WAL tail look already stored."""
+        self.last_id = {k: int(v) for k, v in state.get("last_trade_id", {}).items()}
+        self.last_us = {k: int(v) for k, v in state.get("last_trade_us", {}).items()}
+        self.open = {symbol: [TradeGap.from_json(symbol, g) for g in gaps]
+                     for symbol, gaps in state.get("open_gaps", {}).items()}
+        self._bad_answers.clear()
 
     def open_gaps(self) -> list[TradeGap]:
         return [gap for gaps in self.open.values() for gap in gaps]
