@@ -11,6 +11,7 @@ from typing import cast
 import dagster as dg
 
 from trading_platform.config import load_exchanges
+from trading_platform.defs.analytics.definitions import analytics_definitions
 from trading_platform.defs.conventions import with_conventions
 from trading_platform.defs.ingestion.definitions import ingestion_definitions
 from trading_platform.defs.lake.definitions import lake_definitions
@@ -28,6 +29,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         lake_definitions(),
         warehouse_definitions(list(exchanges.exchanges)),
         ingestion_definitions(list(exchanges.enabled)),
+        analytics_definitions(),
     )
     return dg.Definitions(
         # The domains declare AssetSpecs and AssetsDefinitions only (no SourceAsset, nothing cacheable).

@@ -196,8 +196,45 @@ LOAD_MANIFEST = Table(
     time_column="loaded_at",
 )
 
+
+
+def _candles(interval: str, description: str) -> Table:
+    """OHLCV of one interval. Every interval has the same columns, so a coarser one aggregates a finer one.
+    One partition per UTC day: recomputing a day replaces its partition in one step."""
+    return Table(
+        name=f"candles_{interval}",
+        dataset="",
+        description=description,
+        columns=(
+            Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+            Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {interval} interval (UTC)"),
+            Column("open", pa.float64(), "Float64", "price of the interval's first trade"),
+            Column("high", pa.float64(), "Float64", "highest trade price"),
+            Column("low", pa.float64(), "Float64", "lowest trade price"),
+            Column("close", pa.float64(), "Float64", "price of the interval's last trade"),
+            Column("volume", pa.float64(), "Float64", "traded quantity in base currency"),
+            Column("quote_volume", pa.float64(), "Float64", "sum of price x quantity, in quote currency"),
+            Column("vwap", pa.float64(), "Float64", "volume-weighted average price: quote_volume / volume"),
+            Column("trade_count", pa.uint64(), "UInt64", "number of trades"),
+            Column("buy_volume", pa.float64(), "Float64", "volume of trades whose taker bought"),
+            Column("sell_volume", pa.float64(), "Float64", "volume of trades whose taker sold"),
+        ),
+        order_by=("exchange", "symbol", "bucket"),
+        partition_by="toDate(bucket)",
+        ttl=None,
+        time_column="bucket",
+    )
+
+
+CANDLES_1M = _candles("1m", "1-minute OHLCV, VWAP and aggressor volumes per exchange and symbol, from trades")
+CANDLES_5M = _candles("5m", "5-minute candles, aggregated from trading.candles_1m")
+CANDLES_1H = _candles("1h", "1-hour candles, aggregated from trading.candles_1m")
+CANDLES_1D = _candles("1d", "1-day (UTC) candles, aggregated from trading.candles_1m")
+CANDLE_TABLES = (CANDLES_1M, CANDLES_5M, CANDLES_1H, CANDLES_1D)
+
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
-ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST)
+ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES)
 
 
 def lake_table(dataset: str) -> Table:

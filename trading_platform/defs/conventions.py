@@ -10,7 +10,11 @@ OWNERS = ["team:market-data"]
 RAW_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=5), warn_window=timedelta(minutes=1))
 LOAD_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=10),
                                                 warn_window=timedelta(minutes=3))
-FRESHNESS_BY_GROUP = {"lake": RAW_FRESHNESS, "warehouse": LOAD_FRESHNESS, "cache": LOAD_FRESHNESS}
+# Candles follow the load they are computed after (a minute's cadence of their own).
+ANALYTICS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15),
+                                                     warn_window=timedelta(minutes=5))
+FRESHNESS_BY_GROUP = {"lake": RAW_FRESHNESS, "warehouse": LOAD_FRESHNESS, "cache": LOAD_FRESHNESS,
+                      "analytics": ANALYTICS_FRESHNESS}
 
 
 def with_conventions(spec: dg.AssetSpec) -> dg.AssetSpec:

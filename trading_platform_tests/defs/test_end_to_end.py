@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -319,6 +320,15 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
     coverage = wait_for(lambda: _latest_check(platform.dagster_home, "latest_prices", "coverage"), 120,
                         "the latest_prices coverage check", interval_s=3)
     assert coverage.passed
+
+    # The automation recomputes today's candles after the loads, and they sum to the day's trades.
+    today = datetime.now(UTC).date().isoformat()
+
+    def todays_candles() -> dg.AssetCheckEvaluation | None:
+        evaluation = _latest_check(platform.dagster_home, "candles_1m", "candles_reconcile_with_trades")
+        return evaluation if evaluation and evaluation.metadata["day"].value == today else None
+    candles = wait_for(todays_candles, 150, "today's candles", interval_s=3)
+    assert candles.passed, candles.metadata["mismatches"]
 
 
 def _account_lake_and_clickhouse(platform: Platform, window_start: dict[str, dict[str, int]],

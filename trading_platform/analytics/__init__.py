@@ -1,0 +1,1 @@
+"""Analytics computed in ClickHouse from the loaded trades: candles first."""

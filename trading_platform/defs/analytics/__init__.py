@@ -1,0 +1,1 @@
+"""Analytics computed from the warehouse: candles per day."""
