@@ -233,8 +233,28 @@ CANDLES_1H = _candles("1h", "1-hour candles, aggregated from trading.candles_1m"
 CANDLES_1D = _candles("1d", "1-day (UTC) candles, aggregated from trading.candles_1m")
 CANDLE_TABLES = (CANDLES_1M, CANDLES_5M, CANDLES_1H, CANDLES_1D)
 
+COMPOSITE_1M = Table(
+    name="composite_1m",
+    dataset="",
+    description="Volume-weighted price per base currency, quote group (exchanges.yaml composite_quotes) and "
+                "minute across exchanges, from trading.candles_1m",
+    columns=(
+        Column("base", pa.string(), "LowCardinality(String)", "base currency, e.g. BTC"),
+        Column("quote", pa.string(), "LowCardinality(String)", "quote group (a quote currency or a named group)"),
+        Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", "start of the minute (UTC)"),
+        Column("price", pa.float64(), "Float64", "sum of price x quantity over every exchange / total volume"),
+        Column("volume", pa.float64(), "Float64", "traded quantity in base currency, all exchanges"),
+        Column("trade_count", pa.uint64(), "UInt64", "number of trades, all exchanges"),
+        Column("sources", pa.list_(pa.string()), "Array(String)", "exchange:symbol pairs that traded, sorted"),
+    ),
+    order_by=("base", "quote", "bucket"),
+    partition_by="toDate(bucket)",
+    ttl=None,
+    time_column="bucket",
+)
+
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
-ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES)
+ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES, COMPOSITE_1M)
 
 
 def lake_table(dataset: str) -> Table:

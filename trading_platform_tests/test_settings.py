@@ -69,3 +69,9 @@ def test_an_unknown_channel_names_the_allowed_ones(tmp_path: Path) -> None:
 def test_broken_yaml_is_reported_as_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_exchanges(write_yaml(tmp_path, "exchanges: [unclosed"))
+
+
+def test_a_quote_in_two_composite_groups_is_named(tmp_path: Path) -> None:
+    text = CONFIG_FILE.read_text().replace("  USD: [USD, USDC]", "  USD: [USD, USDC]\n  STABLE: [USDT, USDC]")
+    with pytest.raises(ConfigError, match=r"composite_quotes.*'USDC' is in two composite_quotes groups"):
+        load_exchanges(write_yaml(tmp_path, text))

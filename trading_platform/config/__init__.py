@@ -61,9 +61,27 @@ def _registered_exchange(name: str) -> str:
     return name
 
 
+def _disjoint_quote_groups(groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    seen: dict[str, str] = {}
+    for name, quotes in groups.items():
+        for quote in quotes:
+            if quote in seen:
+                raise ValueError(f"quote {quote!r} is in two composite_quotes groups ({seen[quote]!r} and {name!r})")
+            seen[quote] = name
+    return groups
+
+
 class ExchangesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     exchanges: dict[Annotated[str, AfterValidator(_registered_exchange)], ExchangeConfig]
+    # Composite price: quote currencies priced together across exchanges, by group name (e.g. USD: [USD,
+    # USDC]). A quote in no group is priced on its own, so USDT and USD never mix unless a group says so.
+    composite_quotes: Annotated[dict[str, list[str]], AfterValidator(_disjoint_quote_groups)] = Field(
+        default_factory=dict)
+
+    def quote_group(self, quote: str) -> str:
+        """The composite group a quote currency is priced in (its own name when no group lists it)."""
+        return next((name for name, quotes in self.composite_quotes.items() if quote in quotes), quote)
 
     @property
     def enabled(self) -> dict[str, ExchangeConfig]:
