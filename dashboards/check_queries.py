@@ -4,6 +4,7 @@
 
 What it does: creates the `trading` tables in a temporary chdb database from
 ``trading_platform.schema`` (the same DDL the platform runs), inserts a few thousand synthetic rows,
+computes the candles and composite prices from them with the platform's own analytics code,
 expands the grafana-clickhouse-datasource macros the way the plugin's backend does
 (``$__timeFilter(col)`` -> ``col >= toDateTime(<from>) AND col <= toDateTime(<to>)``,
 ``$__timeInterval(col)`` -> ``toStartOfInterval(toDateTime(col), INTERVAL <n> second)``, ...) and the
@@ -23,12 +24,18 @@ import re
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 from chdb import session
 
-from trading_platform.schema import ALL_TABLES, DATABASE
+from trading_platform.analytics.candles import recompute_day
+from trading_platform.analytics.composite import recompute_composite_day
+from trading_platform.config import load_exchanges
+from trading_platform.schema import DATABASE
+from trading_platform.settings import Settings
+from trading_platform.storage.clickhouse import ChdbClickHouse, ensure_schema
 
 HERE = Path(__file__).resolve().parent
 DASHBOARDS = sorted((HERE / "json").glob("*.json"))
@@ -156,12 +163,15 @@ def main() -> int:
     provisioned = {d["uid"]: d["type"] for d in yaml.safe_load(DATASOURCES.read_text())["datasources"]}
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
+        with ChdbClickHouse(folder) as ch:
+            ensure_schema(ch)
+            for statement in SYNTHETIC_DATA:
+                ch.command(statement)
+            today = datetime.now(UTC).date()
+            for day in (today - timedelta(days=1), today):  # the synthetic trades may start yesterday
+                recompute_day(ch, day)
+                recompute_composite_day(ch, day, load_exchanges(Settings().exchanges_file))
         db = session.Session(folder)
-        db.query(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-        for table in ALL_TABLES:
-            db.query(table.ddl())
-        for statement in SYNTHETIC_DATA:
-            db.query(statement)
         end = int(time.time()) + 1
         start = end - RANGE_S
         for path in DASHBOARDS:
