@@ -233,6 +233,38 @@ CANDLES_1H = _candles("1h", "1-hour candles, aggregated from trading.candles_1m"
 CANDLES_1D = _candles("1d", "1-day (UTC) candles, aggregated from trading.candles_1m")
 CANDLE_TABLES = (CANDLES_1M, CANDLES_5M, CANDLES_1H, CANDLES_1D)
 
+
+
+def _indicators(interval: str) -> Table:
+    """Indicators over the ``interval`` candles of one exchange and symbol. The windows count candles (an
+    interval without trades has none); NaN where the window is not full yet."""
+    return Table(
+        name=f"indicators_{interval}",
+        dataset="",
+        description=f"SMA, EMA, RSI, Bollinger bands and realized volatility over trading.candles_{interval}",
+        columns=(
+            Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+            Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {interval} candle (UTC)"),
+            Column("close", pa.float64(), "Float64", "the candle's close"),
+            Column("sma_20", pa.float64(), "Float64", "mean close of the last 20 candles"),
+            Column("ema_20", pa.float64(), "Float64", "exponential mean of closes, alpha 2/21, from the warm-up"),
+            Column("rsi_14", pa.float64(), "Float64", "relative strength index, Wilder's smoothing over 14"),
+            Column("bollinger_upper", pa.float64(), "Float64", "sma_20 + 2 standard deviations of the 20 closes"),
+            Column("bollinger_lower", pa.float64(), "Float64", "sma_20 - 2 standard deviations of the 20 closes"),
+            Column("realized_volatility_60", pa.float64(), "Float64",
+                   "standard deviation of the last 60 log returns close to close (not annualized)"),
+        ),
+        order_by=("exchange", "symbol", "bucket"),
+        partition_by="toDate(bucket)",
+        ttl=None,
+        time_column="bucket",
+    )
+
+
+INDICATORS_1M = _indicators("1m")
+INDICATORS_1H = _indicators("1h")
+
 COMPOSITE_1M = Table(
     name="composite_1m",
     dataset="",
@@ -254,7 +286,7 @@ COMPOSITE_1M = Table(
 )
 
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
-ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES, COMPOSITE_1M)
+ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES, COMPOSITE_1M, INDICATORS_1M, INDICATORS_1H)
 
 
 def lake_table(dataset: str) -> Table:

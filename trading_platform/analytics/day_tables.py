@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pyarrow as pa
+
 from trading_platform.schema import DATABASE, Table
 from trading_platform.sql import qualified_name, quote_string
 from trading_platform.storage.clickhouse import ClickHouse
@@ -30,14 +32,30 @@ def day_literal(day: date) -> str:
 def replace_day(ch: ClickHouse, table: Table, day: date, select: str) -> int:
     """Swap ``table``'s partition of ``day`` for the rows of ``select`` (its columns in ``table``'s order);
     returns how many rows the day now has."""
+    staging = _staging(ch, table)
+    ch.command(f"INSERT INTO {staging} ({', '.join(table.column_names)}) {select}")
+    return _swap(ch, table, day, staging)
+
+
+def _staging(ch: ClickHouse, table: Table) -> str:
+    """An empty staging table with ``table``'s structure and partitioning."""
     staging = qualified_name(DATABASE, f"{table.name}_staging")
-    # A staging table with the target's structure and partitioning, emptied before each day.
     ch.command(f"CREATE TABLE IF NOT EXISTS {staging} AS {table.sql_name}")
     ch.command(f"TRUNCATE TABLE {staging}")
-    ch.command(f"INSERT INTO {staging} ({', '.join(table.column_names)}) {select}")
+    return staging
+
+
+def _swap(ch: ClickHouse, table: Table, day: date, staging: str) -> int:
     rows = int(ch.query_arrow(f"SELECT count() AS n FROM {staging}").column("n")[0].as_py())
     if rows:
         ch.command(f"ALTER TABLE {table.sql_name} REPLACE PARTITION {day_literal(day)} FROM {staging}")
     else:  # nothing that day (any more): REPLACE refuses an empty source, DROP says what is meant
         ch.command(f"ALTER TABLE {table.sql_name} DROP PARTITION {day_literal(day)}")
     return rows
+
+
+def replace_day_rows(ch: ClickHouse, table: Table, day: date, rows: pa.Table) -> int:
+    """Swap ``table``'s partition of ``day`` for ``rows`` (computed outside ClickHouse)."""
+    staging = _staging(ch, table)
+    ch.insert_arrow(f"{DATABASE}.{table.name}_staging", rows)
+    return _swap(ch, table, day, staging)

@@ -77,7 +77,7 @@ def test_every_asset_has_the_owner_and_the_freshness_policy_of_its_group(definit
 
     policies = {"lake": window(1, 5), "warehouse": window(3, 10), "cache": window(3, 10), "analytics": window(5, 15)}
     keys = graph.get_all_asset_keys()
-    assert len(keys) == 14
+    assert len(keys) == 16
     for key in keys:
         node = graph.get(key)
         assert node.owners == ["team:market-data"], key

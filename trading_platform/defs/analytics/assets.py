@@ -1,4 +1,4 @@
-"""Candles (1m, 5m, 1h, 1d) and the composite price per UTC day: one partition per day, so any day or
+"""Candles (1m, 5m, 1h, 1d), the composite price and the indicators per UTC day: one partition per day, so any day or
 range is recomputed or backfilled from the UI; the latest two days follow the trades as they load (a
 trade loaded after midnight may still belong to yesterday)."""
 
@@ -9,11 +9,13 @@ import dagster as dg
 
 from trading_platform.analytics.candles import INTERVALS, recompute_day, reconcile_day
 from trading_platform.analytics.composite import recompute_composite_day
+from trading_platform.analytics.indicators import INDICATOR_SETS, check_sample, recompute_indicator_day
 from trading_platform.defs.resources import ClickHouseResource, FeedResource
 from trading_platform.defs.warehouse.assets import CLICKHOUSE_POOL
 from trading_platform.defs.warehouse.jobs import REBUILD_START_DATE
 from trading_platform.schema import CANDLES_1M, COMPOSITE_1M
 
+SAMPLE_TOLERANCE = 1e-9  # two float computations of the same windows agree far closer than this
 CANDLE_DAYS = dg.DailyPartitionsDefinition(start_date=REBUILD_START_DATE, end_offset=1)  # today included
 
 _REQUESTED = dg.AutomationCondition.newly_requested()
@@ -32,36 +34,52 @@ _DESCRIPTIONS = {
     "candles_5m": "trading.candles_5m: from the 1-minute candles of the day.",
     "candles_1h": "trading.candles_1h: from the 1-minute candles of the day.",
     "candles_1d": "trading.candles_1d: from the 1-minute candles of the day.",
+    "indicators_1m": "trading.indicators_1m: SMA 20, EMA 20, RSI 14, Bollinger bands and 60-candle realized "
+                     "volatility per exchange and symbol over the 1-minute candles (polars, with a warm-up).",
+    "indicators_1h": "trading.indicators_1h: the same indicators over the 1-hour candles.",
     "composite_1m": "trading.composite_1m: volume-weighted price per base currency, quote group and minute "
                     "across exchanges; which quotes count as one is exchanges.yaml's composite_quotes.",
 }
 
 
 def _spec(name: str) -> dg.AssetSpec:
-    upstream = "market_trades" if name == CANDLES_1M.name else CANDLES_1M.name  # the rest derive from 1m
+    upstreams = {CANDLES_1M.name: "market_trades", **{s.indicators.name: s.candles.name for s in INDICATOR_SETS}}
+    upstream = upstreams.get(name, CANDLES_1M.name)  # the coarser candles and the composite derive from 1m
     return dg.AssetSpec(name, deps=[upstream], group_name="analytics", kinds={"clickhouse"},
                         partitions_def=CANDLE_DAYS, automation_condition=CANDLE_CADENCE,
                         description=_DESCRIPTIONS[name])
 
 
-CANDLE_SPECS = [_spec(interval.table.name) for interval in INTERVALS] + [_spec(COMPOSITE_1M.name)]
+ANALYTICS_TABLES = [*(i.table for i in INTERVALS), COMPOSITE_1M, *(s.indicators for s in INDICATOR_SETS)]
+ANALYTICS_SPECS = [_spec(table.name) for table in ANALYTICS_TABLES]
 CANDLES_RECONCILED = dg.AssetCheckSpec(
     "candles_reconcile_with_trades", asset=CANDLES_1M.name, blocking=False,
     description="Per exchange and symbol, every interval's trade count and volume equal the day's trades")
+INDICATOR_CHECKS = {
+    s.indicators.name: dg.AssetCheckSpec(
+        "sample_recomputed", asset=s.indicators.name, blocking=False,
+        description="SMA, Bollinger bands and realized volatility of the day's busiest symbol, recomputed "
+                    "with ClickHouse window functions, equal the stored values")
+    for s in INDICATOR_SETS}
 
 
-@dg.multi_asset(name="candles", specs=CANDLE_SPECS, check_specs=[CANDLES_RECONCILED], pool=CLICKHOUSE_POOL,
+@dg.multi_asset(name="analytics_day", specs=ANALYTICS_SPECS,
+                check_specs=[CANDLES_RECONCILED, *INDICATOR_CHECKS.values()], pool=CLICKHOUSE_POOL,
                 partitions_def=CANDLE_DAYS,
-                description="Recompute one UTC day's candles of every interval and its composite prices, and "
-                            "swap them in.")
-def candles(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, feed: FeedResource) -> Any:
+                description="Recompute one UTC day's candles of every interval, its composite prices and its "
+                            "indicators, and swap them in.")
+def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, feed: FeedResource) -> Any:
     day = date.fromisoformat(context.partition_key)
     with clickhouse.open() as ch:
         rows = recompute_day(ch, day)
         rows[COMPOSITE_1M.name] = recompute_composite_day(ch, day, feed.exchanges())
+        samples = {}
+        for indicator_set in INDICATOR_SETS:
+            rows[indicator_set.indicators.name] = recompute_indicator_day(ch, day, indicator_set)
+            samples[indicator_set.indicators.name] = check_sample(ch, day, indicator_set)
         mismatches = reconcile_day(ch, day)
     context.log.info(f"candles of {day}: {rows}")
-    for table in [*(interval.table for interval in INTERVALS), COMPOSITE_1M]:
+    for table in ANALYTICS_TABLES:
         yield dg.MaterializeResult(asset_key=table.name, metadata={"dagster/row_count": rows[table.name],
                                                                    "table": table.qualified_name})
     yield dg.AssetCheckResult(
@@ -72,3 +90,14 @@ def candles(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, f
         metadata={"day": day.isoformat(),
                   "mismatches": dg.MetadataValue.json([m.__dict__ for m in mismatches[:20]])},
     )
+    for name, sample in samples.items():
+        yield dg.AssetCheckResult(
+            check_name="sample_recomputed", asset_key=name, severity=dg.AssetCheckSeverity.ERROR,
+            passed=sample is None or sample.worst_relative_error < SAMPLE_TOLERANCE,
+            description=("no candles that day" if sample is None else
+                         f"{sample.exchange} {sample.symbol}: {sample.compared} candles, worst relative error "
+                         f"{sample.worst_relative_error:.2e}"),
+            metadata={"day": day.isoformat(), **({} if sample is None else {
+                "exchange": sample.exchange, "symbol": sample.symbol, "candles_compared": sample.compared,
+                "worst_relative_error": sample.worst_relative_error, "tolerance": SAMPLE_TOLERANCE})},
+        )

@@ -1,9 +1,10 @@
-"""The analytics domain's definitions: the candles per day (their automation runs in the load sensor)."""
+"""The analytics domain's definitions: candles, composite prices and indicators per day (their automation
+runs in the load sensor)."""
 
 import dagster as dg
 
-from trading_platform.defs.analytics.assets import candles
+from trading_platform.defs.analytics.assets import analytics_day
 
 
 def analytics_definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[candles])
+    return dg.Definitions(assets=[analytics_day])
