@@ -44,7 +44,7 @@ the 8 unauthenticated messages/s per IP; reconnect pacing is the session's backo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Side
+from trading_platform.exchanges.book import Level, parse_levels
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -72,7 +72,6 @@ _CHANNEL = re.compile(rb'"channel"\s*:\s*"([^"\\]{1,64})"')
 _PROBE_BYTES = 4096  # the envelope's fields come before its events
 _DEFAULT_REST_URL = "https://api.coinbase.com"
 TICKER_PAGE = 1000  # market trades per REST page
-_BOOK_SIDE: Final[dict[str, Side]] = {"bid": "bid", "offer": "ask"}
 
 
 # --- wire structs -------------------------------------------------------------------------------------------
@@ -464,13 +463,15 @@ class Coinbase(Exchange):
         if symbol is None:
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
-        levels = ((_BOOK_SIDE[u.side], u.price_level, u.new_quantity) for u in event.updates)
+        updates = event.updates
+        bids = parse_levels([(u.price_level, u.new_quantity) for u in updates if u.side == "bid"])
+        asks = parse_levels([(u.price_level, u.new_quantity) for u in updates if u.side == "offer"])
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
-            self.apply_book_snapshot(symbol, levels, datetime_us(message.timestamp), received, message.sequence_num,
-                                     out)
+            self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,
+                                     message.sequence_num, out)
         else:
-            self.apply_book_changes(symbol, levels, self._update_time(event, message), received,
+            self.apply_book_changes(symbol, bids, asks, self._update_time(event, message), received,
                                     message.sequence_num, out)
 
     @staticmethod
@@ -479,14 +480,14 @@ class Coinbase(Exchange):
         event_us = datetime_us(last) if last is not None else 0
         return event_us if event_us > 0 else datetime_us(message.timestamp)
 
-    def apply_book_snapshot(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int | None,
+    def apply_book_snapshot(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int | None,
                             received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Replace the book with a full snapshot; it is in sync from here. ``event_us`` None: the snapshot
         carries no exchange time, so emission waits for the next timed change."""
         book = self.books[symbol]
         book.clear()
-        for side, price, quantity in levels:
-            book.set_level(side, price, quantity)
+        book.apply("bid", bids)
+        book.apply("ask", asks)
         book.sequence = max(sequence, 0)
         self.synced[symbol] = True
         if symbol in self._gap_open:
@@ -495,14 +496,14 @@ class Coinbase(Exchange):
         if event_us is not None:
             self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
-    def apply_book_changes(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int,
+    def apply_book_changes(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int,
                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Absolute quantities per level ("0" removes); ignored while the book awaits a snapshot."""
         if not self.synced[symbol]:
             return
         book = self.books[symbol]
-        for side, price, quantity in levels:
-            book.set_level(side, price, quantity)
+        book.apply("bid", bids)
+        book.apply("ask", asks)
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 

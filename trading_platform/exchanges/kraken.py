@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.book import Level, OrderBook, check_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -112,6 +113,22 @@ def kraken_checksum(asks_text: Sequence[tuple[str, str]], bids_text: Sequence[tu
     parts = [_checksum_text(price) + _checksum_text(qty)
              for price, qty in (*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS])]
     return zlib.crc32("".join(parts).encode("ascii")) & 0xFFFF_FFFF
+
+
+def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[Level]:
+    """Book levels from (price text, quantity text) pairs, each with its checksum text made once, here.
+
+    Raises ValueError for a value that is not a finite number."""
+    levels = [(float(price), float(qty), price, qty, _checksum_text(price) + _checksum_text(qty))
+              for price, qty in pairs]
+    check_finite(levels)
+    return levels
+
+
+def book_checksum(book: OrderBook) -> int:
+    """``kraken_checksum`` of a book, from the checksum texts its levels keep."""
+    text = book.checksum_text("ask", CHECKSUM_LEVELS) + book.checksum_text("bid", CHECKSUM_LEVELS)
+    return zlib.crc32(text.encode("ascii")) & 0xFFFF_FFFF
 
 
 def subscription_depth(book_depth: int) -> int:
@@ -317,9 +334,9 @@ class Kraken(Exchange):
                 self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)
                 continue
             try:
-                asks = [(_number_text(level.price), _number_text(level.qty)) for level in entry.asks]
-                bids = [(_number_text(level.price), _number_text(level.qty)) for level in entry.bids]
-            except _NotANumber as error:
+                asks = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.asks])
+                bids = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.bids])
+            except ValueError as error:  # not a number, or not a finite one
                 detail = f"book level of {entry.symbol}: {error}"
                 out.rejects.add(received_us, "wrong_type", detail, frame)
                 # A lost update could hide below the checksummed top 10, and a lost snapshot would leave
@@ -343,10 +360,9 @@ class Kraken(Exchange):
                            "the book stays unsynced until the next connection")
 
     # --- the one book code path (v2 here, v1 archives in legacy/kraken.py) ---------------------
-    def apply_book(self, symbol: str, asks: Sequence[tuple[str, str]], bids: Sequence[tuple[str, str]],
-                   checksum: int | None, is_snapshot: bool, depth: int, event_us: int, received_us: int,
-                   out: DecodeOutput) -> bool:
-        """Apply one book message (levels as exchange text) and verify it; False on a checksum mismatch.
+    def apply_book(self, symbol: str, asks: list[Level], bids: list[Level], checksum: int | None, is_snapshot: bool,
+                   depth: int, event_us: int, received_us: int, out: DecodeOutput) -> bool:
+        """Apply one book message (levels from ``checksum_levels``) and verify it; False on a checksum mismatch.
 
         Snapshot: replace the book. Update: ignored while the book awaits a snapshot (after a connect or
         a mismatch). Then truncate to ``depth`` (Kraken sends no deletes for levels pushed out of
@@ -363,13 +379,11 @@ class Kraken(Exchange):
             return True
         else:
             self.counters["book_updates_applied"] += 1
-        for price, qty in asks:
-            book.set_level("ask", price, qty)
-        for price, qty in bids:
-            book.set_level("bid", price, qty)
+        book.apply("ask", asks)
+        book.apply("bid", bids)
         book.truncate(depth)
         if checksum is not None:
-            computed = kraken_checksum(book.top_text("ask", CHECKSUM_LEVELS), book.top_text("bid", CHECKSUM_LEVELS))
+            computed = book_checksum(book)
             if computed != checksum:
                 self.counters["checksums_failed"] += 1
                 self.lose_sync(symbol, received_us, "checksum_mismatch",
