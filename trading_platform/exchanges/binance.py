@@ -54,8 +54,11 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate", gc=False):
     s: str
     U: Int64
     u: Int64
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
+    # The levels stay JSON text until the event is handled (``_levels_decoder``): decoded with the batch, every
+    # event's lists and pairs would be objects the cyclic GC tracks, alive together until the batch ends
+    # (enough to set off full collections of the heap); decoded one event at a time, they are freed at once.
+    b: msgspec.Raw
+    a: msgspec.Raw
 
 
 class _Diff(NamedTuple):
@@ -108,6 +111,7 @@ _any_batch_decoder = msgspec.json.Decoder(list[_AnyCombined])
 _frame_decoder = msgspec.json.Decoder(_AnyCombined)
 _raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
 _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 _control_decoder = msgspec.json.Decoder(_Control)
 
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
@@ -292,9 +296,14 @@ class Binance(Exchange):
             out.control += 1  # a stream we did not ask for (e.g. an archive): not data for us
         else:
             try:
-                diff = _Diff(payload.E, payload.U, payload.u, parse_levels(payload.b), parse_levels(payload.a))
+                bids, asks = _levels_decoder.decode(payload.b), _levels_decoder.decode(payload.a)
+            except msgspec.DecodeError as error:
+                # Dropped like a lost frame (as every reject): the next event's U shows the hole and the book resyncs.
+                out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
+                return
+            try:
+                diff = _Diff(payload.E, payload.U, payload.u, parse_levels(bids), parse_levels(asks))
             except ValueError:
-                # Dropped like a lost frame: the next event's U shows the hole and the book resyncs.
                 out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
                 return
             self._on_depth(symbol, diff, received_us[index], out)

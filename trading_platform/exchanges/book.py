@@ -16,7 +16,6 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import itemgetter
 from typing import Literal
 
@@ -101,9 +100,14 @@ class OrderBook:
             return self._bid_prices[:-n - 1:-1] if n > 0 else []
         return self._ask_prices[:n]
 
-    def top(self, side: Side, n: int) -> list[tuple[float, float]]:
+    def quantities(self, side: Side, prices: list[float]) -> list[float]:
+        """The quantities at ``prices`` (prices the book holds)."""
         levels = self.bids if side == "bid" else self.asks
-        return [(price, levels[price][1]) for price in self.best_prices(side, n)]
+        return [levels[price][1] for price in prices]
+
+    def top(self, side: Side, n: int) -> list[tuple[float, float]]:
+        prices = self.best_prices(side, n)
+        return list(zip(prices, self.quantities(side, prices), strict=True))
 
     def top_text(self, side: Side, n: int) -> list[tuple[str, str]]:
         levels = self.bids if side == "bid" else self.asks
@@ -132,7 +136,13 @@ class OrderBook:
 
 @dataclass
 class BookSnapshots:
-    """Rows for ``schema.ORDERBOOK_SNAPSHOTS`` (without batch_id)."""
+    """Rows for ``schema.ORDERBOOK_SNAPSHOTS`` (without batch_id).
+
+    Levels are kept as flat columns per side (every row's prices one after another, its quantities alike, and
+    each row's level count): a list of floats is one object for the cyclic GC, where a list of (price,
+    quantity) tuples per row made ~40 tracked objects per snapshot, alive until the batch ends, enough to
+    trigger full collections of the whole heap in a busy tick. ``bids`` / ``asks`` read them back as rows.
+    """
 
     exchange: str
     symbols: list[str] = field(default_factory=list)
@@ -140,8 +150,12 @@ class BookSnapshots:
     timestamps_us: list[int] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)
-    bids: list[list[tuple[float, float]]] = field(default_factory=list)
-    asks: list[list[tuple[float, float]]] = field(default_factory=list)
+    bid_prices: list[float] = field(default_factory=list)
+    bid_quantities: list[float] = field(default_factory=list)
+    bid_counts: list[int] = field(default_factory=list)  # levels per row
+    ask_prices: list[float] = field(default_factory=list)
+    ask_quantities: list[float] = field(default_factory=list)
+    ask_counts: list[int] = field(default_factory=list)
 
     def add(self, symbol: str, native: str, book: OrderBook, depth: int, timestamp_us: int, received_us: int) -> None:
         self.symbols.append(symbol)
@@ -149,8 +163,24 @@ class BookSnapshots:
         self.timestamps_us.append(timestamp_us)
         self.received_us.append(received_us)
         self.sequences.append(book.sequence)
-        self.bids.append(book.top("bid", depth))
-        self.asks.append(book.top("ask", depth))
+        prices = book.best_prices("bid", depth)
+        self.bid_prices += prices
+        self.bid_quantities += book.quantities("bid", prices)
+        self.bid_counts.append(len(prices))
+        prices = book.best_prices("ask", depth)
+        self.ask_prices += prices
+        self.ask_quantities += book.quantities("ask", prices)
+        self.ask_counts.append(len(prices))
+
+    @property
+    def bids(self) -> list[list[tuple[float, float]]]:
+        """Each row's bids, best first, as (price, quantity)."""
+        return _rows(self.bid_prices, self.bid_quantities, self.bid_counts)
+
+    @property
+    def asks(self) -> list[list[tuple[float, float]]]:
+        """Each row's asks, best first, as (price, quantity)."""
+        return _rows(self.ask_prices, self.ask_quantities, self.ask_counts)
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -163,17 +193,24 @@ class BookSnapshots:
             "timestamp": pa.array(self.timestamps_us, pa.int64()).cast(_UTC_US),
             "received_at": pa.array(self.received_us, pa.int64()).cast(_UTC_US),
             "sequence": pa.array(self.sequences, pa.int64()),
-            "bids": _levels_array(self.bids),
-            "asks": _levels_array(self.asks),
+            "bids": _levels_array(self.bid_prices, self.bid_quantities, self.bid_counts),
+            "asks": _levels_array(self.ask_prices, self.ask_quantities, self.ask_counts),
         }, schema=pa.schema([f for f in ORDERBOOK_SNAPSHOTS.arrow_schema if f.name != "batch_id"]))
 
 
-def _levels_array(rows: list[list[tuple[float, float]]]) -> pa.Array:
-    """Rows of (price, quantity) as one ``BOOK_LEVELS`` array, built from flat columns (not a dict per level)."""
-    flat = np.array(list(chain.from_iterable(rows)), np.float64).reshape(-1, 2)
-    offsets = np.zeros(len(rows) + 1, np.int32)
-    np.cumsum([len(row) for row in rows], out=offsets[1:])
-    values = pa.StructArray.from_arrays([pa.array(flat[:, 0]), pa.array(flat[:, 1])],
+def _rows(prices: list[float], quantities: list[float], counts: list[int]) -> list[list[tuple[float, float]]]:
+    rows, start = [], 0
+    for count in counts:
+        rows.append(list(zip(prices[start:start + count], quantities[start:start + count], strict=True)))
+        start += count
+    return rows
+
+
+def _levels_array(prices: list[float], quantities: list[float], counts: list[int]) -> pa.Array:
+    """Flat level columns and the level count of each row -> one ``BOOK_LEVELS`` array (list<struct>)."""
+    offsets = np.zeros(len(counts) + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    values = pa.StructArray.from_arrays([pa.array(prices, pa.float64()), pa.array(quantities, pa.float64())],
                                         fields=list(BOOK_LEVELS.value_type))
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=BOOK_LEVELS)
 
