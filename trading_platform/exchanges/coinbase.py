@@ -124,7 +124,10 @@ class _MarketTrades(_Envelope, tag="market_trades"):
 
 
 class _L2Data(_Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
-    events: list[_L2Event]
+    # Decoded one message at a time (``_l2_events_decoder``), not with the batch: the batch's messages live
+    # until it ends, and their event and level lists would be GC-tracked objects enough to set off full
+    # collections of the heap; decoded per message they are freed as soon as the message is applied.
+    events: msgspec.Raw
 
 
 class _Heartbeats(_Envelope, tag="heartbeats"):
@@ -166,6 +169,7 @@ class _HistoryPage(msgspec.Struct, gc=False):
 
 _history_decoder = msgspec.json.Decoder(_HistoryPage)
 _batch_decoder = msgspec.json.Decoder(list[_Message])
+_l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
 
@@ -341,7 +345,12 @@ class Coinbase(Exchange):
             if not self.wants_books:
                 out.control += 1
                 return
-            for event in message.events:
+            try:
+                events = _l2_events_decoder.decode(message.events)
+            except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
+                out.rejects.add(received, "wrong_type", str(error).replace("`$", "`$.events", 1), frame)
+                return
+            for event in events:
                 self._l2_event(event, message, received, frame, out)
         else:
             if isinstance(message, _Heartbeats):

@@ -77,7 +77,10 @@ class _Book(msgspec.Struct, gc=False):
 
 class _BookMessage(msgspec.Struct, tag_field="channel", tag="book", gc=False):
     type: Literal["snapshot", "update"]
-    data: list[_Book]
+    # Decoded one message at a time (``_book_data_decoder``), not with the batch: the batch's messages live
+    # until it ends, and their entry and level lists would be GC-tracked objects enough to set off full
+    # collections of the heap; decoded per message they are freed as soon as the message is applied.
+    data: msgspec.Raw
 
 
 class _Heartbeat(msgspec.Struct, tag_field="channel", tag="heartbeat"):
@@ -91,6 +94,7 @@ class _Status(msgspec.Struct, tag_field="channel", tag="status"):
 _Message = _TradeMessage | _BookMessage | _Heartbeat | _Status
 _batch_decoder = msgspec.json.Decoder(list[_Message])
 _frame_decoder = msgspec.json.Decoder(_Message)
+_book_data_decoder = msgspec.json.Decoder(list[_Book])
 _untyped_decoder = msgspec.json.Decoder()
 _CHANNELS = ("trade", "book", "heartbeat", "status")
 
@@ -328,7 +332,12 @@ class Kraken(Exchange):
 
     def _book_message(self, message: _BookMessage, frame: bytes, received_us: int, out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
-        for entry in message.data:
+        try:
+            entries = _book_data_decoder.decode(message.data)
+        except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
+            out.rejects.add(received_us, "wrong_type", str(error).replace("`$", "`$.data", 1), frame)
+            return
+        for entry in entries:
             symbol = self.native_to_symbol.get(entry.symbol)
             if symbol is None:
                 self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)

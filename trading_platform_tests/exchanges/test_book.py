@@ -73,6 +73,7 @@ def test_snapshot_rows_become_price_level_lists_best_first() -> None:
     book.apply("ask", parse_levels([("101", "0")]))
     snapshots.add("A-B", "AB", book, 2, 3, 4)
     table = snapshots.to_arrow()
-    assert table.column("bids").to_pylist() == [[{"price": 100.0, "quantity": 1.0}, {"price": 99.0, "quantity": 2.0}]] * 2
+    best_two = [{"price": 100.0, "quantity": 1.0}, {"price": 99.0, "quantity": 2.0}]
+    assert table.column("bids").to_pylist() == [best_two, best_two]
     assert table.column("asks").to_pylist() == [[{"price": 101.0, "quantity": 4.0}], []]
     assert snapshots.bids == [[(100.0, 1.0), (99.0, 2.0)]] * 2 and snapshots.asks == [[(101.0, 4.0)], []]
