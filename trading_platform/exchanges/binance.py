@@ -62,7 +62,7 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate", gc=False):
 
 
 class _Diff(NamedTuple):
-    """One depth event with its levels parsed (checked numbers): what is applied, or buffered until a snapshot."""
+    """One depth event with its levels parsed (checked numbers), buffered until a snapshot."""
 
     time_ms: int  # E
     first: int  # U
@@ -302,11 +302,12 @@ class Binance(Exchange):
                 out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
                 return
             try:
-                diff = _Diff(payload.E, payload.U, payload.u, parse_levels(bids), parse_levels(asks))
+                bid_levels, ask_levels = parse_levels(bids), parse_levels(asks)
             except ValueError:
                 out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
                 return
-            self._on_depth(symbol, diff, received_us[index], out)
+            self._on_depth(symbol, _Diff(payload.E, payload.U, payload.u, bid_levels, ask_levels),
+                           received_us[index], out)
 
     def new_connection(self) -> None:
         """A new connection: books, buffers and outstanding snapshot requests all belong to the old one.
@@ -332,8 +333,7 @@ class Binance(Exchange):
             self._gap(symbol, event.time_ms * 1000, f"expected U={expected}, got U={event.first} u={event.last}", out)
             self._on_depth(symbol, event, received_us, out)  # buffered: the first event of the resync
             return
-        book.apply("bid", event.bids)
-        book.apply("ask", event.asks)
+        book.apply(event.bids, event.asks)
         book.sequence = event.last
         self.emit_if_due(symbol, event.time_ms * 1000, received_us, out.snapshots)
 
@@ -379,8 +379,7 @@ class Binance(Exchange):
         else:
             book = self.books[symbol]
             book.clear()
-            book.apply("bid", bids)
-            book.apply("ask", asks)
+            book.apply(bids, asks)
             book.sequence = last
             self.synced[symbol] = True
         # Buffered events meet the live rules; after a gap they are buffered again for the next snapshot.

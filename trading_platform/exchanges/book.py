@@ -62,30 +62,21 @@ class OrderBook:
         self._ask_prices.clear()
         self.sequence = 0
 
-    def apply(self, side: Side, levels: Iterable[Level]) -> None:
-        """Absolute quantities, in order (a later level at the same price wins); zero removes the level."""
-        book, prices = (self.bids, self._bid_prices) if side == "bid" else (self.asks, self._ask_prices)
-        if not book:
-            # A snapshot (or a side emptied by removals): fill the dict, then sort its prices once.
-            for level in levels:
-                if level[1]:
-                    book[level[0]] = level
-                else:
-                    book.pop(level[0], None)
-            prices[:] = sorted(book)
-            return
-        for level in levels:
-            price = level[0]
-            if level[1]:
-                if price not in book:
-                    insort(prices, price)
-                book[price] = level
-            elif book.pop(price, None) is not None:
-                del prices[bisect_left(prices, price)]
+    def apply(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+        """One message's levels: absolute quantities, in order (a later level at the same price wins); zero
+        removes the level."""
+        if bids:  # a message often changes one side only
+            _apply_side(self.bids, self._bid_prices, bids)
+        if asks:
+            _apply_side(self.asks, self._ask_prices, asks)
 
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
         """One absolute quantity at a price; zero removes the level."""
-        self.apply(side, parse_levels(((price_text, quantity_text),)))
+        levels = parse_levels(((price_text, quantity_text),))
+        if side == "bid":
+            self.apply(levels, [])
+        else:
+            self.apply([], levels)
 
     def best_prices(self, side: Side, n: int) -> list[float]:
         if side == "bid":
@@ -124,6 +115,26 @@ class OrderBook:
 
     def crossed(self) -> bool:
         return bool(self._bid_prices and self._ask_prices and self._bid_prices[-1] >= self._ask_prices[0])
+
+
+def _apply_side(book: dict[float, Level], prices: list[float], levels: Sequence[Level]) -> None:
+    if not book:
+        # A snapshot (or a side emptied by removals): fill the dict, then sort its prices once.
+        for level in levels:
+            if level[1]:
+                book[level[0]] = level
+            else:
+                book.pop(level[0], None)
+        prices[:] = sorted(book)
+        return
+    for level in levels:
+        price = level[0]
+        if level[1]:
+            if price not in book:
+                insort(prices, price)
+            book[price] = level
+        elif book.pop(price, None) is not None:
+            del prices[bisect_left(prices, price)]
 
 
 @dataclass

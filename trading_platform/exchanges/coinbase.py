@@ -495,8 +495,7 @@ class Coinbase(Exchange):
         carries no exchange time, so emission waits for the next timed change."""
         book = self.books[symbol]
         book.clear()
-        book.apply("bid", bids)
-        book.apply("ask", asks)
+        book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.synced[symbol] = True
         if symbol in self._gap_open:
@@ -511,8 +510,7 @@ class Coinbase(Exchange):
         if not self.synced[symbol]:
             return
         book = self.books[symbol]
-        book.apply("bid", bids)
-        book.apply("ask", asks)
+        book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 

@@ -388,8 +388,7 @@ class Kraken(Exchange):
             return True
         else:
             self.counters["book_updates_applied"] += 1
-        book.apply("ask", asks)
-        book.apply("bid", bids)
+        book.apply(bids, asks)
         book.truncate(depth)
         if checksum is not None:
             computed = book_checksum(book)

@@ -30,7 +30,8 @@ def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
                 levels[float(price)] = (price, quantity)
             else:
                 levels.pop(float(price), None)
-        book.apply(side, parse_levels(changes))
+        levels = parse_levels(changes)
+        book.apply(levels if side == "bid" else [], levels if side == "ask" else [])
         if step % 500 == 0:
             book.truncate(12)
             for kept, descending in ((bids, True), (asks, False)):
@@ -43,18 +44,18 @@ def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
 
 def test_crossed_compares_the_best_bid_with_the_best_ask() -> None:
     book = OrderBook()
-    book.apply("bid", parse_levels([("99", "1"), ("100", "1")]))
-    book.apply("ask", parse_levels([("101", "1"), ("100.5", "1")]))
+    book.apply(parse_levels([("99", "1"), ("100", "1")]), [])
+    book.apply([], parse_levels([("101", "1"), ("100.5", "1")]))
     assert not book.crossed()
-    book.apply("bid", parse_levels([("100.5", "2")]))
+    book.apply(parse_levels([("100.5", "2")]), [])
     assert book.crossed()
 
 
 def test_cleared_book_takes_a_snapshot_in_any_order() -> None:
     book = OrderBook()
-    book.apply("ask", parse_levels([("3", "1"), ("1", "1")]))
+    book.apply([], parse_levels([("3", "1"), ("1", "1")]))
     book.clear()
-    book.apply("ask", parse_levels([("5", "1"), ("2", "1"), ("4", "0"), ("9", "1")]))
+    book.apply([], parse_levels([("5", "1"), ("2", "1"), ("4", "0"), ("9", "1")]))
     assert book.best_prices("ask", 5) == [2.0, 5.0, 9.0] and book.sequence == 0
 
 
@@ -66,11 +67,11 @@ def test_a_level_that_is_not_a_finite_number_is_refused(pair: tuple[str, str]) -
 
 def test_snapshot_rows_become_price_level_lists_best_first() -> None:
     book = OrderBook()
-    book.apply("bid", parse_levels([("99", "2"), ("100", "1"), ("98", "3")]))
-    book.apply("ask", parse_levels([("101", "4")]))
+    book.apply(parse_levels([("99", "2"), ("100", "1"), ("98", "3")]), [])
+    book.apply([], parse_levels([("101", "4")]))
     snapshots = BookSnapshots("test")
     snapshots.add("A-B", "AB", book, 2, 1, 2)
-    book.apply("ask", parse_levels([("101", "0")]))
+    book.apply([], parse_levels([("101", "0")]))
     snapshots.add("A-B", "AB", book, 2, 3, 4)
     table = snapshots.to_arrow()
     best_two = [{"price": 100.0, "quantity": 1.0}, {"price": 99.0, "quantity": 2.0}]
