@@ -306,8 +306,7 @@ class Binance(Exchange):
             except ValueError:
                 out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
                 return
-            self._on_depth(symbol, _Diff(payload.E, payload.U, payload.u, bid_levels, ask_levels),
-                           received_us[index], out)
+            self._on_depth(symbol, payload.E, payload.U, payload.u, bid_levels, ask_levels, received_us[index], out)
 
     def new_connection(self) -> None:
         """A new connection: books, buffers and outstanding snapshot requests all belong to the old one.
@@ -317,25 +316,28 @@ class Binance(Exchange):
             self._buffers[symbol].clear()
             self._pending[symbol] = False
 
-    def _on_depth(self, symbol: str, event: _Diff, received_us: int, out: DecodeOutput) -> None:
-        """Buffer one diff event while unsynced (asking for a snapshot once), else apply it (step 6)."""
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
+                  received_us: int, out: DecodeOutput) -> None:
+        """Buffer one diff event (E, U, u and its levels) while unsynced (asking for a snapshot once), else
+        apply it (step 6). The event's fields come one by one, not as an object: in sync, nothing is kept."""
         if not self.synced[symbol]:
-            self._buffers[symbol].append(event)
+            self._buffers[symbol].append(_Diff(time_ms, first, last, bids, asks))
             if not self._pending[symbol]:
                 self._pending[symbol] = True
                 out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
             return
         book = self.books[symbol]
-        if event.last < book.sequence:
+        if last < book.sequence:
             return  # already contained in the book
         expected = book.sequence + 1
-        if event.first > expected:
-            self._gap(symbol, event.time_ms * 1000, f"expected U={expected}, got U={event.first} u={event.last}", out)
-            self._on_depth(symbol, event, received_us, out)  # buffered: the first event of the resync
+        if first > expected:
+            self._gap(symbol, time_ms * 1000, f"expected U={expected}, got U={first} u={last}", out)
+            # Buffered: the first event of the resync.
+            self._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
             return
-        book.apply(event.bids, event.asks)
-        book.sequence = event.last
-        self.emit_if_due(symbol, event.time_ms * 1000, received_us, out.snapshots)
+        book.apply(bids, asks)
+        book.sequence = last
+        self.emit_if_due(symbol, time_ms * 1000, received_us, out.snapshots)
 
     def _gap(self, symbol: str, event_us: int, detail: str, out: DecodeOutput) -> None:
         out.events.add(symbol, event_us, "sequence_gap", detail)
@@ -384,7 +386,7 @@ class Binance(Exchange):
             self.synced[symbol] = True
         # Buffered events meet the live rules; after a gap they are buffered again for the next snapshot.
         for event in remaining:
-            self._on_depth(symbol, event, received_us, out)
+            self._on_depth(symbol, *event, received_us, out)
         if self.synced[symbol] and self._after_gap[symbol]:
             self._after_gap[symbol] = False
             events.add(symbol, received_us, "resync",

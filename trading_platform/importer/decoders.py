@@ -4,7 +4,6 @@ with the book totals the importer prints (the live modules keep only Kraken's)."
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.binance import Binance
@@ -16,20 +15,18 @@ from trading_platform.exchanges.legacy.kraken import KrakenV1Decoder
 from trading_platform.exchanges.registry import exchange_for
 from trading_platform.ingestion.normalize import Decoder
 
-if TYPE_CHECKING:
-    from trading_platform.exchanges.binance import _Diff
-
 
 class _CountingBinance(Binance):
     """Binance counting the depth events it applies. The live module keeps no such total (only Kraken's does),
     so it is counted here, at the one method every diff event goes through."""
 
-    def _on_depth(self, symbol: str, event: _Diff, received_us: int, out: DecodeOutput) -> None:
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
+                  received_us: int, out: DecodeOutput) -> None:
         was_synced, sequence = self.synced[symbol], self.books[symbol].sequence
-        super()._on_depth(symbol, event, received_us, out)
+        super()._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
         # Applied: the book was in sync, the event was not already contained in it and no gap unsynced it.
         # Buffered events count when the snapshot applies them (they come back through here, synced).
-        if was_synced and self.synced[symbol] and event.last >= sequence:
+        if was_synced and self.synced[symbol] and last >= sequence:
             self.counters["book_updates_applied"] += 1
 
 
