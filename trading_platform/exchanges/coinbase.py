@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Level, parse_levels
+from trading_platform.exchanges.book import Level, check_finite
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -473,8 +473,14 @@ class Coinbase(Exchange):
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
         updates = event.updates
-        bids = parse_levels([(u.price_level, u.new_quantity) for u in updates if u.side == "bid"])
-        asks = parse_levels([(u.price_level, u.new_quantity) for u in updates if u.side == "offer"])
+        # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
+        # one pass per side instead of two, on the hot path of every update.
+        bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                             for u in updates if u.side == "bid"]
+        asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                             for u in updates if u.side == "offer"]
+        check_finite(bids)
+        check_finite(asks)
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
             self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,

@@ -104,27 +104,24 @@ class _NotANumber(ValueError):
 
 
 # --- the checksum ----------------------------------------------------------------------------
-def _checksum_text(number: str) -> str:
-    return number.replace(".", "").lstrip("0")
-
-
 def kraken_checksum(asks_text: Sequence[tuple[str, str]], bids_text: Sequence[tuple[str, str]]) -> int:
     """Kraken's book checksum (v1 and v2): CRC32 over the top 10 asks then the top 10 bids.
 
     Both sides are (price text, quantity text) best first (asks ascending, bids descending), in the
     exact text the exchange sent; only the first 10 of each count.
     """
-    parts = [_checksum_text(price) + _checksum_text(qty)
-             for price, qty in (*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS])]
-    return zlib.crc32("".join(parts).encode("ascii")) & 0xFFFF_FFFF
+    levels = checksum_levels([*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS]])
+    return zlib.crc32("".join([level[4] for level in levels]).encode("ascii")) & 0xFFFF_FFFF
 
 
 def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[Level]:
-    """Book levels from (price text, quantity text) pairs, each with its checksum text made once, here.
+    """Book levels from (price text, quantity text) pairs, each with its checksum text made once, here: the
+    price's then the quantity's digits, decimal point removed, leading zeros stripped.
 
     Raises ValueError for a value that is not a finite number."""
-    levels = [(float(price), float(qty), price, qty, _checksum_text(price) + _checksum_text(qty))
-              for price, qty in pairs]
+    # Spelled out inline, not a helper per number: this runs for every level of every update.
+    levels = [(float(price), float(qty), price, qty,
+               price.replace(".", "").lstrip("0") + qty.replace(".", "").lstrip("0")) for price, qty in pairs]
     check_finite(levels)
     return levels
 
