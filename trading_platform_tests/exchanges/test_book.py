@@ -8,6 +8,7 @@ import random
 import pytest
 
 from trading_platform.exchanges.book import BookSnapshots, OrderBook, parse_levels
+from trading_platform.ingestion.normalize import _merge
 
 
 def oracle_top(levels: dict[float, tuple[str, str]], best_first_descending: bool, n: int) -> list[tuple[str, str]]:
@@ -78,3 +79,16 @@ def test_snapshot_rows_become_price_level_lists_best_first() -> None:
     assert table.column("bids").to_pylist() == [best_two, best_two]
     assert table.column("asks").to_pylist() == [[{"price": 101.0, "quantity": 4.0}], []]
     assert snapshots.bids == [[(100.0, 1.0), (99.0, 2.0)]] * 2 and snapshots.asks == [[(101.0, 4.0)], []]
+
+
+def test_snapshot_rows_merged_field_by_field_keep_each_rows_levels() -> None:
+    # The normalizer's frame-by-frame fallback joins the collectors of single frames by extending every list.
+    book = OrderBook()
+    book.apply(parse_levels([("2", "1"), ("1", "1")]), parse_levels([("3", "5")]))
+    first, second = BookSnapshots("test"), BookSnapshots("test")
+    first.add("A-B", "AB", book, 20, 1, 1)
+    book.apply(parse_levels([("2", "0")]), [])
+    second.add("A-B", "AB", book, 20, 2, 2)
+    merged = _merge(first, second)
+    assert merged is not None
+    assert merged.bids == [[(2.0, 1.0), (1.0, 1.0)], [(1.0, 1.0)]] and merged.asks == [[(3.0, 5.0)], [(3.0, 5.0)]]
