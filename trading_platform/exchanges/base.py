@@ -86,6 +86,7 @@ class Exchange(RecordDecoder):
         self.books: dict[str, OrderBook] = {s: OrderBook() for s in self.symbols}
         self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
+        self._book_interval_us = config.book_interval_ms * 1000  # read for every book update
 
     @property
     def wants_books(self) -> bool:
@@ -323,7 +324,7 @@ class Exchange(RecordDecoder):
         """
         if not self.synced[symbol]:
             return
-        bucket = event_us // (self.config.book_interval_ms * 1000)
+        bucket = event_us // self._book_interval_us
         if bucket <= self._emitted_bucket[symbol]:
             return
         book = self.books[symbol]

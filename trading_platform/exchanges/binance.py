@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.book import Level, parse_levels
 from trading_platform.exchanges.conversions import millis_timestamps, strings_to_float
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -53,8 +54,21 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate", gc=False):
     s: str
     U: Int64
     u: Int64
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
+    # The levels stay JSON text until the event is handled (``_levels_decoder``): decoded with the batch, every
+    # event's lists and pairs would be objects the cyclic GC tracks, alive together until the batch ends
+    # (enough to set off full collections of the heap); decoded one event at a time, they are freed at once.
+    b: msgspec.Raw
+    a: msgspec.Raw
+
+
+class _Diff(NamedTuple):
+    """One depth event with its levels parsed (checked numbers), buffered until a snapshot."""
+
+    time_ms: int  # E
+    first: int  # U
+    last: int  # u
+    bids: list[Level]
+    asks: list[Level]
 
 
 class _Shutdown(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
@@ -97,6 +111,7 @@ _any_batch_decoder = msgspec.json.Decoder(list[_AnyCombined])
 _frame_decoder = msgspec.json.Decoder(_AnyCombined)
 _raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
 _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 _control_decoder = msgspec.json.Decoder(_Control)
 
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
@@ -138,7 +153,7 @@ class Binance(Exchange):
                               f"(each symbol needs one per channel); configure fewer symbols")
         # Remembered from connect_url; the offline importer never connects and never performs actions.
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
-        self._buffers: dict[str, deque[_Depth]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
+        self._buffers: dict[str, deque[_Diff]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
         self._stream_names = frozenset(self._streams())
@@ -279,11 +294,19 @@ class Binance(Exchange):
             self.reject_unknown_symbol(payload.s, received_us[index], frames[index], out.rejects)
         elif not self.wants_books:
             out.control += 1  # a stream we did not ask for (e.g. an archive): not data for us
-        elif not _numeric(payload.b) or not _numeric(payload.a):
-            # Dropped like a lost frame: the next event's U shows the hole and the book resyncs.
-            out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
         else:
-            self._on_depth(symbol, payload, received_us[index], out)
+            try:
+                bids, asks = _levels_decoder.decode(payload.b), _levels_decoder.decode(payload.a)
+            except msgspec.DecodeError as error:
+                # Dropped like a lost frame (as every reject): the next event's U shows the hole and the book resyncs.
+                out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
+                return
+            try:
+                bid_levels, ask_levels = parse_levels(bids), parse_levels(asks)
+            except ValueError:
+                out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
+                return
+            self._on_depth(symbol, payload.E, payload.U, payload.u, bid_levels, ask_levels, received_us[index], out)
 
     def new_connection(self) -> None:
         """A new connection: books, buffers and outstanding snapshot requests all belong to the old one.
@@ -293,28 +316,28 @@ class Binance(Exchange):
             self._buffers[symbol].clear()
             self._pending[symbol] = False
 
-    def _on_depth(self, symbol: str, event: _Depth, received_us: int, out: DecodeOutput) -> None:
-        """Buffer one diff event while unsynced (asking for a snapshot once), else apply it (step 6)."""
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
+                  received_us: int, out: DecodeOutput) -> None:
+        """Buffer one diff event (E, U, u and its levels) while unsynced (asking for a snapshot once), else
+        apply it (step 6). The event's fields come one by one, not as an object: in sync, nothing is kept."""
         if not self.synced[symbol]:
-            self._buffers[symbol].append(event)
+            self._buffers[symbol].append(_Diff(time_ms, first, last, bids, asks))
             if not self._pending[symbol]:
                 self._pending[symbol] = True
                 out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
             return
         book = self.books[symbol]
-        if event.u < book.sequence:
+        if last < book.sequence:
             return  # already contained in the book
         expected = book.sequence + 1
-        if event.U > expected:  # noqa: SIM300  (U is Binance's field name, not a constant)
-            self._gap(symbol, event.E * 1000, f"expected U={expected}, got U={event.U} u={event.u}", out)
-            self._on_depth(symbol, event, received_us, out)  # buffered: the first event of the resync
+        if first > expected:
+            self._gap(symbol, time_ms * 1000, f"expected U={expected}, got U={first} u={last}", out)
+            # Buffered: the first event of the resync.
+            self._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
             return
-        for price, quantity in event.b:
-            book.set_level("bid", price, quantity)
-        for price, quantity in event.a:
-            book.set_level("ask", price, quantity)
-        book.sequence = event.u
-        self.emit_if_due(symbol, event.E * 1000, received_us, out.snapshots)
+        book.apply(bids, asks)
+        book.sequence = last
+        self.emit_if_due(symbol, time_ms * 1000, received_us, out.snapshots)
 
     def _gap(self, symbol: str, event_us: int, detail: str, out: DecodeOutput) -> None:
         out.events.add(symbol, event_us, "sequence_gap", detail)
@@ -336,51 +359,38 @@ class Binance(Exchange):
         events = out.events
         try:
             snapshot = _snapshot_decoder.decode(body)
-            if not _numeric(snapshot.bids) or not _numeric(snapshot.asks):
-                raise ValueError("a level is not a number")
+            bids, asks = parse_levels(snapshot.bids), parse_levels(snapshot.asks)
         except (msgspec.DecodeError, ValueError) as error:
             out.rejects.add(received_us, "bad_snapshot", f"not a depth snapshot: {error}", payload)
             out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
             return
         last = snapshot.lastUpdateId
         buffer = self._buffers[symbol]
-        if buffer and last < buffer[0].U:
+        if buffer and last < buffer[0].first:
             events.add(symbol, received_us, "stale_snapshot",
-                       f"lastUpdateId={last} < U={buffer[0].U} of the first buffered event")
+                       f"lastUpdateId={last} < U={buffer[0].first} of the first buffered event")
             out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))
             return
-        remaining = [event for event in buffer if event.u > last]
+        remaining = [event for event in buffer if event.last > last]
         buffer.clear()
         self._pending[symbol] = False
-        if remaining and remaining[0].U > last + 1:  # noqa: SIM300  (U is a field name)
+        if remaining and remaining[0].first > last + 1:
             first = remaining[0]
-            self._gap(symbol, first.E * 1000, f"snapshot lastUpdateId={last}: expected U<={last + 1}, "
-                                              f"got U={first.U} u={first.u}", out)
+            self._gap(symbol, first.time_ms * 1000, f"snapshot lastUpdateId={last}: expected U<={last + 1}, "
+                                                    f"got U={first.first} u={first.last}", out)
         else:
             book = self.books[symbol]
             book.clear()
-            for price, quantity in snapshot.bids:
-                book.set_level("bid", price, quantity)
-            for price, quantity in snapshot.asks:
-                book.set_level("ask", price, quantity)
+            book.apply(bids, asks)
             book.sequence = last
             self.synced[symbol] = True
         # Buffered events meet the live rules; after a gap they are buffered again for the next snapshot.
         for event in remaining:
-            self._on_depth(symbol, event, received_us, out)
+            self._on_depth(symbol, *event, received_us, out)
         if self.synced[symbol] and self._after_gap[symbol]:
             self._after_gap[symbol] = False
             events.add(symbol, received_us, "resync",
                        f"synced from snapshot lastUpdateId={last}, book at u={self.books[symbol].sequence}")
-
-
-def _numeric(levels: list[tuple[str, str]]) -> bool:
-    try:
-        for price, quantity in levels:
-            float(price), float(quantity)  # parsing is the check
-    except ValueError:
-        return False
-    return True
 
 
 _EVENT_TYPES = frozenset({"trade", "aggTrade", "depthUpdate", "serverShutdown"})

@@ -1,71 +1,152 @@
 """One L2 order book, and the columnar collectors exchange modules fill while decoding.
 
-Levels keep the exchange's own price/quantity text next to the float, because some checksums (Kraken)
-are computed over the text with its full precision.
+Levels keep the exchange's own price/quantity text next to the floats, because some checksums (Kraken)
+are computed over the text with its full precision; such a book also keeps each level's checksum text, made
+once when the level is set rather than re-formatted for every verification.
+
+Layout: per side a dict (price -> level) finds a price in O(1), and a plain list of its prices kept sorted with
+``bisect`` (a C-level search and one memmove per price that appears or vanishes) yields the top N by slicing.
+Emission (top 20 at a cadence) and the Kraken checksum (top 10, every update) read only the top, while most
+changes replace a quantity at a price already held: cheaper than re-selecting the top with a heap per read.
 """
 
 from __future__ import annotations
 
-import heapq
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 
 from trading_platform.schema import BOOK_EVENTS, BOOK_LEVELS, ORDERBOOK_SNAPSHOTS
 
 Side = Literal["bid", "ask"]
+# (price, quantity, price text, quantity text, checksum text): one tuple per level, built once when the exchange
+# sends it and stored as is. The checksum text is "" for books that verify none. (Measured on the Binance bench
+# frames: this dict + sorted price list applies and reads the top ~5x faster than sortedcontainers.SortedDict.)
+Level = tuple[float, float, str, str, str]
 _UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def parse_levels(pairs: Iterable[tuple[str, str]]) -> list[Level]:
+    """Levels from the exchange's (price text, quantity text) pairs, in order.
+
+    Raises ValueError for a value that is not a finite number: NaN or infinity would break the sorted price
+    order (and mean nothing on a book).
+    """
+    levels = [(float(price), float(quantity), price, quantity, "") for price, quantity in pairs]
+    check_finite(levels)
+    return levels
+
+
+def check_finite(levels: Sequence[Level]) -> None:
+    """Raise ValueError if a level's price or quantity is NaN or infinite."""
+    for price, quantity, price_text, quantity_text, _ in levels:
+        if price - price or quantity - quantity:  # 0.0 for every finite number, NaN otherwise
+            raise ValueError(f"level {price_text!r} {quantity_text!r} is not a finite number")
 
 
 class OrderBook:
     def __init__(self) -> None:
-        self.bids: dict[float, tuple[str, str]] = {}
-        self.asks: dict[float, tuple[str, str]] = {}
+        self.bids: dict[float, Level] = {}
+        self.asks: dict[float, Level] = {}
+        self._bid_prices: list[float] = []  # ascending: the best bid is last
+        self._ask_prices: list[float] = []  # ascending: the best ask is first
         self.sequence = 0  # the exchange's id of the last applied update, where it has one
 
     def clear(self) -> None:
         self.bids.clear()
         self.asks.clear()
+        self._bid_prices.clear()
+        self._ask_prices.clear()
         self.sequence = 0
 
+    def apply(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
+        """One message's levels: absolute quantities, in order (a later level at the same price wins); zero
+        removes the level."""
+        if bids:  # a message often changes one side only
+            _apply_side(self.bids, self._bid_prices, bids)
+        if asks:
+            _apply_side(self.asks, self._ask_prices, asks)
+
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
-        """Absolute quantity at a price; zero removes the level."""
-        levels = self.bids if side == "bid" else self.asks
-        price = float(price_text)
-        if float(quantity_text) == 0:
-            levels.pop(price, None)
+        """One absolute quantity at a price; zero removes the level."""
+        levels = parse_levels(((price_text, quantity_text),))
+        if side == "bid":
+            self.apply(levels, [])
         else:
-            levels[price] = (price_text, quantity_text)
+            self.apply([], levels)
 
     def best_prices(self, side: Side, n: int) -> list[float]:
+        if side == "bid":
+            return self._bid_prices[:-n - 1:-1] if n > 0 else []
+        return self._ask_prices[:n]
+
+    def quantities(self, side: Side, prices: list[float]) -> list[float]:
+        """The quantities at ``prices`` (prices the book holds)."""
         levels = self.bids if side == "bid" else self.asks
-        return heapq.nlargest(n, levels) if side == "bid" else heapq.nsmallest(n, levels)
+        return [levels[price][1] for price in prices]
 
     def top(self, side: Side, n: int) -> list[tuple[float, float]]:
-        levels = self.bids if side == "bid" else self.asks
-        return [(price, float(levels[price][1])) for price in self.best_prices(side, n)]
+        prices = self.best_prices(side, n)
+        return list(zip(prices, self.quantities(side, prices), strict=True))
 
     def top_text(self, side: Side, n: int) -> list[tuple[str, str]]:
         levels = self.bids if side == "bid" else self.asks
-        return [levels[price] for price in self.best_prices(side, n)]
+        return [levels[price][2:4] for price in self.best_prices(side, n)]
+
+    def checksum_text(self, side: Side, n: int) -> str:
+        """The best ``n`` levels' checksum texts, best first, joined."""
+        levels = self.bids if side == "bid" else self.asks
+        return "".join([levels[price][4] for price in self.best_prices(side, n)])
 
     def truncate(self, depth: int) -> None:
         """Keep the best ``depth`` levels per side (exchanges that send no deletes beyond depth)."""
-        for side in ("bid", "ask"):
-            levels = self.bids if side == "bid" else self.asks
-            if len(levels) > depth:
-                keep = set(self.best_prices(side, depth))
-                for price in [p for p in levels if p not in keep]:
-                    del levels[price]
+        excess = len(self._bid_prices) - depth
+        if excess > 0:
+            for price in self._bid_prices[:excess]:
+                del self.bids[price]
+            del self._bid_prices[:excess]
+        if len(self._ask_prices) > depth:
+            for price in self._ask_prices[depth:]:
+                del self.asks[price]
+            del self._ask_prices[depth:]
 
     def crossed(self) -> bool:
-        return bool(self.bids and self.asks and max(self.bids) >= min(self.asks))
+        return bool(self._bid_prices and self._ask_prices and self._bid_prices[-1] >= self._ask_prices[0])
+
+
+def _apply_side(book: dict[float, Level], prices: list[float], levels: Sequence[Level]) -> None:
+    if not book:
+        # A snapshot (or a side emptied by removals): fill the dict, then sort its prices once.
+        for level in levels:
+            if level[1]:
+                book[level[0]] = level
+            else:
+                book.pop(level[0], None)
+        prices[:] = sorted(book)
+        return
+    for level in levels:
+        price = level[0]
+        if level[1]:
+            if price not in book:
+                insort(prices, price)
+            book[price] = level
+        elif book.pop(price, None) is not None:
+            del prices[bisect_left(prices, price)]
 
 
 @dataclass
 class BookSnapshots:
-    """Rows for ``schema.ORDERBOOK_SNAPSHOTS`` (without batch_id)."""
+    """Rows for ``schema.ORDERBOOK_SNAPSHOTS`` (without batch_id).
+
+    Levels are kept as flat columns per side (every row's prices one after another, its quantities alike, and
+    each row's level count): a list of floats is one object for the cyclic GC, where a list of (price,
+    quantity) tuples per row made ~40 tracked objects per snapshot, alive until the batch ends, enough to
+    trigger full collections of the whole heap in a busy tick. ``bids`` / ``asks`` read them back as rows.
+    """
 
     exchange: str
     symbols: list[str] = field(default_factory=list)
@@ -73,8 +154,12 @@ class BookSnapshots:
     timestamps_us: list[int] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)
     sequences: list[int] = field(default_factory=list)
-    bids: list[list[tuple[float, float]]] = field(default_factory=list)
-    asks: list[list[tuple[float, float]]] = field(default_factory=list)
+    bid_prices: list[float] = field(default_factory=list)
+    bid_quantities: list[float] = field(default_factory=list)
+    bid_counts: list[int] = field(default_factory=list)  # levels per row
+    ask_prices: list[float] = field(default_factory=list)
+    ask_quantities: list[float] = field(default_factory=list)
+    ask_counts: list[int] = field(default_factory=list)
 
     def add(self, symbol: str, native: str, book: OrderBook, depth: int, timestamp_us: int, received_us: int) -> None:
         self.symbols.append(symbol)
@@ -82,16 +167,29 @@ class BookSnapshots:
         self.timestamps_us.append(timestamp_us)
         self.received_us.append(received_us)
         self.sequences.append(book.sequence)
-        self.bids.append(book.top("bid", depth))
-        self.asks.append(book.top("ask", depth))
+        prices = book.best_prices("bid", depth)
+        self.bid_prices += prices
+        self.bid_quantities += book.quantities("bid", prices)
+        self.bid_counts.append(len(prices))
+        prices = book.best_prices("ask", depth)
+        self.ask_prices += prices
+        self.ask_quantities += book.quantities("ask", prices)
+        self.ask_counts.append(len(prices))
+
+    @property
+    def bids(self) -> list[list[tuple[float, float]]]:
+        """Each row's bids, best first, as (price, quantity)."""
+        return _rows(self.bid_prices, self.bid_quantities, self.bid_counts)
+
+    @property
+    def asks(self) -> list[list[tuple[float, float]]]:
+        """Each row's asks, best first, as (price, quantity)."""
+        return _rows(self.ask_prices, self.ask_quantities, self.ask_counts)
 
     def __len__(self) -> int:
         return len(self.symbols)
 
     def to_arrow(self) -> pa.Table:
-        def levels(rows: list[list[tuple[float, float]]]) -> pa.Array:
-            return pa.array([[{"price": p, "quantity": q} for p, q in row] for row in rows], BOOK_LEVELS)
-
         return pa.table({
             "exchange": pa.array([self.exchange] * len(self), pa.string()),
             "symbol": pa.array(self.symbols, pa.string()),
@@ -99,9 +197,26 @@ class BookSnapshots:
             "timestamp": pa.array(self.timestamps_us, pa.int64()).cast(_UTC_US),
             "received_at": pa.array(self.received_us, pa.int64()).cast(_UTC_US),
             "sequence": pa.array(self.sequences, pa.int64()),
-            "bids": levels(self.bids),
-            "asks": levels(self.asks),
+            "bids": _levels_array(self.bid_prices, self.bid_quantities, self.bid_counts),
+            "asks": _levels_array(self.ask_prices, self.ask_quantities, self.ask_counts),
         }, schema=pa.schema([f for f in ORDERBOOK_SNAPSHOTS.arrow_schema if f.name != "batch_id"]))
+
+
+def _rows(prices: list[float], quantities: list[float], counts: list[int]) -> list[list[tuple[float, float]]]:
+    rows, start = [], 0
+    for count in counts:
+        rows.append(list(zip(prices[start:start + count], quantities[start:start + count], strict=True)))
+        start += count
+    return rows
+
+
+def _levels_array(prices: list[float], quantities: list[float], counts: list[int]) -> pa.Array:
+    """Flat level columns and the level count of each row -> one ``BOOK_LEVELS`` array (list<struct>)."""
+    offsets = np.zeros(len(counts) + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    values = pa.StructArray.from_arrays([pa.array(prices, pa.float64()), pa.array(quantities, pa.float64())],
+                                        fields=list(BOOK_LEVELS.value_type))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=BOOK_LEVELS)
 
 
 @dataclass

@@ -44,7 +44,7 @@ the 8 unauthenticated messages/s per IP; reconnect pacing is the session's backo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Side
+from trading_platform.exchanges.book import Level, check_finite
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -72,7 +72,6 @@ _CHANNEL = re.compile(rb'"channel"\s*:\s*"([^"\\]{1,64})"')
 _PROBE_BYTES = 4096  # the envelope's fields come before its events
 _DEFAULT_REST_URL = "https://api.coinbase.com"
 TICKER_PAGE = 1000  # market trades per REST page
-_BOOK_SIDE: Final[dict[str, Side]] = {"bid": "bid", "offer": "ask"}
 
 
 # --- wire structs -------------------------------------------------------------------------------------------
@@ -125,7 +124,10 @@ class _MarketTrades(_Envelope, tag="market_trades"):
 
 
 class _L2Data(_Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
-    events: list[_L2Event]
+    # Decoded one message at a time (``_l2_events_decoder``), not with the batch: the batch's messages live
+    # until it ends, and their event and level lists would be GC-tracked objects enough to set off full
+    # collections of the heap; decoded per message they are freed as soon as the message is applied.
+    events: msgspec.Raw
 
 
 class _Heartbeats(_Envelope, tag="heartbeats"):
@@ -167,6 +169,7 @@ class _HistoryPage(msgspec.Struct, gc=False):
 
 _history_decoder = msgspec.json.Decoder(_HistoryPage)
 _batch_decoder = msgspec.json.Decoder(list[_Message])
+_l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
 
@@ -342,7 +345,12 @@ class Coinbase(Exchange):
             if not self.wants_books:
                 out.control += 1
                 return
-            for event in message.events:
+            try:
+                events = _l2_events_decoder.decode(message.events)
+            except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
+                out.rejects.add(received, "wrong_type", str(error).replace("`$", "`$.events", 1), frame)
+                return
+            for event in events:
                 self._l2_event(event, message, received, frame, out)
         else:
             if isinstance(message, _Heartbeats):
@@ -464,13 +472,21 @@ class Coinbase(Exchange):
         if symbol is None:
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
-        levels = ((_BOOK_SIDE[u.side], u.price_level, u.new_quantity) for u in event.updates)
+        updates = event.updates
+        # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
+        # one pass per side instead of two, on the hot path of every update.
+        bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                             for u in updates if u.side == "bid"]
+        asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                             for u in updates if u.side == "offer"]
+        check_finite(bids)
+        check_finite(asks)
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
-            self.apply_book_snapshot(symbol, levels, datetime_us(message.timestamp), received, message.sequence_num,
-                                     out)
+            self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,
+                                     message.sequence_num, out)
         else:
-            self.apply_book_changes(symbol, levels, self._update_time(event, message), received,
+            self.apply_book_changes(symbol, bids, asks, self._update_time(event, message), received,
                                     message.sequence_num, out)
 
     @staticmethod
@@ -479,14 +495,13 @@ class Coinbase(Exchange):
         event_us = datetime_us(last) if last is not None else 0
         return event_us if event_us > 0 else datetime_us(message.timestamp)
 
-    def apply_book_snapshot(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int | None,
+    def apply_book_snapshot(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int | None,
                             received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Replace the book with a full snapshot; it is in sync from here. ``event_us`` None: the snapshot
         carries no exchange time, so emission waits for the next timed change."""
         book = self.books[symbol]
         book.clear()
-        for side, price, quantity in levels:
-            book.set_level(side, price, quantity)
+        book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.synced[symbol] = True
         if symbol in self._gap_open:
@@ -495,14 +510,13 @@ class Coinbase(Exchange):
         if event_us is not None:
             self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
-    def apply_book_changes(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int,
+    def apply_book_changes(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int,
                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Absolute quantities per level ("0" removes); ignored while the book awaits a snapshot."""
         if not self.synced[symbol]:
             return
         book = self.books[symbol]
-        for side, price, quantity in levels:
-            book.set_level(side, price, quantity)
+        book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 

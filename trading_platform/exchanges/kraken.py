@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
+from trading_platform.exchanges.book import Level, OrderBook, check_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -76,7 +77,10 @@ class _Book(msgspec.Struct, gc=False):
 
 class _BookMessage(msgspec.Struct, tag_field="channel", tag="book", gc=False):
     type: Literal["snapshot", "update"]
-    data: list[_Book]
+    # Decoded one message at a time (``_book_data_decoder``), not with the batch: the batch's messages live
+    # until it ends, and their entry and level lists would be GC-tracked objects enough to set off full
+    # collections of the heap; decoded per message they are freed as soon as the message is applied.
+    data: msgspec.Raw
 
 
 class _Heartbeat(msgspec.Struct, tag_field="channel", tag="heartbeat"):
@@ -90,6 +94,7 @@ class _Status(msgspec.Struct, tag_field="channel", tag="status"):
 _Message = _TradeMessage | _BookMessage | _Heartbeat | _Status
 _batch_decoder = msgspec.json.Decoder(list[_Message])
 _frame_decoder = msgspec.json.Decoder(_Message)
+_book_data_decoder = msgspec.json.Decoder(list[_Book])
 _untyped_decoder = msgspec.json.Decoder()
 _CHANNELS = ("trade", "book", "heartbeat", "status")
 
@@ -99,19 +104,32 @@ class _NotANumber(ValueError):
 
 
 # --- the checksum ----------------------------------------------------------------------------
-def _checksum_text(number: str) -> str:
-    return number.replace(".", "").lstrip("0")
-
-
 def kraken_checksum(asks_text: Sequence[tuple[str, str]], bids_text: Sequence[tuple[str, str]]) -> int:
     """Kraken's book checksum (v1 and v2): CRC32 over the top 10 asks then the top 10 bids.
 
     Both sides are (price text, quantity text) best first (asks ascending, bids descending), in the
     exact text the exchange sent; only the first 10 of each count.
     """
-    parts = [_checksum_text(price) + _checksum_text(qty)
-             for price, qty in (*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS])]
-    return zlib.crc32("".join(parts).encode("ascii")) & 0xFFFF_FFFF
+    levels = checksum_levels([*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS]])
+    return zlib.crc32("".join([level[4] for level in levels]).encode("ascii")) & 0xFFFF_FFFF
+
+
+def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[Level]:
+    """Book levels from (price text, quantity text) pairs, each with its checksum text made once, here: the
+    price's then the quantity's digits, decimal point removed, leading zeros stripped.
+
+    Raises ValueError for a value that is not a finite number."""
+    # Spelled out inline, not a helper per number: this runs for every level of every update.
+    levels = [(float(price), float(qty), price, qty,
+               price.replace(".", "").lstrip("0") + qty.replace(".", "").lstrip("0")) for price, qty in pairs]
+    check_finite(levels)
+    return levels
+
+
+def book_checksum(book: OrderBook) -> int:
+    """``kraken_checksum`` of a book, from the checksum texts its levels keep."""
+    text = book.checksum_text("ask", CHECKSUM_LEVELS) + book.checksum_text("bid", CHECKSUM_LEVELS)
+    return zlib.crc32(text.encode("ascii")) & 0xFFFF_FFFF
 
 
 def subscription_depth(book_depth: int) -> int:
@@ -311,15 +329,20 @@ class Kraken(Exchange):
 
     def _book_message(self, message: _BookMessage, frame: bytes, received_us: int, out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
-        for entry in message.data:
+        try:
+            entries = _book_data_decoder.decode(message.data)
+        except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
+            out.rejects.add(received_us, "wrong_type", str(error).replace("`$", "`$.data", 1), frame)
+            return
+        for entry in entries:
             symbol = self.native_to_symbol.get(entry.symbol)
             if symbol is None:
                 self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)
                 continue
             try:
-                asks = [(_number_text(level.price), _number_text(level.qty)) for level in entry.asks]
-                bids = [(_number_text(level.price), _number_text(level.qty)) for level in entry.bids]
-            except _NotANumber as error:
+                asks = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.asks])
+                bids = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.bids])
+            except ValueError as error:  # not a number, or not a finite one
                 detail = f"book level of {entry.symbol}: {error}"
                 out.rejects.add(received_us, "wrong_type", detail, frame)
                 # A lost update could hide below the checksummed top 10, and a lost snapshot would leave
@@ -343,10 +366,9 @@ class Kraken(Exchange):
                            "the book stays unsynced until the next connection")
 
     # --- the one book code path (v2 here, v1 archives in legacy/kraken.py) ---------------------
-    def apply_book(self, symbol: str, asks: Sequence[tuple[str, str]], bids: Sequence[tuple[str, str]],
-                   checksum: int | None, is_snapshot: bool, depth: int, event_us: int, received_us: int,
-                   out: DecodeOutput) -> bool:
-        """Apply one book message (levels as exchange text) and verify it; False on a checksum mismatch.
+    def apply_book(self, symbol: str, asks: list[Level], bids: list[Level], checksum: int | None, is_snapshot: bool,
+                   depth: int, event_us: int, received_us: int, out: DecodeOutput) -> bool:
+        """Apply one book message (levels from ``checksum_levels``) and verify it; False on a checksum mismatch.
 
         Snapshot: replace the book. Update: ignored while the book awaits a snapshot (after a connect or
         a mismatch). Then truncate to ``depth`` (Kraken sends no deletes for levels pushed out of
@@ -363,13 +385,10 @@ class Kraken(Exchange):
             return True
         else:
             self.counters["book_updates_applied"] += 1
-        for price, qty in asks:
-            book.set_level("ask", price, qty)
-        for price, qty in bids:
-            book.set_level("bid", price, qty)
+        book.apply(bids, asks)
         book.truncate(depth)
         if checksum is not None:
-            computed = kraken_checksum(book.top_text("ask", CHECKSUM_LEVELS), book.top_text("bid", CHECKSUM_LEVELS))
+            computed = book_checksum(book)
             if computed != checksum:
                 self.counters["checksums_failed"] += 1
                 self.lose_sync(symbol, received_us, "checksum_mismatch",

@@ -4,12 +4,10 @@ with the book totals the importer prints (the live modules keep only Kraken's)."
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.binance import Binance
-from trading_platform.exchanges.book import Side
+from trading_platform.exchanges.book import Level
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.decoded import DecodeOutput
 from trading_platform.exchanges.legacy.coinbase import CoinbaseExchangeFeedDecoder
@@ -17,31 +15,29 @@ from trading_platform.exchanges.legacy.kraken import KrakenV1Decoder
 from trading_platform.exchanges.registry import exchange_for
 from trading_platform.ingestion.normalize import Decoder
 
-if TYPE_CHECKING:
-    from trading_platform.exchanges.binance import _Depth
-
 
 class _CountingBinance(Binance):
     """Binance counting the depth events it applies. The live module keeps no such total (only Kraken's does),
     so it is counted here, at the one method every diff event goes through."""
 
-    def _on_depth(self, symbol: str, event: _Depth, received_us: int, out: DecodeOutput) -> None:
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
+                  received_us: int, out: DecodeOutput) -> None:
         was_synced, sequence = self.synced[symbol], self.books[symbol].sequence
-        super()._on_depth(symbol, event, received_us, out)
+        super()._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
         # Applied: the book was in sync, the event was not already contained in it and no gap unsynced it.
         # Buffered events count when the snapshot applies them (they come back through here, synced).
-        if was_synced and self.synced[symbol] and event.u >= sequence:
+        if was_synced and self.synced[symbol] and last >= sequence:
             self.counters["book_updates_applied"] += 1
 
 
 class _CountingCoinbase(Coinbase):
     """Coinbase counting the level2 updates it applies (both feeds' books go through this method)."""
 
-    def apply_book_changes(self, symbol: str, levels: Iterable[tuple[Side, str, str]], event_us: int,
+    def apply_book_changes(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int,
                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         if self.synced[symbol]:  # else ignored until the next snapshot, as the method itself does
             self.counters["book_updates_applied"] += 1
-        super().apply_book_changes(symbol, levels, event_us, received_us, sequence, out)
+        super().apply_book_changes(symbol, bids, asks, event_us, received_us, sequence, out)
 
 
 class _CountingCoinbaseFeed(CoinbaseExchangeFeedDecoder):

@@ -298,6 +298,24 @@ def test_non_numeric_level_is_quarantined_and_its_hole_is_a_gap(synced: Binance)
     assert not synced.synced["BNB-BTC"]
 
 
+def test_level_that_is_not_a_pair_of_strings_is_quarantined(synced: Binance) -> None:
+    decoded = feed(synced, (RecordKind.FRAME, combined(b'{"e":"depthUpdate","E":1,"s":"BNBBTC","U":12,"u":12,'
+                                                       b'"b":[[100.0,5]],"a":[]}', "bnbbtc@depth@100ms")))
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+
+
+def test_non_finite_level_is_quarantined(synced: Binance) -> None:
+    decoded = feed(synced, depth(12, 12, bids=[["100.0", "NaN"]]), depth(12, 12, asks=[["inf", "1"]]))
+    assert decoded.rejects.reasons == ["wrong_type", "wrong_type"]
+    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+
+
+def test_bad_level_on_one_side_leaves_the_other_side_unapplied(synced: Binance) -> None:
+    feed(synced, depth(12, 12, bids=[["100.0", "5"]], asks=[["abc", "1"]]))
+    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+
+
 def test_snapshot_with_a_non_numeric_level_is_bad(binance: Binance) -> None:
     feed(binance, depth(1, 2))
     decoded = feed(binance, snapshot(1, [["x", "1"]], ASKS))

@@ -313,6 +313,16 @@ def test_wrong_typed_field_is_quarantined_and_names_the_field(coinbase: Coinbase
     assert "$.events[0].trades[0].price" in decoded.rejects.details[0]
 
 
+def test_wrong_typed_book_field_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
+    wrong = bid_update(1, "2.0", "2026-04-07T14:30:01.000000Z").replace(b'"price_level": "68899.00"',
+                                                                         b'"price_level": 68899.0')
+    decoded = decode(coinbase, CONNECTED, book_snapshot(0), wrong, bid_update(2, "3.0", "2026-04-07T14:30:02Z"))
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert "$.events[0].updates[0].price_level" in decoded.rejects.details[0]
+    assert event_rows(decoded) == []  # its sequence number was counted: no gap
+    assert coinbase.books["BTC-USD"].top_text("bid", 2) == [("68900.00", "1.0"), ("68899.00", "3.0")]
+
+
 def test_a_channel_we_did_not_subscribe_is_ignored_and_keeps_its_sequence_number(coinbase: Coinbase) -> None:
     decoded = decode(coinbase, CONNECTED, trades_frame(0, "update", trade("1")),
                      envelope("ticker", 1, [{"type": "update", "tickers": []}]), trades_frame(2, "update", trade("2")))

@@ -436,3 +436,18 @@ def test_drain_acks_are_counted_in_any_order(kraken: Kraken) -> None:
 
 def test_the_registry_finds_exactly_the_v2_exchange() -> None:
     assert exchange_class("kraken") is Kraken
+
+
+def test_wrong_typed_book_field_is_quarantined_and_names_the_field(synced: Kraken) -> None:
+    wrong = DOC_UPDATE.replace(b'"checksum":2114181697', b'"checksum":"2114181697"')
+    decoded = synced.decode([wrong], [0])
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert "$.data[0].checksum" in decoded.rejects.details[0]
+    assert synced.books["BTC-USD"].top_text("bid", 1) == [("45283.5", "0.10000000")]  # not applied
+
+
+def test_book_level_beyond_a_float_is_quarantined_and_resynced(synced: Kraken) -> None:
+    decoded = synced.decode([DOC_UPDATE.replace(b'"qty":0.00000000', b'"qty":1e400')], [0])
+    assert decoded.rejects.reasons == ["wrong_type"] and "finite" in decoded.rejects.details[0]
+    assert decoded.book_events is not None and decoded.book_events.kinds == ["update_rejected"]
+    assert not synced.synced["BTC-USD"]

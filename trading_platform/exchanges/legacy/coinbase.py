@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 import pyarrow as pa
@@ -35,13 +35,12 @@ import pyarrow.compute as pc
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.base import TradeColumns
-from trading_platform.exchanges.book import Side
+from trading_platform.exchanges.book import parse_levels
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
 from trading_platform.exchanges.decoded import DecodeOutput, RecordKind
 from trading_platform.exchanges.record_decoder import RecordDecoder
 
-_BOOK_SIDE: Final[dict[str, Side]] = {"buy": "bid", "sell": "ask"}
 _CONTROL_TYPES = ("heartbeat", "subscriptions", "ticker", "received", "open", "done", "change", "activate",
                   "status")
 
@@ -152,12 +151,14 @@ class CoinbaseExchangeFeedDecoder(RecordDecoder):
             return
         if isinstance(message, _L2Update):
             event_us = datetime_us(message.time) if message.time is not None else received
-            exchange.apply_book_changes(symbol, ((_BOOK_SIDE[side], price, size) for side, price, size
-                                                 in message.changes), event_us, received, 0, out)
+            # The Exchange feed names book sides by the order side: buy orders rest on the bid side.
+            bids = parse_levels([(price, size) for side, price, size in message.changes if side == "buy"])
+            asks = parse_levels([(price, size) for side, price, size in message.changes if side == "sell"])
+            exchange.apply_book_changes(symbol, bids, asks, event_us, received, 0, out)
             return
         if any(len(level) < 2 for level in message.bids) or any(len(level) < 2 for level in message.asks):
             out.rejects.add(received, "wrong_type", "snapshot level is not [price, size]", frame)
             return
-        levels: list[tuple[Side, str, str]] = [("bid", level[0], level[1]) for level in message.bids]
-        levels += [("ask", level[0], level[1]) for level in message.asks]
-        exchange.apply_book_snapshot(symbol, levels, None, received, 0, out)
+        exchange.apply_book_snapshot(symbol, parse_levels([(level[0], level[1]) for level in message.bids]),
+                                     parse_levels([(level[0], level[1]) for level in message.asks]), None, received, 0,
+                                     out)

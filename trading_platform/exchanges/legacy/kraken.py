@@ -28,7 +28,7 @@ from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.base import TradeColumns
 from trading_platform.exchanges.conversions import micros_timestamps, strings_to_float
 from trading_platform.exchanges.decoded import DecodeOutput, RecordKind
-from trading_platform.exchanges.kraken import Kraken
+from trading_platform.exchanges.kraken import Kraken, checksum_levels
 from trading_platform.exchanges.record_decoder import RecordDecoder
 
 # v1 spells some assets the old way; normalized symbols (and the v2 native spelling) use the new one.
@@ -190,7 +190,12 @@ class KrakenV1Decoder(RecordDecoder):
             checksum = None  # v1 snapshots carry none; never trust a stray one
         # Exchange time of a v1 book message: its newest level's time (messages carry no other).
         event_us = latest or received_us
-        self.kraken.apply_book(symbol, asks, bids, checksum, is_snapshot, depth, event_us, received_us, out)
+        try:
+            ask_levels, bid_levels = checksum_levels(asks), checksum_levels(bids)
+        except ValueError as error:  # numbers, but not finite ones
+            raise _Malformed(str(error)) from None
+        self.kraken.apply_book(symbol, ask_levels, bid_levels, checksum, is_snapshot, depth, event_us, received_us,
+                               out)
 
 
 def _ignored_channel(name: object) -> bool:
