@@ -326,7 +326,7 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
 
     def todays_candles() -> dg.AssetCheckEvaluation | None:
         evaluation = _latest_check(platform.dagster_home, "candles_1m", "candles_reconcile_with_trades")
-        return evaluation if evaluation and evaluation.metadata["day"].value == today else None
+        return evaluation if evaluation and today in evaluation.metadata["days"].value else None
     candles = wait_for(todays_candles, 150, "today's candles", interval_s=3)
     assert candles.passed, candles.metadata["mismatches"]
 

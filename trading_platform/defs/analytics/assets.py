@@ -7,9 +7,9 @@ from typing import Any
 
 import dagster as dg
 
-from trading_platform.analytics.candles import INTERVALS, recompute_day, reconcile_day
+from trading_platform.analytics.candles import INTERVALS, Mismatch, recompute_day, reconcile_day
 from trading_platform.analytics.composite import recompute_composite_day
-from trading_platform.analytics.indicators import INDICATOR_SETS, check_sample, recompute_indicator_day
+from trading_platform.analytics.indicators import INDICATOR_SETS, SampleCheck, check_sample, recompute_indicator_day
 from trading_platform.defs.resources import ClickHouseResource, FeedResource
 from trading_platform.defs.warehouse.assets import CLICKHOUSE_POOL
 from trading_platform.defs.warehouse.jobs import REBUILD_START_DATE
@@ -66,38 +66,49 @@ INDICATOR_CHECKS = {
 @dg.multi_asset(name="analytics_day", specs=ANALYTICS_SPECS,
                 check_specs=[CANDLES_RECONCILED, *INDICATOR_CHECKS.values()], pool=CLICKHOUSE_POOL,
                 partitions_def=CANDLE_DAYS,
-                description="Recompute one UTC day's candles of every interval, its composite prices and its "
+                # A backfill of a range is one run: one ClickHouse open, the days in order (indicators of a
+                # day read the candles of the days before it).
+                backfill_policy=dg.BackfillPolicy.single_run(),
+                description="Recompute each UTC day's candles of every interval, its composite prices and its "
                             "indicators, and swap them in.")
 def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, feed: FeedResource) -> Any:
-    day = date.fromisoformat(context.partition_key)
+    days = sorted(date.fromisoformat(key) for key in context.partition_keys)
+    rows = dict.fromkeys((table.name for table in ANALYTICS_TABLES), 0)
+    mismatches: list[Mismatch] = []
+    samples: dict[str, list[SampleCheck]] = {s.indicators.name: [] for s in INDICATOR_SETS}
+    exchanges = feed.exchanges()
     with clickhouse.open() as ch:
-        rows = recompute_day(ch, day)
-        rows[COMPOSITE_1M.name] = recompute_composite_day(ch, day, feed.exchanges())
-        samples = {}
-        for indicator_set in INDICATOR_SETS:
-            rows[indicator_set.indicators.name] = recompute_indicator_day(ch, day, indicator_set)
-            samples[indicator_set.indicators.name] = check_sample(ch, day, indicator_set)
-        mismatches = reconcile_day(ch, day)
-    context.log.info(f"candles of {day}: {rows}")
+        for day in days:
+            counts = recompute_day(ch, day)
+            counts[COMPOSITE_1M.name] = recompute_composite_day(ch, day, exchanges)
+            for indicator_set in INDICATOR_SETS:
+                name = indicator_set.indicators.name
+                counts[name] = recompute_indicator_day(ch, day, indicator_set)
+                sample = check_sample(ch, day, indicator_set)
+                samples[name] += [sample] if sample is not None else []
+            mismatches += reconcile_day(ch, day)
+            context.log.info(f"analytics of {day}: {counts}")
+            rows = {name: rows[name] + counts[name] for name in rows}
     for table in ANALYTICS_TABLES:
         yield dg.MaterializeResult(asset_key=table.name, metadata={"dagster/row_count": rows[table.name],
                                                                    "table": table.qualified_name})
+    day_texts = [day.isoformat() for day in days]
     yield dg.AssetCheckResult(
         check_name=CANDLES_RECONCILED.name, asset_key=CANDLES_1M.name, passed=not mismatches,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=(f"{len(mismatches)} (table, exchange, symbol) differ from the trades" if mismatches
+        description=(f"{len(mismatches)} (day, table, exchange, symbol) differ from the trades" if mismatches
                      else "every interval sums to the day's trades"),
-        metadata={"day": day.isoformat(),
+        metadata={"days": dg.MetadataValue.json(day_texts),
                   "mismatches": dg.MetadataValue.json([m.__dict__ for m in mismatches[:20]])},
     )
-    for name, sample in samples.items():
+    for name, checked in samples.items():
+        worst = max(checked, key=lambda c: c.worst_relative_error, default=None)
         yield dg.AssetCheckResult(
             check_name="sample_recomputed", asset_key=name, severity=dg.AssetCheckSeverity.ERROR,
-            passed=sample is None or sample.worst_relative_error < SAMPLE_TOLERANCE,
-            description=("no candles that day" if sample is None else
-                         f"{sample.exchange} {sample.symbol}: {sample.compared} candles, worst relative error "
-                         f"{sample.worst_relative_error:.2e}"),
-            metadata={"day": day.isoformat(), **({} if sample is None else {
-                "exchange": sample.exchange, "symbol": sample.symbol, "candles_compared": sample.compared,
-                "worst_relative_error": sample.worst_relative_error, "tolerance": SAMPLE_TOLERANCE})},
+            passed=worst is None or worst.worst_relative_error < SAMPLE_TOLERANCE,
+            description=("no candles in the days computed" if worst is None else
+                         f"{len(checked)} day(s), {sum(c.compared for c in checked)} candles compared; worst: "
+                         f"{worst.exchange} {worst.symbol}, relative error {worst.worst_relative_error:.2e}"),
+            metadata={"days": dg.MetadataValue.json(day_texts), "tolerance": SAMPLE_TOLERANCE,
+                      "samples": dg.MetadataValue.json([c.__dict__ for c in checked])},
         )
