@@ -90,8 +90,11 @@ class TradeNormalizer:
                     screened.append(i)
         try:
             # One C-level pass over the batch; the session reads bytes (recv(decode=False)), which
-            # websockets does not validate, and a decoder must never meet a UnicodeDecodeError.
-            b"".join(frames).decode("utf-8")
+            # websockets does not validate, and a decoder must never meet a UnicodeDecodeError. Exchange
+            # frames are nearly always ASCII, which is UTF-8 and checked without building a str.
+            joined = b"".join(frames)
+            if not joined.isascii():
+                joined.decode("utf-8")
         except UnicodeDecodeError:
             done = set(screened)
             for i, frame in enumerate(frames):
