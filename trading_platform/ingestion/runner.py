@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from trading_platform.exchanges.base import Exchange
+from trading_platform.exchanges.conversions import highest_per_key
 from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
@@ -413,10 +415,14 @@ class IngestionRunner:
                     best_ask["price"], best_ask["quantity"], int(row["timestamp"].timestamp() * 1_000_000))
 
     def _remember_latest(self, trades: pa.Table) -> None:
-        columns = trades.select(["symbol", "price", "quantity", "side", "trade_id", "timestamp"]).to_pydict()
-        for symbol, price, quantity, side, trade_id, ts in zip(*columns.values(), strict=True):
-            self._latest[symbol] = LatestTrade(self.exchange.name, symbol, price, quantity, side, trade_id,
-                                               int(ts.timestamp() * 1_000_000))
+        """Each symbol's last trade of the tick, for the hot cache: its last row found in numpy, so only one
+        row per symbol becomes Python objects, whatever the tick's size."""
+        last_rows = highest_per_key(trades.column("symbol"), np.arange(trades.num_rows, dtype=np.int64))
+        latest = trades.take(pa.array(list(last_rows.values()), pa.int64()))
+        columns = latest.select(["symbol", "price", "quantity", "side", "trade_id"]).to_pydict()
+        times_us = latest.column("timestamp").cast(pa.int64()).to_pylist()
+        for symbol, price, quantity, side, trade_id, time_us in zip(*columns.values(), times_us, strict=True):
+            self._latest[symbol] = LatestTrade(self.exchange.name, symbol, price, quantity, side, trade_id, time_us)
 
     async def _write_hot_cache(self) -> None:
         if not (self._latest or self._latest_books) or self._price_cache_factory is None:
