@@ -199,6 +199,7 @@ class IngestionRunner:
         # record that arrives while a tick awaits (REST, Redis) belongs to the next batch in the WAL too.
         self._decoded_through = -1
         self._flushing = False  # the flush worker holds a sealed batch (writing or retrying)
+        self._wal_write_due = False  # a WAL write of the records gathered in this burst is scheduled
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -260,9 +261,21 @@ class IngestionRunner:
     # --- receive path ----------------------------------------------------------------------------
     def _record(self, payload: bytes, received_us: int, kind: RecordKind) -> None:
         self.wal.append(received_us, payload, kind)
+        if not self._wal_write_due:
+            # One WAL write per burst: the frames the receive loop reads without yielding are written together
+            # as soon as it yields, and in any case before a tick decodes them (see _tick).
+            try:
+                asyncio.get_running_loop().call_soon(self._write_wal)
+                self._wal_write_due = True
+            except RuntimeError:  # no event loop in this thread: nothing to gather the record with
+                self.wal.write()
         self._frames.append(payload)
         self._received_us.append(received_us)
         self._kinds.append(kind)
+
+    def _write_wal(self) -> None:
+        self._wal_write_due = False
+        self.wal.write()
 
     def _on_frame(self, frame: bytes, received_us: int) -> None:
         self._record(frame, received_us, RecordKind.FRAME)
@@ -288,6 +301,7 @@ class IngestionRunner:
 
     async def _tick(self, final: bool) -> None:
         if self._frames:
+            self.wal.write()  # every record is in the WAL before it is decoded into the batch
             frames, received, kinds = self._frames, self._received_us, self._kinds
             self._frames, self._received_us, self._kinds = [], [], []
             self._decoded_through = self.wal.next_offset - 1  # taken together, no await in between
