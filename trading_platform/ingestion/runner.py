@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ FINAL_FETCH_WAIT_S = 5.0
 REST_RETRY_MAX_S = 60.0  # transient REST failures (5xx, network) back off up to this
 REST_RATE_LIMIT_DEFAULT_S = 30.0  # a 429/418 without Retry-After: wait this long at least
 REST_REJECTED_ATTEMPTS = 3  # a request answered 4xx this often is given up (the exchange will not serve it)
+# REST calls (book snapshots, trade backfills) block a thread for up to the REST timeout each. They get threads of
+# their own: in the loop's default pool, a burst of them (every book resyncing at once under overload) queued
+# the lake writes and the Redis hot-cache writes behind them for many seconds.
+REST_THREADS = 4
 
 
 @contextmanager
@@ -200,6 +205,7 @@ class IngestionRunner:
         self._decoded_through = -1
         self._flushing = False  # the flush worker holds a sealed batch (writing or retrying)
         self._wal_write_due = False  # a WAL write of the records gathered in this burst is scheduled
+        self._rest_pool = ThreadPoolExecutor(REST_THREADS, thread_name_prefix=f"{exchange.name}-rest")
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -249,6 +255,7 @@ class IngestionRunner:
                 self.on_status(f"{self.exchange.name}: object store still failing at shutdown; "
                                "unflushed batches stay in the WAL for the next run")
             self.wal.close()
+            self._rest_pool.shutdown(wait=False, cancel_futures=True)
             stats = session.stats
             self.summary.connects, self.summary.disconnects = stats.connects, stats.disconnects
             self.summary.drained_cleanly = stats.drained_cleanly
@@ -355,7 +362,8 @@ class IngestionRunner:
                 continue
             self._last_fetch[key] = time.monotonic()
             try:
-                response: RestResponse = await asyncio.to_thread(http_get, action.url)
+                response: RestResponse = await asyncio.get_running_loop().run_in_executor(
+                    self._rest_pool, http_get, action.url)
             except RateLimited as error:
                 # The server's Retry-After is what it asks for; without one, back off long and longer.
                 delay = error.retry_after_s if error.retry_after_s is not None else backoff_delay(
