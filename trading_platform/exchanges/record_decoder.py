@@ -85,8 +85,11 @@ class RecordDecoder(ABC):
         if lo >= hi:
             return
         run = frames if lo == 0 and hi == len(frames) else frames[lo:hi]
+        # The run as one JSON array, copied once: the brackets ride on the first and last frames.
+        array = (b",".join([b"[" + run[0], *run[1:-1], run[-1] + b"]"]) if len(run) > 1
+                 else b"[" + run[0] + b"]")
         try:
-            messages: list[Any] = self.batch_decoder.decode(b"".join((b"[", b",".join(run), b"]")))
+            messages: list[Any] = self.batch_decoder.decode(array)
             if len(messages) == hi - lo:  # else an empty frame, or one holding "a,b", shifted the rest
                 self.on_messages(messages, range(lo, hi), frames, received_us, out)
                 return
