@@ -236,8 +236,12 @@ class IngestionRunner:
         receiver = asyncio.create_task(session.run(stop))
         try:
             next_heartbeat = 0.0
+            next_tick = time.monotonic()
             while not receiver.done():
-                await asyncio.wait({receiver}, timeout=self.config.hot_tick_s)
+                # A fixed cadence: the tick's own work (decode, Redis) does not stretch the interval, so a
+                # cached trade is at most one interval plus one tick old.
+                next_tick = max(next_tick + self.config.hot_tick_s, time.monotonic())
+                await asyncio.wait({receiver}, timeout=next_tick - time.monotonic())
                 await self._tick(final=False)
                 if time.monotonic() >= next_heartbeat:
                     self.on_heartbeat(self.summary)
