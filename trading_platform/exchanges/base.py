@@ -77,6 +77,7 @@ class Exchange(RecordDecoder):
         # Symbol mapping in Arrow: one hash lookup per row in C, not a Python dict lookup.
         self._native_symbols = pa.array(list(self.native_to_symbol), pa.string())
         self._normalized_symbols = pa.array(list(self.native_to_symbol.values()), pa.string())
+        self._name_scalar = pa.scalar(self.name, pa.string())
         # Running totals the importer prints and the run logs: book_updates_applied, checksums_passed,
         # checksums_failed, sequence_gaps, snapshots_applied (modules add their own keys freely).
         self.counters: Counter[str] = Counter()
@@ -174,11 +175,11 @@ class Exchange(RecordDecoder):
                     received_us: list[int], rejects: Rejects) -> pa.Table:
         """Trade rows of configured symbols with a valid time; the other rows are rejected with their frame."""
         timestamps = columns.timestamps
-        table, known = self.trade_rows(columns, frame_index, [received_us[i] for i in frame_index])
-        self.on_trade_rows(table, known)
-        if not timestamps.null_count and pc.all(known).as_py() is not False:
+        table, known = self.trade_rows(columns, frame_index, np.asarray(received_us, np.int64)[frame_index])
+        valid = pc.and_(known, pc.is_valid(timestamps)) if timestamps.null_count else known
+        self.on_trade_rows(table, valid)
+        if pc.all(valid).as_py() is not False:
             return table
-        valid = pc.and_(known, pc.is_valid(timestamps))
         natives = columns.natives
         for row in pc.indices_nonzero(pc.invert(valid)).to_pylist():
             index = frame_index[row]
@@ -191,13 +192,13 @@ class Exchange(RecordDecoder):
         return table.filter(valid)
 
     def trade_rows(self, columns: TradeColumns, frame_index: list[int],
-                   received_at_us: list[int]) -> tuple[pa.Table, pa.Array]:
+                   received_at_us: list[int] | np.ndarray) -> tuple[pa.Table, pa.Array]:
         """All rows in ``DECODED_TRADE_SCHEMA``, and which of them are of configured symbols."""
         position = pc.index_in(columns.natives, value_set=self._native_symbols)
         timestamps = columns.timestamps
         return pa.table(
             {
-                "exchange": pa.array([self.name] * len(frame_index), pa.string()),
+                "exchange": pa.repeat(self._name_scalar, len(frame_index)),
                 "symbol": self._normalized_symbols.take(position),
                 "native_symbol": columns.natives,
                 "trade_id": columns.trade_ids,
@@ -211,8 +212,9 @@ class Exchange(RecordDecoder):
             schema=DECODED_TRADE_SCHEMA,
         ), pc.is_valid(position)
 
-    def on_trade_rows(self, table: pa.Table, known: pa.Array) -> None:
-        """Every trade row of the call, before unknown symbols are set aside (Coinbase's dedupe marks)."""
+    def on_trade_rows(self, table: pa.Table, kept: pa.Array) -> None:
+        """Every trade row of the call, before the rejected ones (unknown symbol, no valid time) are set aside;
+        ``kept`` marks the others (Coinbase's dedupe marks)."""
 
     def trade_ids(self, table: pa.Table) -> np.ndarray | None:
         """The integer ids of ``table``'s rows for the continuity check; None: ids that are no sequence."""

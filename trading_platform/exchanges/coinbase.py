@@ -56,7 +56,12 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
 from trading_platform.exchanges.book import Level, check_finite
-from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
+from trading_platform.exchanges.conversions import (
+    datetime_us,
+    highest_per_key,
+    rfc3339_timestamps,
+    strings_to_float,
+)
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
@@ -82,7 +87,7 @@ class _Trade(msgspec.Struct, gc=False):
     price: str
     size: str
     side: Literal["BUY", "SELL"]
-    time: datetime
+    time: str  # RFC3339; parsed for the whole batch at once in Arrow (a datetime per trade costs far more)
 
 
 class _TradesEvent(msgspec.Struct, gc=False):
@@ -189,6 +194,7 @@ class Coinbase(Exchange):
     name = "coinbase"
     max_frame_bytes = 32 << 20  # a full level2 snapshot of a deep book
     symbol_noun = "product"
+    trade_time_format = "RFC3339"
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -296,11 +302,15 @@ class Coinbase(Exchange):
             ids = np.array([int(t.trade_id) for t in trades], dtype=np.int64)
         except ValueError as error:
             raise ValueError(f"non-numeric trade id: {error}") from None
-        table, _ = self.trade_rows(self.trade_columns(trades), [frame_index] * len(trades),
-                                   [received_us] * len(trades))
+        columns = self.trade_columns(trades)
+        if columns.timestamps.null_count:
+            bad = pc.indices_nonzero(pc.is_null(columns.timestamps))[0].as_py()
+            raise ValueError(f"trade time {trades[bad].time!r} is not RFC3339")
+        table, _ = self.trade_rows(columns, [frame_index] * len(trades), [received_us] * len(trades))
         # A full page that has not reached back to the gap's start continues before its oldest trade.
         more = len(trades) >= TICKER_PAGE and int(ids.min()) > request.gap.first
-        cursor = str(datetime_us(min(t.time for t in trades)) // 1_000_000 + 1) if more else None
+        oldest_us = pc.min(columns.timestamps.cast(pa.int64())).as_py() if more else None
+        cursor = str(oldest_us // 1_000_000 + 1) if oldest_us is not None else None
         return TradePage(table, ids, cursor)
 
     def new_connection(self) -> None:
@@ -436,21 +446,23 @@ class Coinbase(Exchange):
             self.trade_high_water[product] = trade_id
 
     def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
+        times = [t.time for t in trades]
         return TradeColumns(
             natives=pa.array([t.product_id for t in trades], pa.string()),
             trade_ids=pa.array([t.trade_id for t in trades], pa.string()),
             prices=strings_to_float([t.price for t in trades]),
             quantities=strings_to_float([t.size for t in trades]),
             sides=_taker_sides([t.side for t in trades]),
-            timestamps=pa.array([t.time for t in trades], UTC_US),
+            timestamps=rfc3339_timestamps(times),
+            time_texts=times,
         )
 
-    def on_trade_rows(self, table: pa.Table, known: pa.Array) -> None:
-        self._raise_high_water_vectorized(table.slice(self._unflushed), known.slice(self._unflushed))
+    def on_trade_rows(self, table: pa.Table, kept: pa.Array) -> None:
+        self._raise_high_water_vectorized(table.slice(self._unflushed), kept.slice(self._unflushed))
         self._unflushed = 0
 
-    def _raise_high_water_vectorized(self, table: pa.Table, known: pa.Array) -> None:
-        pending = table.filter(known)
+    def _raise_high_water_vectorized(self, table: pa.Table, kept: pa.Array) -> None:
+        pending = table.filter(kept)
         if not pending.num_rows:
             return
         try:
@@ -460,10 +472,7 @@ class Coinbase(Exchange):
                                          pending.column("trade_id").to_pylist(), strict=True):
                 self._raise_high_water(product, trade_id)
             return
-        highest = pa.table({"p": pending.column("native_symbol"), "id": ids}).group_by("p").aggregate(
-            [("id", "max")])
-        for product, trade_id in zip(highest.column("p").to_pylist(), highest.column("id_max").to_pylist(),
-                                     strict=True):
+        for product, trade_id in highest_per_key(pending.column("native_symbol"), ids.to_numpy()).items():
             self._raise_high_water(product, trade_id)
 
     # --- books -----------------------------------------------------------------------------------------------

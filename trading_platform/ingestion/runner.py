@@ -12,14 +12,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from trading_platform.exchanges.base import Exchange
+from trading_platform.exchanges.conversions import highest_per_key
 from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
@@ -39,6 +42,10 @@ FINAL_FETCH_WAIT_S = 5.0
 REST_RETRY_MAX_S = 60.0  # transient REST failures (5xx, network) back off up to this
 REST_RATE_LIMIT_DEFAULT_S = 30.0  # a 429/418 without Retry-After: wait this long at least
 REST_REJECTED_ATTEMPTS = 3  # a request answered 4xx this often is given up (the exchange will not serve it)
+# REST calls (book snapshots, trade backfills) block a thread for up to the REST timeout each. They get threads of
+# their own: in the loop's default pool, a burst of them (every book resyncing at once under overload) queued
+# the lake writes and the Redis hot-cache writes behind them for many seconds.
+REST_THREADS = 4
 
 
 @contextmanager
@@ -197,6 +204,8 @@ class IngestionRunner:
         # record that arrives while a tick awaits (REST, Redis) belongs to the next batch in the WAL too.
         self._decoded_through = -1
         self._flushing = False  # the flush worker holds a sealed batch (writing or retrying)
+        self._wal_write_due = False  # a WAL write of the records gathered in this burst is scheduled
+        self._rest_pool = ThreadPoolExecutor(REST_THREADS, thread_name_prefix=f"{exchange.name}-rest")
 
     # --- entry point -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunSummary:
@@ -227,8 +236,12 @@ class IngestionRunner:
         receiver = asyncio.create_task(session.run(stop))
         try:
             next_heartbeat = 0.0
+            next_tick = time.monotonic()
             while not receiver.done():
-                await asyncio.wait({receiver}, timeout=self.config.hot_tick_s)
+                # A fixed cadence: the tick's own work (decode, Redis) does not stretch the interval, so a
+                # cached trade is at most one interval plus one tick old.
+                next_tick = max(next_tick + self.config.hot_tick_s, time.monotonic())
+                await asyncio.wait({receiver}, timeout=next_tick - time.monotonic())
                 await self._tick(final=False)
                 if time.monotonic() >= next_heartbeat:
                     self.on_heartbeat(self.summary)
@@ -246,6 +259,7 @@ class IngestionRunner:
                 self.on_status(f"{self.exchange.name}: object store still failing at shutdown; "
                                "unflushed batches stay in the WAL for the next run")
             self.wal.close()
+            self._rest_pool.shutdown(wait=False, cancel_futures=True)
             stats = session.stats
             self.summary.connects, self.summary.disconnects = stats.connects, stats.disconnects
             self.summary.drained_cleanly = stats.drained_cleanly
@@ -258,9 +272,21 @@ class IngestionRunner:
     # --- receive path ----------------------------------------------------------------------------
     def _record(self, payload: bytes, received_us: int, kind: RecordKind) -> None:
         self.wal.append(received_us, payload, kind)
+        if not self._wal_write_due:
+            # One WAL write per burst: the frames the receive loop reads without yielding are written together
+            # as soon as it yields, and in any case before a tick decodes them (see _tick).
+            try:
+                asyncio.get_running_loop().call_soon(self._write_wal)
+                self._wal_write_due = True
+            except RuntimeError:  # no event loop in this thread: nothing to gather the record with
+                self.wal.write()
         self._frames.append(payload)
         self._received_us.append(received_us)
         self._kinds.append(kind)
+
+    def _write_wal(self) -> None:
+        self._wal_write_due = False
+        self.wal.write()
 
     def _on_frame(self, frame: bytes, received_us: int) -> None:
         self._record(frame, received_us, RecordKind.FRAME)
@@ -286,6 +312,7 @@ class IngestionRunner:
 
     async def _tick(self, final: bool) -> None:
         if self._frames:
+            self.wal.write()  # every record is in the WAL before it is decoded into the batch
             frames, received, kinds = self._frames, self._received_us, self._kinds
             self._frames, self._received_us, self._kinds = [], [], []
             self._decoded_through = self.wal.next_offset - 1  # taken together, no await in between
@@ -339,7 +366,8 @@ class IngestionRunner:
                 continue
             self._last_fetch[key] = time.monotonic()
             try:
-                response: RestResponse = await asyncio.to_thread(http_get, action.url)
+                response: RestResponse = await asyncio.get_running_loop().run_in_executor(
+                    self._rest_pool, http_get, action.url)
             except RateLimited as error:
                 # The server's Retry-After is what it asks for; without one, back off long and longer.
                 delay = error.retry_after_s if error.retry_after_s is not None else backoff_delay(
@@ -413,10 +441,14 @@ class IngestionRunner:
                     best_ask["price"], best_ask["quantity"], int(row["timestamp"].timestamp() * 1_000_000))
 
     def _remember_latest(self, trades: pa.Table) -> None:
-        columns = trades.select(["symbol", "price", "quantity", "side", "trade_id", "timestamp"]).to_pydict()
-        for symbol, price, quantity, side, trade_id, ts in zip(*columns.values(), strict=True):
-            self._latest[symbol] = LatestTrade(self.exchange.name, symbol, price, quantity, side, trade_id,
-                                               int(ts.timestamp() * 1_000_000))
+        """Each symbol's last trade of the tick, for the hot cache: its last row found in numpy, so only one
+        row per symbol becomes Python objects, whatever the tick's size."""
+        last_rows = highest_per_key(trades.column("symbol"), np.arange(trades.num_rows, dtype=np.int64))
+        latest = trades.take(pa.array(list(last_rows.values()), pa.int64()))
+        columns = latest.select(["symbol", "price", "quantity", "side", "trade_id"]).to_pydict()
+        times_us = latest.column("timestamp").cast(pa.int64()).to_pylist()
+        for symbol, price, quantity, side, trade_id, time_us in zip(*columns.values(), times_us, strict=True):
+            self._latest[symbol] = LatestTrade(self.exchange.name, symbol, price, quantity, side, trade_id, time_us)
 
     async def _write_hot_cache(self) -> None:
         if not (self._latest or self._latest_books) or self._price_cache_factory is None:

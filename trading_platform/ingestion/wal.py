@@ -9,8 +9,13 @@ Layout, one folder per exchange:
   batches not yet confirmed in the store (a new run re-flushes exactly those, with the same batch ids,
   so a half-written batch is overwritten rather than duplicated).
 
-Appends go straight to the OS with ``os.write`` (a ``kill -9`` loses nothing written); fsync runs at most
-every ``fsync_interval_s`` so a machine crash loses at most that window.
+Appends are gathered in memory and go to the OS with one ``os.write`` per burst (``write``): the ingestion
+run writes each burst of received frames before the event loop moves on, and always before it decodes them,
+so every frame that reaches a batch, Redis or the lake is in the file first (a ``kill -9`` loses nothing
+written; what it loses was never acknowledged, and the trade-gap backfill refetches it). One write per burst
+instead of one per frame: the syscall and its Python overhead were a fixed cost per message. Sealing,
+syncing, reading and closing write what is gathered first. fsync runs at most every ``fsync_interval_s``
+so a machine crash loses at most that window.
 """
 
 from __future__ import annotations
@@ -60,21 +65,39 @@ class WriteAheadLog:
         self._segment_first = self.next_offset
         self._last_sync = time.monotonic()
         self._dirty = False
+        self._gathered: list[bytes] = []  # appended records not yet written: header, payload, header, ...
 
     # --- appending -------------------------------------------------------------------------------
     def append(self, received_us: int, payload: bytes, kind: int = 0) -> int:
-        if self._fd is None:
-            self._open_segment()
-        assert self._fd is not None
+        """Number a record and gather it; ``write`` hands it to the OS (callers write before they act on it)."""
         offset = self.next_offset
-        os.write(self._fd, _HEADER.pack(offset, received_us, kind, len(payload), zlib.crc32(payload)) + payload)
+        self._gathered += (_HEADER.pack(offset, received_us, kind, len(payload), zlib.crc32(payload)), payload)
         self.next_offset += 1
-        self._dirty = True
-        if self.fsync_interval_s == 0 or time.monotonic() - self._last_sync >= self.fsync_interval_s:
-            self.sync()
         return offset
 
+    @property
+    def gathered(self) -> int:
+        """Records appended and not yet written."""
+        return len(self._gathered) // 2
+
+    def write(self) -> None:
+        """Hand every gathered record to the OS in one write (then fsync if the interval has passed)."""
+        if self._gathered:
+            if self._fd is None:
+                self._open_segment(self.next_offset - self.gathered)  # named by its first record
+            assert self._fd is not None
+            data = memoryview(b"".join(self._gathered))
+            self._gathered = []
+            while data:  # a regular file takes it whole; a short write (e.g. a signal) continues
+                data = data[os.write(self._fd, data):]
+            self._dirty = True
+        if self._dirty and (self.fsync_interval_s == 0
+                            or time.monotonic() - self._last_sync >= self.fsync_interval_s):
+            self.sync()
+
     def sync(self) -> None:
+        if self._gathered:
+            self.write()  # fsyncs when due; this sync then makes it durable regardless
         if self._fd is not None and self._dirty:
             os.fsync(self._fd)
         self._dirty = False
@@ -84,6 +107,7 @@ class WriteAheadLog:
         """Close the open batch at offset ``through`` (default: the last appended record) and record it as
         pending. Records after ``through`` were appended but not decoded into this batch: they open the next
         one (its segment file may start inside the current one; files are deleted only once fully flushed)."""
+        self.write()  # the records being sealed (and any after them) are in the file before the checkpoint
         first = self._segment_first
         last = self.next_offset - 1 if through is None else min(through, self.next_offset - 1)
         if last < first:
@@ -109,6 +133,7 @@ class WriteAheadLog:
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        self.write()
         self._close_segment()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
@@ -117,6 +142,7 @@ class WriteAheadLog:
     # --- reading ---------------------------------------------------------------------------------
     def records(self, first: int, last: int | None = None) -> Iterator[tuple[int, int, int, bytes]]:
         """(offset, received_us, kind, payload) for offsets in [first, last] (last None: to the end)."""
+        self.write()
         for path, seg_first, seg_last in self._segments():
             if seg_last is not None and seg_last < first:
                 continue
@@ -145,8 +171,8 @@ class WriteAheadLog:
         return [(p, f, (firsts[i + 1] - 1) if i + 1 < len(firsts) else None)
                 for i, (p, f) in enumerate(zip(paths, firsts, strict=True))]
 
-    def _open_segment(self) -> None:
-        path = self.directory / f"{self.next_offset:012d}.wal"
+    def _open_segment(self, first_offset: int) -> None:
+        path = self.directory / f"{first_offset:012d}.wal"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         _fsync_dir(self.directory)
 

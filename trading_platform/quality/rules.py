@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Spike reference: median of this many previous prices of the same symbol. A median (not the last
 # price) means one bad print is rejected but the normal trade after it is not.
@@ -36,49 +38,95 @@ class Validated:
 
 
 def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold: float) -> Validated:
-    """Reject non-positive or non-finite prices/quantities and price spikes; update ``reference``."""
-    frame = pl.from_arrow(trades)
-    assert isinstance(frame, pl.DataFrame)
-    price, quantity = pl.col("price"), pl.col("quantity")
-    bad_price = ~price.is_finite() | (price <= 0)
-    bad_quantity = ~quantity.is_finite() | (quantity <= 0)
-    flags = frame.select(bad_price.alias("bad_price"), bad_quantity.alias("bad_quantity"))
+    """Reject non-positive or non-finite prices/quantities and price spikes; update ``reference``.
+
+    The checks run in numpy on the price and quantity columns, and the accepted rows are the input table
+    filtered (not copied when nothing is rejected): polars only formats the rare rejected rows' details. A
+    trade's spike reference is the median of the up to ``SPIKE_WINDOW`` sane prices before it of its symbol,
+    the carried ``reference`` first."""
+    prices = _float64(trades.column("price"))
+    quantities = _float64(trades.column("quantity"))
+    with np.errstate(invalid="ignore"):
+        bad_price = ~np.isfinite(prices) | (prices <= 0)
+        bad_quantity = ~np.isfinite(quantities) | (quantities <= 0)
     rejected = [_EMPTY_REJECTS]
-    if flags.select(pl.any_horizontal(pl.all().any())).item():
-        is_bad = flags.get_column("bad_price") | flags.get_column("bad_quantity")
-        rejected.append(frame.filter(is_bad).select(
+    is_bad = bad_price | bad_quantity
+    sane = trades
+    if is_bad.any():
+        rejected.append(_details(trades.filter(pa.array(is_bad))).select(
             "frame_index",
-            reason=pl.when(bad_price).then(pl.lit("bad_price")).otherwise(pl.lit("bad_quantity")),
+            reason=pl.when(_BAD_PRICE).then(pl.lit("bad_price")).otherwise(pl.lit("bad_quantity")),
             detail=pl.format("{} price={} quantity={}", "symbol", "price", "quantity"),
         ))
-        frame = frame.filter(~is_bad)
+        sane = trades.filter(pa.array(~is_bad))
+        prices = prices[~is_bad]
     # Only sane rows feed the spike reference; the carried context is the tail of earlier batches.
-    context_rows = sum(len(prices) for prices in reference.recent.values())
-    history = frame.select("symbol", "price")
-    if context_rows:
-        context = pl.DataFrame(
-            {"symbol": [s for s, prices in reference.recent.items() for _ in prices],
-             "price": [p for prices in reference.recent.values() for p in prices]},
-            schema={"symbol": pl.String, "price": pl.Float64},
-        )
-        history = pl.concat([context, history])
-    reference_prices = history.select(
-        price.shift(1).rolling_median(SPIKE_WINDOW, min_samples=1).over("symbol")
-    ).to_series().slice(context_rows)
-    spike = ((frame.get_column("price") / reference_prices - 1).abs() > spike_threshold).fill_null(False)
+    context_symbols = [s for s, recent in reference.recent.items() for _ in recent]
+    context_prices = [p for recent in reference.recent.values() for p in recent]
+    symbols = pc.dictionary_encode(pa.concat_arrays([pa.array(context_symbols, pa.string()),
+                                                     _string_array(sane.column("symbol"))]))
+    history = np.concatenate([np.array(context_prices, np.float64), prices])
+    # Each symbol's rows together, in their order (the context first): a row's window is the rows before it
+    # in its run.
+    order = np.argsort(symbols.indices.to_numpy(zero_copy_only=False), kind="stable")
+    codes = symbols.indices.to_numpy(zero_copy_only=False)[order]
+    ordered = history[order]
+    medians = np.empty(len(history))
+    medians[order] = _previous_median(codes, ordered)
+    reference_prices = medians[len(context_prices):]
+    with np.errstate(invalid="ignore"):
+        spike = np.abs(prices / reference_prices - 1) > spike_threshold  # no reference (NaN): no spike
     if spike.any():
-        rejected.append(frame.filter(spike).with_columns(reference=reference_prices.filter(spike)).select(
+        rejected.append(_details(sane.filter(pa.array(spike))).with_columns(
+            reference=pl.Series(reference_prices[spike])).select(
             "frame_index",
             reason=pl.lit("price_spike"),
             detail=pl.format("{} price={} quantity={} reference={}", "symbol", "price", "quantity", "reference"),
         ))
-    # The carried reference holds the last sane prices (spikes included), exactly what the rolling
-    # median saw, so validating a batch in one go or tick by tick gives the same answer; WAL
-    # recovery relies on that to rewrite a half-flushed batch identically.
-    for symbol, prices in history.group_by("symbol").agg(price.tail(SPIKE_WINDOW)).iter_rows():
-        reference.recent[symbol] = list(prices)
-    accepted = frame.filter(~spike) if spike.any() else frame
-    return Validated(accepted.to_arrow().cast(trades.schema), pl.concat(rejected))
+    # The carried reference holds the last sane prices (spikes included), exactly what the medians saw, so
+    # validating a batch in one go or tick by tick gives the same answer; WAL recovery relies on that to
+    # rewrite a half-flushed batch identically.
+    names = symbols.dictionary.to_pylist()
+    if len(codes):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        for run_start, run_end in zip(starts.tolist(), [*starts[1:].tolist(), len(codes)], strict=True):
+            reference.recent[names[codes[run_start]]] = ordered[max(run_start, run_end - SPIKE_WINDOW):run_end].tolist()
+    accepted = sane.filter(pa.array(~spike)) if spike.any() else sane
+    return Validated(accepted, pl.concat(rejected))
 
 
+def _float64(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column as numpy (a null becomes NaN: not a usable number)."""
+    return np.asarray(column.to_numpy(), np.float64)
+
+
+def _string_array(column: pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+
+
+def _details(rows: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(rows.select(["symbol", "price", "quantity", "frame_index"]))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _previous_median(codes: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    """For each row of runs of equal ``codes``: the median of the up to SPIKE_WINDOW prices before it in its run
+    (NaN for a run's first row). The windows are a (rows, SPIKE_WINDOW) matrix, sorted row-wise in numpy."""
+    rows = len(prices)
+    window = np.full((rows, SPIKE_WINDOW), np.nan)
+    for back in range(1, SPIKE_WINDOW + 1):
+        same = codes[back:] == codes[:-back]
+        window[back:, back - 1] = np.where(same, prices[:-back], np.nan)
+    window.sort(axis=1)  # NaN sorts last
+    count = SPIKE_WINDOW - np.isnan(window).sum(axis=1)
+    low = np.maximum(count - 1, 0) // 2
+    high = count // 2 - (count == 0)
+    lower = np.take_along_axis(window, low[:, None], axis=1)[:, 0]
+    upper = np.take_along_axis(window, np.maximum(high, 0)[:, None], axis=1)[:, 0]
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, lower + (upper - lower) * 0.5, np.nan)  # as polars interpolates
+
+
+_BAD_PRICE = ~pl.col("price").is_finite() | (pl.col("price") <= 0)
 _EMPTY_REJECTS = pl.DataFrame(schema={"frame_index": pl.Int64, "reason": pl.String, "detail": pl.String})

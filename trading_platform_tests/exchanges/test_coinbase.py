@@ -399,3 +399,23 @@ def test_trade_high_water_marks_survive_a_restart_through_exported_state(exchang
     after = Coinbase(exchanges_config.exchanges["coinbase"])
     after.import_state(before.export_state())
     assert after.trade_high_water == {"BTC-USD": 1000}
+
+
+# --- trade times: parsed per batch in Arrow -----------------------------------------------------------------
+def test_a_trade_whose_time_is_not_rfc3339_is_quarantined_and_its_frame_mates_kept(coinbase: Coinbase) -> None:
+    frame = trades_frame(0, "update", trade("1"), trade("2", time="2026-04-07T14:30Z"))  # no seconds
+    decoded = decode(coinbase, frame)
+    assert decoded.trades.column("trade_id").to_pylist() == ["1"]
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert decoded.rejects.details == ["trade timestamp '2026-04-07T14:30Z' is not RFC3339"]
+    assert decoded.rejects.raws == [frame.decode()]
+
+
+def test_a_quarantined_trade_does_not_raise_the_high_water_mark(coinbase: Coinbase) -> None:
+    decode(coinbase, trades_frame(0, "update", trade("1"), trade("2", time="not a time")))
+    assert coinbase.trade_high_water == {"BTC-USD": 1}
+
+
+def test_nanosecond_trade_times_round_to_the_nearest_microsecond(coinbase: Coinbase) -> None:
+    decoded = decode(coinbase, trades_frame(0, "update", trade("1", time="2026-04-07T14:30:02.789012500Z")))
+    assert decoded.trades.column("timestamp").to_pylist() == [at("2026-04-07T14:30:02.789013+00:00")]

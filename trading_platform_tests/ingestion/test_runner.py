@@ -395,3 +395,30 @@ def test_a_batch_sealed_but_not_flushed_is_recovered_whole_after_a_crash(tmp_pat
     asyncio.run(recover())
     recovered.wal.close()
     assert sorted(int(t) for _, t in lake_trade_ids(store)) == [1, 2, 3, 4, 5, 6]
+
+
+def _frame(native: str, trade_id: int, price: str, time_ms: int) -> bytes:
+    return (f'{{"stream":"{native.lower()}@trade","data":{{"e":"trade","E":{time_ms},"s":"{native}",'
+            f'"t":{trade_id},"p":"{price}","q":"0.25","T":{time_ms},"m":false,"M":true}}}}').encode()
+
+
+def test_a_tick_remembers_each_symbols_last_trade_of_the_tick(tmp_path: Path, binance: Binance) -> None:
+    import asyncio
+
+    runner = IngestionRunner(binance, "ws://127.0.0.1:9/unused", LocalObjectStore(tmp_path / "lake"),
+                             config(tmp_path))
+
+    async def one_tick() -> None:
+        runner._sealed = asyncio.Queue()
+        runner._recover()
+        for frame in (_frame("BTCUSDT", 10, "90000.00", 1_700_000_000_001),
+                      _frame("ETHUSDT", 7, "3000.00", 1_700_000_000_002),
+                      _frame("BTCUSDT", 11, "90001.00", 1_700_000_000_003)):
+            runner._on_frame(frame, 1)
+        await runner._tick(final=False)
+
+    asyncio.run(one_tick())
+    runner.wal.close()
+    latest = {symbol: (t.trade_id, t.price, t.side, t.trade_time_us) for symbol, t in runner._latest.items()}
+    assert latest == {"BTC-USDT": ("11", 90001.0, "buy", 1_700_000_000_003_000),
+                      "ETH-USDT": ("7", 3000.0, "buy", 1_700_000_000_002_000)}

@@ -95,3 +95,33 @@ def test_a_second_process_cannot_open_a_wal_in_use(tmp_path: Path) -> None:
     wal.close()
     free = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
     assert free.returncode == 0, free.stdout + free.stderr
+
+
+def test_written_records_survive_a_process_that_dies_without_closing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = ("import os, sys; from pathlib import Path\n"
+              "from trading_platform.ingestion.wal import WriteAheadLog\n"
+              "wal = WriteAheadLog(Path(sys.argv[1]))\n"
+              "for i in range(3):\n    wal.append(i, b'frame-%d' % i)\n"
+              "wal.write()\n"
+              "os._exit(0)  # no close, no fsync: as a kill -9 right after the write")
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert died.returncode == 0, died.stderr
+    reopened = WriteAheadLog(tmp_path)
+    assert [p for _, _, _, p in reopened.records(0)] == [b"frame-0", b"frame-1", b"frame-2"]
+    assert reopened.next_offset == 3
+
+
+def test_records_gathered_over_a_seal_start_a_segment_named_by_their_first_offset(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(0, b"x")
+    first = wal.seal({})
+    assert first is not None
+    wal.append(0, b"y")
+    wal.append(0, b"z")
+    wal.write()
+    assert [p.name for p in sorted(tmp_path.glob("*.wal"))] == ["000000000000.wal", "000000000001.wal"]
+    wal.mark_flushed(first, {})
+    assert [p for _, _, _, p in wal.records(0)] == [b"y", b"z"]

@@ -51,3 +51,15 @@ def test_batch_and_tick_by_tick_validation_agree() -> None:
 def test_symbols_are_judged_separately() -> None:
     table = pa.concat_tables([trades([100.0, 100.0]), trades([0.5, 0.5], symbol="DOGE-USDT")])
     assert validate_trades(table, SpikeReference(), 0.2).rejected.is_empty()
+
+
+def test_an_even_window_references_the_midpoint_of_its_two_middle_prices() -> None:
+    result = validate_trades(trades([100.0, 110.0, 200.0]), SpikeReference(), 0.2)
+    assert result.rejected.get_column("detail").to_list() == ["BTC-USDT price=200.0 quantity=1.0 reference=105.0"]
+
+
+def test_rows_of_several_chunks_are_validated_as_one_table() -> None:
+    table = pa.concat_tables([trades([100.0, 100.5]), trades([101.0, 150.0])])
+    result = validate_trades(table, SpikeReference(), 0.2)
+    assert result.rejected.get_column("frame_index").to_list() == [1]  # the 150.0, second chunk's row 1
+    assert result.accepted.num_rows == 3
