@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from trading_platform.analytics.open_candles import OpenCandles
 from trading_platform.exchanges.base import Exchange
 from trading_platform.exchanges.conversions import highest_per_key
 from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
@@ -193,6 +194,7 @@ class IngestionRunner:
         self._latest_books: dict[str, LatestBook] = {}
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
         self._latest: dict[str, LatestTrade] = {}
+        self._open_candles = OpenCandles(exchange.name)
         self._sealed: asyncio.Queue[tuple[SealedBatch, _OpenBatch, bool]] | None = None
         self._hot_cache_errors = 0
         self._rate_mark = (time.monotonic(), 0)  # (when, frames received) at the previous flush
@@ -449,6 +451,7 @@ class IngestionRunner:
         times_us = latest.column("timestamp").cast(pa.int64()).to_pylist()
         for symbol, price, quantity, side, trade_id, time_us in zip(*columns.values(), times_us, strict=True):
             self._latest[symbol] = LatestTrade(self.exchange.name, symbol, price, quantity, side, trade_id, time_us)
+        self._open_candles.add(trades)
 
     async def _write_hot_cache(self) -> None:
         if not (self._latest or self._latest_books) or self._price_cache_factory is None:
@@ -458,7 +461,9 @@ class IngestionRunner:
                 self._price_cache = self._price_cache_factory()
             cache = self._price_cache
             trades, books = list(self._latest.values()), list(self._latest_books.values())
-            await asyncio.to_thread(lambda: (cache.write(trades), cache.write_books(books)))
+            candles = self._open_candles.candles()
+            await asyncio.to_thread(lambda: (cache.write(trades), cache.write_books(books),
+                                             cache.write_candles(candles)))
             if self._hot_cache_down:
                 self.on_status(f"{self.exchange.name}: Redis reachable again; hot cache rewritten")
             self._hot_cache_down = False

@@ -1,10 +1,22 @@
-"""ClickHouse -> Redis: reseed or repair the price cache from the warehouse (a Redis restart loses it all)."""
+"""ClickHouse -> Redis: reseed or repair the price cache from the warehouse (a Redis restart loses it all),
+and cache the newest candles and indicators the analytics computed."""
 
 from __future__ import annotations
 
-from trading_platform.schema import MARKET_TRADES, ORDERBOOK_SNAPSHOTS
+from datetime import date
+from typing import Any
+
+from trading_platform.schema import (
+    CANDLE_TABLES,
+    INDICATORS_1H,
+    INDICATORS_1M,
+    MARKET_TRADES,
+    ORDERBOOK_SNAPSHOTS,
+    Table,
+)
+from trading_platform.sql import quote_string
 from trading_platform.storage.clickhouse import ClickHouse
-from trading_platform.storage.redis_cache import LatestBook, LatestTrade, PriceCache
+from trading_platform.storage.redis_cache import CachedCandle, LatestBook, LatestTrade, PriceCache
 
 
 def reseed_from_clickhouse(ch: ClickHouse, cache: PriceCache, lookback_hours: int = 24) -> int:
@@ -31,3 +43,27 @@ def reseed_from_clickhouse(ch: ClickHouse, cache: PriceCache, lookback_hours: in
     cache.write_books(LatestBook(row["exchange"], row["symbol"], row["bid"], row["bid_qty"], row["ask"], row["ask_qty"],
                                  int(row["book_time_us"])) for row in books)
     return written + len(books)
+
+
+def cache_latest_analytics(ch: ClickHouse, cache: PriceCache, day: date) -> int:
+    """Write each (exchange, symbol)'s newest candle of every interval and newest indicator values of ``day``
+    (fuller or newer cached ones are kept: the ingestion run's hot 1-minute candle usually is)."""
+    written = 0
+    for table in CANDLE_TABLES:
+        interval = table.name.removeprefix("candles_")
+        rows = _newest_rows(ch, table, day)
+        written += cache.write_candles(CachedCandle(
+            interval, r["exchange"], r["symbol"], r["bucket_us"], r["open"], r["high"], r["low"], r["close"],
+            r["volume"], r["quote_volume"], int(r["trade_count"]), r["buy_volume"], r["sell_volume"]) for r in rows)
+    for table in (INDICATORS_1M, INDICATORS_1H):
+        written += cache.write_indicators(table.name.removeprefix("indicators_"), _newest_rows(ch, table, day))
+    return written
+
+
+def _newest_rows(ch: ClickHouse, table: Table, day: date) -> list[dict[str, Any]]:
+    """The newest row of each (exchange, symbol) of ``day``, its bucket as ``bucket_us``."""
+    rows = ch.query_arrow(
+        f"SELECT * EXCEPT bucket, toUnixTimestamp64Micro(bucket) AS bucket_us FROM {table.sql_name} "
+        f"WHERE toDate(bucket) = {quote_string(day.isoformat())} ORDER BY bucket DESC LIMIT 1 BY exchange, symbol"
+    ).to_pylist()
+    return [dict(row) for row in rows]

@@ -18,6 +18,7 @@ from trading_platform.schema import MARKET_TRADES
 from trading_platform.settings import Settings
 from trading_platform.storage.clickhouse import open_clickhouse
 from trading_platform.storage.object_store import LocalObjectStore
+from trading_platform.storage.redis_cache import PriceCache, connect
 from trading_platform_tests.analytics.test_indicators import DAY0, DAY1, evening_and_night
 from trading_platform_tests.conftest import CONFIG_FILE
 
@@ -57,6 +58,11 @@ def test_a_two_day_backfill_and_a_rebuilt_day_give_identical_tables(settings: Se
     assert {("candles_1m", DAY0.isoformat()), ("candles_1m", DAY1.isoformat())} <= materialized
     before = tables(settings)
     assert all(before[t.name] for t in ANALYTICS_TABLES)
+    # The newest day's newest candle of each interval and its indicators are in Redis, with their bucket.
+    cache = PriceCache(connect(settings.redis_url))
+    newest_hour = max(r["bucket"] for r in before["candles_1h"] if r["symbol"] == "BTC-USDT")
+    assert int(cache.read_candle("1h", "binance", "BTC-USDT")["bucket_us"]) == int(newest_hour.timestamp() * 1e6)
+    assert "sma_20" in cache.read_indicators("1m", "binance", "BTC-USDT")
 
     rebuild = build_rebuild_job(["binance"])
     key = dg.MultiPartitionKey({"date": DAY1.isoformat(), "exchange": "binance"})

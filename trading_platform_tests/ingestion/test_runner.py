@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from trading_platform.config import ExchangesFile
@@ -126,6 +128,33 @@ def test_hot_cache_holds_each_symbols_last_trade(
     for symbol in binance.symbols:
         last_sent = replay.ledger.ranges("binance", binance.native_symbol(symbol))[-1][1]
         assert cached[symbol]["trade_id"] == str(last_sent)
+
+
+def test_hot_cache_holds_each_symbols_open_minute_candle(
+        tmp_path: Path, replay: ReplayServer, binance: Binance, redis_url: str) -> None:
+    """The cached 1-minute candle of each symbol is its newest minute of trades, as the lake has them."""
+    store = LocalObjectStore(tmp_path / "lake")
+    runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path),
+                             price_cache=lambda: PriceCache(connect(redis_url)))
+    stop = threading.Event()
+    thread = run_in_thread(runner, stop)
+    cache = PriceCache(connect(redis_url))
+    wait_for(lambda: all(cache.read_candle("1m", "binance", s) for s in binance.symbols), 30,
+             "an open candle for all 20 symbols")
+    stop.set()
+    thread.join(20)
+    trades = pl.from_arrow(read_dataset(store, "trades"))
+    assert isinstance(trades, pl.DataFrame)
+    for symbol in binance.symbols:
+        cached = cache.read_candle("1m", "binance", symbol)
+        minute = datetime.fromtimestamp(int(cached["bucket_us"]) / 1e6, UTC)
+        mine = trades.filter((pl.col("symbol") == symbol) & (pl.col("timestamp").dt.truncate("1m") == minute))
+        ordered = mine.with_columns(pl.col("trade_id").cast(pl.Int64)).sort("timestamp", "trade_id")
+        assert int(cached["trade_count"]) == ordered.height > 0, symbol
+        assert (float(cached["open"]), float(cached["close"])) == (ordered["price"][0], ordered["price"][-1])
+        assert (float(cached["high"]), float(cached["low"])) == (ordered["price"].max(), ordered["price"].min())
+        assert float(cached["volume"]) == pytest.approx(ordered["quantity"].sum(), rel=1e-9)
+        assert trades.filter(pl.col("symbol") == symbol)["timestamp"].max() < minute + timedelta(minutes=1)
 
 
 def test_an_unreachable_endpoint_is_retried_with_backoff_and_reported(tmp_path: Path, binance: Binance,

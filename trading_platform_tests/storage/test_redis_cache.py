@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import redis
 
-from trading_platform.storage.redis_cache import UPDATES_CHANNEL, LatestTrade, PriceCache, connect, price_key
+from trading_platform.storage.redis_cache import (
+    UPDATES_CHANNEL,
+    CachedCandle,
+    LatestTrade,
+    PriceCache,
+    connect,
+    price_key,
+)
 
 
 def trade(price: float, time_us: int, symbol: str = "BTC-USDT") -> LatestTrade:
@@ -42,3 +49,21 @@ def test_key_layout_is_documented_one(redis_url: str) -> None:
     PriceCache(connect(redis_url)).write([trade(1.0, 1)])
     assert redis.Redis.from_url(redis_url).exists(price_key("binance", "BTC-USDT")) == 1
     assert price_key("binance", "BTC-USDT") == "tp:price:binance:BTC-USDT"
+
+
+def candle(bucket_us: int, trades: int, close: float) -> CachedCandle:
+    return CachedCandle("1m", "binance", "BTC-USDT", bucket_us, 100.0, 101.0, 99.0, close, 2.0, 200.0, trades, 1.0, 1.0)
+
+
+def test_a_candle_is_replaced_only_by_a_newer_or_fuller_one(redis_url: str) -> None:
+    cache = PriceCache(connect(redis_url))
+    cache.write_candles([candle(60_000_000, 5, 100.5)])
+    cache.write_candles([candle(60_000_000, 3, 99.5)])  # a run restarted mid-minute saw fewer trades
+    assert cache.read_candle("1m", "binance", "BTC-USDT")["close"] == "100.5"
+    cache.write_candles([candle(0, 50, 98.0)])  # an older minute
+    assert cache.read_candle("1m", "binance", "BTC-USDT")["close"] == "100.5"
+    cache.write_candles([candle(60_000_000, 6, 100.7)])
+    assert cache.read_candle("1m", "binance", "BTC-USDT")["close"] == "100.7"
+    cache.write_candles([candle(120_000_000, 1, 101.0)])
+    stored = cache.read_candle("1m", "binance", "BTC-USDT")
+    assert (stored["bucket_us"], stored["close"], stored["vwap"]) == ("120000000", "101.0", "100.0")

@@ -10,10 +10,12 @@ import dagster as dg
 from trading_platform.analytics.candles import INTERVALS, Mismatch, recompute_day, reconcile_day
 from trading_platform.analytics.composite import recompute_composite_day
 from trading_platform.analytics.indicators import INDICATOR_SETS, SampleCheck, check_sample, recompute_indicator_day
-from trading_platform.defs.resources import ClickHouseResource, FeedResource
+from trading_platform.defs.resources import ClickHouseResource, FeedResource, RedisResource
 from trading_platform.defs.warehouse.assets import CLICKHOUSE_POOL
 from trading_platform.defs.warehouse.jobs import REBUILD_START_DATE
+from trading_platform.load.cache_reseed import cache_latest_analytics
 from trading_platform.schema import CANDLES_1M, COMPOSITE_1M
+from trading_platform.storage.clickhouse import ClickHouse
 
 SAMPLE_TOLERANCE = 1e-9  # two float computations of the same windows agree far closer than this
 CANDLE_DAYS = dg.DailyPartitionsDefinition(start_date=REBUILD_START_DATE, end_offset=1)  # today included
@@ -71,7 +73,8 @@ INDICATOR_CHECKS = {
                 backfill_policy=dg.BackfillPolicy.single_run(),
                 description="Recompute each UTC day's candles of every interval, its composite prices and its "
                             "indicators, and swap them in.")
-def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, feed: FeedResource) -> Any:
+def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResource, feed: FeedResource,
+                  redis: RedisResource) -> Any:
     days = sorted(date.fromisoformat(key) for key in context.partition_keys)
     rows = dict.fromkeys((table.name for table in ANALYTICS_TABLES), 0)
     mismatches: list[Mismatch] = []
@@ -89,9 +92,11 @@ def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResou
             mismatches += reconcile_day(ch, day)
             context.log.info(f"analytics of {day}: {counts}")
             rows = {name: rows[name] + counts[name] for name in rows}
+        cached = _cache_newest(context, ch, redis, days[-1])
     for table in ANALYTICS_TABLES:
         yield dg.MaterializeResult(asset_key=table.name, metadata={"dagster/row_count": rows[table.name],
-                                                                   "table": table.qualified_name})
+                                                                   "table": table.qualified_name,
+                                                                   "redis_entries_written": cached})
     day_texts = [day.isoformat() for day in days]
     yield dg.AssetCheckResult(
         check_name=CANDLES_RECONCILED.name, asset_key=CANDLES_1M.name, passed=not mismatches,
@@ -112,3 +117,14 @@ def analytics_day(context: dg.AssetExecutionContext, clickhouse: ClickHouseResou
             metadata={"days": dg.MetadataValue.json(day_texts), "tolerance": SAMPLE_TOLERANCE,
                       "samples": dg.MetadataValue.json([c.__dict__ for c in checked])},
         )
+
+
+def _cache_newest(context: dg.AssetExecutionContext, ch: ClickHouse, redis: RedisResource, day: date) -> int:
+    """The newest candles and indicators of the newest day computed, into Redis. Redis down never fails the
+    analytics (ClickHouse holds them): it is logged, and the next run writes them again."""
+    try:
+        return cache_latest_analytics(ch, redis.cache(), day)
+    except Exception as error:  # the cache is a copy; say so, do not fail the day's analytics
+        context.log.warning(f"caching the newest candles and indicators in Redis failed ({error!r}); "
+                            "the next analytics run writes them again")
+        return -1
