@@ -25,6 +25,7 @@ from trading_platform.analytics.open_candles import OpenCandles
 from trading_platform.exchanges.base import Exchange
 from trading_platform.exchanges.conversions import highest_per_key
 from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
+from trading_platform.ingestion.frame_archive import ArchivedBatch, write_archive
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
 from trading_platform.ingestion.rest import RateLimited, Refused, Rejected, RestResponse, http_get
@@ -152,6 +153,8 @@ class _OpenBatch:
     # by flush time the exchange has decoded records of later batches, and a restart that re-decodes those
     # from a later state would judge their trades as already seen.
     exchange_state_at_end: dict[str, Any] = field(default_factory=dict)
+    # And right before its first record: what the frame archive keeps, to decode the batch again on its own.
+    exchange_state_at_start: dict[str, Any] = field(default_factory=dict)
 
     def add(self, normalized: Normalized) -> None:
         for table, rows in ((MARKET_TRADES, normalized.trades), (ORDERBOOK_SNAPSHOTS, normalized.book_snapshots),
@@ -192,7 +195,8 @@ class IngestionRunner:
         self._last_fetch: dict[bytes, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._latest_books: dict[str, LatestBook] = {}
-        self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
+        self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json(),
+                                 exchange_state_at_start=exchange.export_state())
         self._latest: dict[str, LatestTrade] = {}
         self._open_candles = OpenCandles(exchange.name)
         self._sealed: asyncio.Queue[tuple[SealedBatch, _OpenBatch, bool]] | None = None
@@ -432,7 +436,8 @@ class IngestionRunner:
         sealed = self.wal.seal(self._batch.reference_at_start, through=self._decoded_through)
         if sealed is not None and self._sealed is not None:
             self._sealed.put_nowait((sealed, self._batch, recovered))
-        self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
+        self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json(),
+                                 exchange_state_at_start=self._batch.exchange_state_at_end)
 
     def _remember_books(self, snapshots: pa.Table) -> None:
         for row in snapshots.select(["symbol", "timestamp", "bids", "asks"]).to_pylist():
@@ -502,6 +507,7 @@ class IngestionRunner:
         started = time.monotonic()
         batch_id = batch_id_for(self.exchange.name, sealed.first, sealed.last)
         written = await asyncio.to_thread(write_batch, self.store, self.exchange.name, batch_id, batch.tables())
+        await asyncio.to_thread(self._archive, sealed, batch, batch_id)  # before mark_flushed drops the WAL files
         # The reference after this batch is the one the next sealed batch started from.
         next_reference = self._reference_after(sealed)
         self.wal.mark_flushed(sealed, next_reference, batch.exchange_state_at_end)
@@ -524,6 +530,11 @@ class IngestionRunner:
             messages_per_s=round((frames - frames_before) / max(now - since, 1e-3), 1),
         ))
 
+    def _archive(self, sealed: SealedBatch, batch: _OpenBatch, batch_id: str) -> None:
+        records = self.wal.written_records(sealed.first, sealed.last)
+        write_archive(self.store, self.exchange.name, ArchivedBatch(
+            batch_id, records, batch.reference_at_start, batch.exchange_state_at_start))
+
     def _reference_after(self, sealed: SealedBatch) -> dict[str, list[float]]:
         later = [p for p in self.wal.checkpoint.pending if p.first > sealed.last]
         return later[0].reference if later else self._batch.reference_at_start
@@ -539,8 +550,10 @@ class IngestionRunner:
         for sealed in pending:
             normalizer = TradeNormalizer(self.exchange, self.config.spike_threshold,
                                          SpikeReference.from_json(sealed.reference))
+            state_at_start = self.exchange.export_state()
             batch = self._replay_into_batch(normalizer, sealed.first, sealed.last)
             batch.reference_at_start = sealed.reference
+            batch.exchange_state_at_start = state_at_start
             batch.exchange_state_at_end = self.exchange.export_state()
             checkpoint.pending.append(sealed)
             assert self._sealed is not None
@@ -550,7 +563,9 @@ class IngestionRunner:
         self._batch = _OpenBatch(reference_at_start=self.normalizer.reference.to_json())
         self.wal.start_batch_at(tail_start)
         self._decoded_through = self.wal.next_offset - 1
+        state_at_start = self.exchange.export_state()
         tail = self._replay_into_batch(self.normalizer, tail_start, None)
+        tail.exchange_state_at_start = state_at_start
         if tail.rows:
             self.on_status(f"{self.exchange.name}: re-read {tail.rows} rows from the WAL tail")
         tail.reference_at_start = self._batch.reference_at_start

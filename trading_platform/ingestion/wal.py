@@ -26,7 +26,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,13 @@ class WriteAheadLog:
                     return
                 yield offset, received_us, kind, payload
 
+    def written_records(self, first: int, last: int) -> list[tuple[int, int, int, bytes]]:
+        """Records ``first..last`` that are already in the files (a sealed batch's), read without writing what
+        is gathered: safe from another thread while the run appends."""
+        return [record for path, seg_first, seg_last in self._segments()
+                if (seg_last is None or seg_last >= first) and seg_first <= last
+                for record in _read_segment(path) if first <= record[0] <= last]
+
     def unflushed_tail_start(self) -> int:
         """First offset after everything flushed or sealed-pending."""
         ends = [self.checkpoint.flushed_through] + [p.last for p in self.checkpoint.pending]
@@ -226,8 +233,18 @@ class WriteAheadLog:
         _fsync_dir(self.directory)
 
 
+def encode_records(records: Iterable[tuple[int, int, int, bytes]]) -> bytes:
+    """(offset, received_us, kind, payload) records in the WAL's own framing (also the frame archive's)."""
+    return b"".join(_HEADER.pack(offset, received_us, kind, len(payload), zlib.crc32(payload)) + payload
+                    for offset, received_us, kind, payload in records)
+
+
 def _read_segment(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
-    data = path.read_bytes()
+    return decode_records(path.read_bytes())
+
+
+def decode_records(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """The records of ``encode_records`` output, up to the first torn or corrupt one."""
     position = 0
     while position + _HEADER.size <= len(data):
         offset, received_us, kind, length, crc = _HEADER.unpack_from(data, position)
