@@ -26,7 +26,6 @@ from datetime import date
 from functools import lru_cache
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trading_platform.load.lake_files import batch_of, content_checksum, lake_days, list_lake_keys
@@ -37,12 +36,13 @@ from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore
 
 # Arrow bytes of rows per insert: large enough that a day of 10 s flushes takes few inserts, small enough
-# to bound the memory of a catch-up load after days down (about 1.3 M trade rows).
-GROUP_MAX_BYTES = 128 << 20
+# to bound the memory of a catch-up load after days down (about 700 k trade rows); a few groups also let
+# the next group be read and checked while one is inserted.
+GROUP_MAX_BYTES = 64 << 20
 # Files are fetched, hashed and decoded in threads (object-store I/O, hashlib and pyarrow release the GIL),
 # this many at most ahead of the grouping, so the loader's memory stays bounded too.
-READ_THREADS = 4
-READ_AHEAD = 64
+READ_THREADS = 2
+READ_AHEAD = 256
 
 
 @dataclass
@@ -86,20 +86,39 @@ def _layout_problems(schema: pa.Schema, table: Table) -> str:
     return "; ".join(schema_problems(schema, table))
 
 
+def _dictionary_columns(table: Table) -> list[str]:
+    """The columns ClickHouse stores as LowCardinality: read from Parquet as Arrow dictionaries (their Parquet
+    dictionary pages, without building each string) and sent so, which ClickHouse turns into its own
+    dictionaries far faster than it hashes the same strings row by row."""
+    return [c.name for c in table.columns if c.clickhouse_type.startswith("LowCardinality(")]
+
+
+@lru_cache(maxsize=16)
+def _insert_schema(table: Table) -> pa.Schema:
+    """``table``'s Arrow schema as the loader reads and inserts it: LowCardinality columns as dictionaries."""
+    schema = table.arrow_schema
+    for name in _dictionary_columns(table):
+        i = schema.get_field_index(name)
+        schema = schema.set(i, schema.field(i).with_type(pa.dictionary(pa.int32(), schema.field(i).type)))
+    return schema
+
+
 def _read_lake_file(store: ObjectStore, key: str, table: Table) -> _LakeFile:
     data = store.get(key)
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data))
     except pa.ArrowInvalid as error:
         return _LakeFile(key, problem=f"not a Parquet file: {error}")
-    schema = parquet.schema_arrow
+    schema = parquet.schema_arrow  # the layout as written, before the dictionary reading below
     declared = (schema.metadata or {}).get(BATCH_FILES_METADATA)
     problem = _layout_problems(schema.remove_metadata(), table)
     if problem:
         return _LakeFile(key, problem=problem)
+    parquet = pq.ParquetFile(pa.BufferReader(data), metadata=parquet.metadata,
+                             read_dictionary=_dictionary_columns(table))
     rows = parquet.read(columns=table.column_names, use_threads=False).select(table.column_names)
-    if not rows.schema.equals(table.arrow_schema):  # the platform's own files already have these types
-        rows = rows.cast(table.arrow_schema)
+    if not rows.schema.equals(_insert_schema(table)):  # the platform's own files already have these types
+        rows = rows.cast(_insert_schema(table))
     return _LakeFile(key, rows, content_checksum(data), int(declared) if declared is not None else None)
 
 
@@ -129,9 +148,12 @@ def _units_of(files: list[_LakeFile]) -> list[_Unit]:
 
 def _rows(table: Table, units: list[_Unit]) -> pa.Table:
     """The units' rows as one table of one chunk per column: chdb's Python() reads one chunk far faster than
-    thousands of small ones, and so does polars."""
+    thousands of small ones, and so does polars. The files' dictionaries are unified first, so the
+    dictionary columns concatenate as indices."""
     parts = [f.rows for unit in units for f in unit if f.rows is not None]
-    return pa.concat_tables(parts).combine_chunks() if parts else table.arrow_schema.empty_table()
+    if not parts:
+        return _insert_schema(table).empty_table()
+    return pa.concat_tables(parts).unify_dictionaries().combine_chunks()
 
 
 def _row_verdicts(table: Table, units: list[_Unit]) -> tuple[pa.Table, dict[int, str]]:
@@ -141,22 +163,11 @@ def _row_verdicts(table: Table, units: list[_Unit]) -> tuple[pa.Table, dict[int,
     unit is a duplicate in the whole, so a pass means each unit passes. Only after a failure is each unit
     checked on its own (a trade id repeated across two batches does not hold either back)."""
     rows = _rows(table, units)
-    if row_check(table, rows).passed:
+    # The rules read plain strings; decoding the few dictionary columns is cheap next to the check.
+    if row_check(table, rows.cast(table.arrow_schema)).passed:
         return rows, {}
-    verdicts = {i: row_check(table, _rows(table, [unit])) for i, unit in enumerate(units)}
+    verdicts = {i: row_check(table, _rows(table, [unit]).cast(table.arrow_schema)) for i, unit in enumerate(units)}
     return rows, {i: verdict.description for i, verdict in verdicts.items() if not verdict.passed}
-
-
-def _for_insert(table: Table, rows: pa.Table) -> pa.Table:
-    """Checked rows as the insert sends them: LowCardinality columns dictionary-encoded, which ClickHouse
-    turns into its dictionaries far faster than it hashes the same strings row by row (about a third of
-    the insert's time for trades)."""
-    for column in table.columns:
-        if column.clickhouse_type.startswith("LowCardinality("):
-            i = rows.schema.get_field_index(column.name)
-            encoded = pc.dictionary_encode(rows.column(i))
-            rows = rows.set_column(i, rows.schema.field(i).with_type(encoded.type), encoded)
-    return rows
 
 
 def _group_token(table: Table, epoch: int, keys: list[str]) -> str:
@@ -221,7 +232,7 @@ class _Load:
         if failing:
             units = [unit for i, unit in enumerate(units) if i not in failing]
             rows = _rows(self.table, units)
-        return units, _for_insert(self.table, rows)
+        return units, rows
 
     def _units(self, pending: list[str]) -> Iterator[_Unit]:
         """The pending files' load units that pass the file checks, batch by batch; batches still being
@@ -272,7 +283,7 @@ class _Load:
             taken = {k for intent in intents for k in intent.keys}
             kept = [unit for unit in units if not any(f.key in taken for f in unit)]
             if len(kept) < len(units):
-                units, rows = kept, _for_insert(self.table, _rows(self.table, kept))
+                units, rows = kept, _rows(self.table, kept)
 
     def _send_again(self, intent: Intent, missing: list[str]) -> None:
         """Send an open intent's group again, exactly as claimed, or hold all of it back saying why."""
@@ -288,7 +299,7 @@ class _Load:
                     self.result.held_back[key] = (f"load intent {intent.epoch} can no longer be sent as "
                                                   f"claimed: {why}")
             return
-        self._insert(intent.token, units, _for_insert(self.table, rows))
+        self._insert(intent.token, units, rows)
 
     def _insert(self, token: str, units: list[_Unit], rows: pa.Table) -> None:
         files = [f for unit in units for f in unit if f.rows is not None]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from trading_platform.ingestion.lake_writer import write_batch
@@ -206,3 +208,19 @@ def test_a_load_overtaken_on_its_claim_leaves_the_other_loads_files(lake: Object
     assert competing.overtaken
     assert (result.files, result.inserts) == (0, 0)
     assert stored_ids(warehouse) == list(range(1, 21))
+
+
+def test_a_file_written_by_another_tool_loads_beside_the_platforms(lake: ObjectStore,
+                                                                   warehouse: ClickHouse) -> None:
+    # No batch file count, nullable columns in another order: judged on its own, inserted with the others.
+    written = trades(1, 5, ("SOL-USDT",)).append_column("batch_id", pa.array(["by-hand"] * 5))
+    buffer = io.BytesIO()
+    pq.write_table(written.select(list(reversed(written.column_names))), buffer)
+    key = MARKET_TRADES.lake_key("by-hand", "binance", lake_days(1)[0], "SOL-USDT")
+    lake.put(key, buffer.getvalue())
+    write_trades(lake, 11, 10)
+    result = load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    assert (result.files, result.inserts, result.held_back) == (3, 1, {})
+    stored = warehouse.query_arrow(f"SELECT {', '.join(MARKET_TRADES.column_names)} FROM trading.market_trades "
+                                   "WHERE batch_id = 'by-hand' ORDER BY trade_id")
+    assert stored.to_pylist() == written.to_pylist()
