@@ -178,8 +178,10 @@ def _group_token(table: Table, epoch: int, keys: list[str]) -> str:
 class _Load:
     """One incremental load of one table: open intents first, then the pending files in groups."""
 
-    def __init__(self, store: ObjectStore, ch: ClickHouse, table: Table, days: list[date]) -> None:
+    def __init__(self, store: ObjectStore, ch: ClickHouse, table: Table, days: list[date],
+                 group_max_bytes: int) -> None:
         self.store, self.ch, self.table, self.days = store, ch, table, days
+        self.group_max_bytes = group_max_bytes
         self.result = LoadResult()
         self.loaded = loaded_keys(ch, table, days)
         self.epoch, self.intents = read_intents(ch, table, days)
@@ -211,14 +213,14 @@ class _Load:
         return self.result
 
     def _checked_groups(self, pending: list[str]) -> Generator[tuple[list[_Unit], pa.Table]]:
-        """The pending units that pass every lake check, in groups of up to ``GROUP_MAX_BYTES``, with their
+        """The pending units that pass every lake check, in groups of up to ``group_max_bytes``, with their
         rows as one table."""
         group: list[_Unit] = []
         size = 0
         for unit in self._units(pending):
             group.append(unit)
             size += sum(f.rows.get_total_buffer_size() for f in unit if f.rows is not None)
-            if size >= GROUP_MAX_BYTES:
+            if size >= self.group_max_bytes:
                 yield self._checked(group)
                 group, size = [], 0
         if group:
@@ -319,8 +321,10 @@ class _Load:
         self.loaded.update(f.key for f in files)
 
 
-def load_new_batches(store: ObjectStore, ch: ClickHouse, table: Table, lookback_days: int) -> LoadResult:
-    """Load every lake file of the last ``lookback_days`` date partitions not yet in the manifest."""
+def load_new_batches(store: ObjectStore, ch: ClickHouse, table: Table, lookback_days: int,
+                     group_max_bytes: int = GROUP_MAX_BYTES) -> LoadResult:
+    """Load every lake file of the last ``lookback_days`` date partitions not yet in the manifest, in inserts
+    of about ``group_max_bytes`` of rows (whole batches each; 1: one batch per insert)."""
     days = lake_days(lookback_days)
-    load = _Load(store, ch, table, days)
+    load = _Load(store, ch, table, days, group_max_bytes)
     return load.run(list_lake_keys(store, table, days))

@@ -70,11 +70,15 @@ class Intent:
 
 def read_intents(ch: ClickHouse, table: Table, days: Iterable[date]) -> tuple[int, list[Intent]]:
     """(the table's highest claimed epoch, the intents holding a file of these date partitions)."""
+    days = list(days)
     name = quote_string(table.name)
     latest = ch.query_arrow(f"SELECT max(epoch) AS e FROM {LOAD_INTENTS.sql_name} WHERE table_name = {name}")
+    # A file of day D is written on D or later and claimed after that: older intents (a day of margin for
+    # the loaders' clocks) need no look at their files.
+    since = f"toDateTime64({quote_string(min(days).isoformat())}, 6, 'UTC') - INTERVAL 1 DAY" if days else "0"
     found = ch.query_arrow(
-        f"SELECT epoch, token, lake_keys FROM {LOAD_INTENTS.sql_name} "
-        f"WHERE table_name = {name} AND arrayExists(k -> {_in_days(days, 'k')}, lake_keys) ORDER BY epoch"
+        f"SELECT epoch, token, lake_keys FROM {LOAD_INTENTS.sql_name} WHERE table_name = {name} "
+        f"AND created_at >= {since} AND arrayExists(k -> {_in_days(days, 'k')}, lake_keys) ORDER BY epoch"
     ).to_pylist()
     return (int(latest.column("e")[0].as_py() or 0),
             [Intent(int(row["epoch"]), str(row["token"]), tuple(row["lake_keys"])) for row in found])

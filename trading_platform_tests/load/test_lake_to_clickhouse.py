@@ -224,3 +224,15 @@ def test_a_file_written_by_another_tool_loads_beside_the_platforms(lake: ObjectS
     stored = warehouse.query_arrow(f"SELECT {', '.join(MARKET_TRADES.column_names)} FROM trading.market_trades "
                                    "WHERE batch_id = 'by-hand' ORDER BY trade_id")
     assert stored.to_pylist() == written.to_pylist()
+
+
+def test_a_load_that_died_between_groups_is_finished_once(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    for first in (1, 11, 21, 31):
+        write_trades(lake, first, 10)
+    with pytest.raises(Crash):  # one batch per group: two inserted, the second without its manifest rows
+        load_new_batches(lake, DyingLoad(warehouse, data_inserts=2), MARKET_TRADES, 1,  # type: ignore[arg-type]
+                         group_max_bytes=1)
+    assert count(warehouse) == 20
+    result = load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    assert (result.files, result.inserts) == (6, 2)  # the second group again, then the last two batches at once
+    assert stored_ids(warehouse) == list(range(1, 41))
