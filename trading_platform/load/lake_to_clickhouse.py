@@ -106,16 +106,15 @@ def _insert_schema(table: Table) -> pa.Schema:
 def _read_lake_file(store: ObjectStore, key: str, table: Table) -> _LakeFile:
     data = store.get(key)
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(data))
+        parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=_dictionary_columns(table))
     except pa.ArrowInvalid as error:
         return _LakeFile(key, problem=f"not a Parquet file: {error}")
-    schema = parquet.schema_arrow  # the layout as written, before the dictionary reading below
+    # The layout as written (``schema_arrow`` would show the dictionary reading asked for above).
+    schema = parquet.metadata.schema.to_arrow_schema()
     declared = (schema.metadata or {}).get(BATCH_FILES_METADATA)
     problem = _layout_problems(schema.remove_metadata(), table)
     if problem:
         return _LakeFile(key, problem=problem)
-    parquet = pq.ParquetFile(pa.BufferReader(data), metadata=parquet.metadata,
-                             read_dictionary=_dictionary_columns(table))
     rows = parquet.read(columns=table.column_names, use_threads=False).select(table.column_names)
     if not rows.schema.equals(_insert_schema(table)):  # the platform's own files already have these types
         rows = rows.cast(_insert_schema(table))

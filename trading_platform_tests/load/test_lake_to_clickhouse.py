@@ -236,3 +236,16 @@ def test_a_load_that_died_between_groups_is_finished_once(lake: ObjectStore, war
     result = load_new_batches(lake, warehouse, MARKET_TRADES, 1)
     assert (result.files, result.inserts) == (6, 2)  # the second group again, then the last two batches at once
     assert stored_ids(warehouse) == list(range(1, 41))
+
+
+def test_a_file_with_another_column_type_is_held_back(lake: ObjectStore, warehouse: ClickHouse) -> None:
+    # The loader reads the symbol column as a dictionary: a file that stores one is still not our layout.
+    written = trades(1, 5, ("SOL-USDT",)).append_column("batch_id", pa.array(["by-hand"] * 5))
+    written = written.set_column(1, "symbol", written.column("symbol").dictionary_encode())
+    buffer = io.BytesIO()
+    pq.write_table(written, buffer)
+    key = MARKET_TRADES.lake_key("by-hand", "binance", lake_days(1)[0], "SOL-USDT")
+    lake.put(key, buffer.getvalue())
+    result = load_new_batches(lake, warehouse, MARKET_TRADES, 1)
+    assert (result.files, count(warehouse)) == (0, 0)
+    assert "column symbol is dictionary" in result.held_back[key]
