@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -52,7 +53,7 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    @property
+    @cached_property  # built once: loads compare every file's schema with it
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(
             [pa.field(c.name, c.arrow_type, nullable=False, metadata={"description": c.description})
@@ -196,6 +197,28 @@ LOAD_MANIFEST = Table(
     time_column="loaded_at",
 )
 
+# A load inserts many lake batches at once; before each such insert it claims the table's next epoch here
+# with one row naming the group's files. The claim's insert carries the token "<table>:<epoch>", so of two
+# loaders claiming the same epoch ClickHouse keeps the first row only (hence the dedup window), and a load
+# after a crash re-sends exactly the recorded group under the recorded token.
+LOAD_INTENTS = Table(
+    name="load_intents",
+    dataset="",
+    description="One row per grouped lake -> ClickHouse insert, written before the insert",
+    columns=(
+        Column("table_name", pa.string(), "LowCardinality(String)", "target table"),
+        Column("epoch", pa.uint64(), "UInt64", "the table's load epoch this group claimed (1, 2, ...)"),
+        Column("token", pa.string(), "String", "insert_deduplication_token of the group's insert"),
+        Column("lake_keys", pa.list_(pa.string()), "Array(String)", "object keys of the group's Parquet files"),
+        Column("created_at", UTC_MICROS, "DateTime64(6, 'UTC')", "claim time"),
+    ),
+    order_by=("table_name", "epoch"),
+    partition_by="tuple()",
+    ttl=None,
+    time_column="created_at",
+    engine_settings=_DEDUP,
+)
+
 
 
 def _candles(interval: str, description: str) -> Table:
@@ -286,7 +309,7 @@ COMPOSITE_1M = Table(
 )
 
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)
-ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, *CANDLE_TABLES, COMPOSITE_1M, INDICATORS_1M, INDICATORS_1H)
+ALL_TABLES = (*LAKE_TABLES, LOAD_MANIFEST, LOAD_INTENTS, *CANDLE_TABLES, COMPOSITE_1M, INDICATORS_1M, INDICATORS_1H)
 
 
 def lake_table(dataset: str) -> Table:

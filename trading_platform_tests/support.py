@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.replay import ReplayServer
-from trading_platform.schema import LOAD_MANIFEST, lake_table
+from trading_platform.schema import LOAD_INTENTS, LOAD_MANIFEST, lake_table
 from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore
 
@@ -133,7 +133,8 @@ class Crash(Exception):
 
 class DyingLoad:
     """The real ClickHouse for a load that dies after ``data_inserts`` inserts into data tables: the next
-    insert of any kind (data or manifest) raises :class:`Crash` instead of being sent."""
+    data or manifest insert raises :class:`Crash` instead of being sent. Load intents (the claims made
+    before each insert) always go through, so ``data_inserts=0`` dies between a claim and its insert."""
 
     def __init__(self, ch: ClickHouse, data_inserts: int) -> None:
         self.ch = ch
@@ -143,8 +144,9 @@ class DyingLoad:
         return getattr(self.ch, name)
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
-        if self.left == 0:
-            raise Crash
-        if table != LOAD_MANIFEST.qualified_name:
-            self.left -= 1
+        if table != LOAD_INTENTS.qualified_name:
+            if self.left == 0:
+                raise Crash
+            if table != LOAD_MANIFEST.qualified_name:
+                self.left -= 1
         self.ch.insert_arrow(table, data, dedup_token=dedup_token)

@@ -279,9 +279,10 @@ class ChdbClickHouse(_ClosedOnExit):
         self._query(sql, "TabSeparated")
 
     def query_arrow(self, sql: str) -> pa.Table:
-        result = self._query(sql, "ArrowTable")
-        assert isinstance(result, pa.Table)
-        return result
+        # The Arrow file bytes, read here: chdb's own "ArrowTable" format imports pandas on first use
+        # (seconds in a fresh process) only to build the same table.
+        result = self._query(sql, "Arrow")
+        return pa.ipc.open_file(result.get_memview().view()).read_all()
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> None:
         if data.num_rows == 0:

@@ -386,7 +386,8 @@ def test_the_same_load_twice_at_once_and_after_a_half_done_load(tmp_path: Path, 
     keys = list_lake_keys(local_lake, MARKET_TRADES, lake_days(1))
     batches = len({batch_of(key) for key in keys})
     with open_clickhouse(url) as ch, pytest.raises(Crash):
-        load_new_batches(local_lake, DyingLoad(ch, data_inserts=batches // 2), MARKET_TRADES, 1)  # type: ignore[arg-type]
+        load_new_batches(local_lake, DyingLoad(ch, data_inserts=batches // 2), MARKET_TRADES, 1,  # type: ignore[arg-type]
+                         group_max_bytes=1)  # one batch per insert, so that it dies half-way
     errors: list[BaseException] = []
 
     def load() -> None:

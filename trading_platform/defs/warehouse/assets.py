@@ -55,8 +55,9 @@ class WarehouseTable:
 WAREHOUSE_TABLES = (
     WarehouseTable(
         "market_trades", MARKET_TRADES, RAW_TRADES,
-        "trading.market_trades: every lake trade batch loaded exactly once (one insert per batch, its dedup "
-        "token naming the batch's files, plus the trading.load_manifest table).",
+        "trading.market_trades: every lake trade batch loaded exactly once (many batches per insert, each "
+        "group claimed in trading.load_intents with its dedup token before it is sent, plus the "
+        "trading.load_manifest table).",
         {"no_duplicate_trades": "no (exchange, symbol, trade_id) appears twice"}, trade_checks),
     WarehouseTable(
         "orderbook_snapshots", ORDERBOOK_SNAPSHOTS, RAW_ORDERBOOK,
