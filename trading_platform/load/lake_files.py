@@ -1,9 +1,16 @@
-"""The lake as the loads read it: which date partitions, which Parquet files, whose batch, their content."""
+"""The lake as the loads read it: which date partitions, which Parquet files, whose batch, their content.
+
+A compacted partition holds ``_compacted.json``: the one compacted file in force and the small files it
+replaced. Readers that list through here follow it (the replaced files are skipped, and a compacted file
+it does not name - one still being written - is not read), so the switch is the single write of that
+small object: a reader sees the small files or the compacted one, never both or neither.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,6 +28,12 @@ def lake_days(lookback_days: int, today: date | None = None) -> list[date]:
 
 def list_lake_keys(store: ObjectStore, table: Table, days: Iterable[date]) -> list[str]:
     """Every Parquet key of ``table`` in the given date partitions, walking partitions, not all keys."""
+    return sorted(k for prefix in lake_partitions(store, table, days)
+                  for k in partition_files(store, prefix, store.list_keys(prefix)))
+
+
+def lake_partitions(store: ObjectStore, table: Table, days: Iterable[date]) -> list[str]:
+    """The key prefixes of ``table``'s deepest partitions (``.../date=YYYY-MM-DD/``) on these days."""
     wanted = {f"date={day.isoformat()}/" for day in days}
     prefixes = [table.lake_prefix()]
     for key in table.lake_partitions:
@@ -31,7 +44,25 @@ def list_lake_keys(store: ObjectStore, table: Table, days: Iterable[date]) -> li
                 children = [c for c in children if c[len(prefix):] in wanted]
             next_prefixes.extend(children)
         prefixes = next_prefixes
-    return sorted(k for prefix in prefixes for k in store.list_keys(prefix) if k.endswith(".parquet"))
+    return prefixes
+
+
+COMPACTION_MARKER = "_compacted.json"
+COMPACTED_PREFIX = "compacted-"
+
+
+def partition_files(store: ObjectStore, prefix: str, keys: list[str]) -> list[str]:
+    """The Parquet files a reader reads among one partition's ``keys``, following its compaction marker."""
+    files = [k for k in keys if k.endswith(".parquet")]
+    in_force, replaced = read_compaction_marker(store, prefix) if prefix + COMPACTION_MARKER in keys else ("", set())
+    return [k for k in files if k not in replaced
+            and (not k.rsplit("/", 1)[-1].startswith(COMPACTED_PREFIX) or k == in_force)]
+
+
+def read_compaction_marker(store: ObjectStore, prefix: str) -> tuple[str, set[str]]:
+    """(the compacted file in force, the files it replaced) of a compacted partition."""
+    marker = json.loads(store.get(prefix + COMPACTION_MARKER))
+    return str(marker["compacted"]), {str(key) for key in marker["replaced"]}
 
 
 def batch_of(key: str) -> str:
