@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         description="Exchanges, symbols, channels and endpoints.",
     )
     batch_max_rows: int = Field(50_000, ge=1, description="Flush a Parquet micro-batch at this many rows...")
-    batch_max_age_s: float = Field(10.0, gt=0, description="...or when its oldest row is this old.")
+    # A minute: the lake gets a file per symbol and dataset a minute, not every 10 s (the Redis hot path
+    # stays sub-second and the WAL keeps every frame durable meanwhile); compaction merges a closed day.
+    batch_max_age_s: float = Field(60.0, gt=0, description="...or when its oldest row is this old.")
     # 0.25 s: a cached trade is then well under a second old (the target) even when a tick's decode of a busy
     # feed takes a few hundred ms; each tick costs one Redis round trip.
     hot_tick_s: float = Field(0.25, gt=0, le=5, description="Redis hot-cache write cadence in the run.")

@@ -20,8 +20,9 @@ from trading_platform.config import load_exchanges
 from trading_platform.settings import Settings
 
 RAW_TRADES = dg.AssetKey("raw_trades")
-# A run that flushed nothing for this long is not ingesting, whatever its state says.
-SILENT_AFTER_S = 60.0
+# A run that missed two flushes (plus a margin for a slow store) is not ingesting, whatever its state says.
+SILENT_FLUSHES = 2
+SILENT_MARGIN_S = 30.0
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _value(metadata: dict[str, dg.MetadataValue], key: str) -> object:
     return entry.value if entry is not None else None
 
 
-def _exchange_status(instance: dg.DagsterInstance, exchange: str) -> ExchangeStatus:
+def _exchange_status(instance: dg.DagsterInstance, exchange: str, silent_after_s: float) -> ExchangeStatus:
     runs = instance.get_runs(dg.RunsFilter(job_name=f"ingest_{exchange}"), limit=1)
     if not runs:
         return ExchangeStatus(exchange, "never run")
@@ -87,7 +88,7 @@ def _exchange_status(instance: dg.DagsterInstance, exchange: str) -> ExchangeSta
     if isinstance(last_trade, str) and last_trade:
         # The exchange's clock may run a little ahead of ours: a trade is never younger than "now".
         status.last_trade_age_s = max(0.0, round(now - datetime.fromisoformat(last_trade).timestamp(), 1))
-    live = status.run_state == "STARTED" and status.last_flush_age_s <= SILENT_AFTER_S
+    live = status.run_state == "STARTED" and status.last_flush_age_s <= silent_after_s
     connects, disconnects = _value(metadata, "connects"), _value(metadata, "disconnects")
     if isinstance(connects, int) and isinstance(disconnects, int):
         status.connected = live and connects > disconnects
@@ -125,7 +126,8 @@ def platform_status(settings: Settings, dagster_home: Path) -> PlatformStatus:
                             key=lambda k: (k.asset_key.to_user_string(), k.name))
     exchanges = list(load_exchanges(settings.exchanges_file).enabled)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        statuses = [_exchange_status(instance, exchange) for exchange in exchanges]
+        silent_after_s = SILENT_FLUSHES * settings.batch_max_age_s + SILENT_MARGIN_S
+        statuses = [_exchange_status(instance, exchange, silent_after_s) for exchange in exchanges]
         failing = _failing_checks(instance, check_keys)
     for status in statuses:
         status.failing_checks = [f"{c.asset}:{c.check} ({c.severity})" for c in failing

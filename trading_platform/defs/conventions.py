@@ -6,15 +6,18 @@ from datetime import timedelta
 import dagster as dg
 
 OWNERS = ["team:market-data"]
-# Raw batches land every few seconds while the feeds run; the warehouse and the cache load once a minute.
-RAW_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=5), warn_window=timedelta(minutes=1))
+# Raw batches land every minute while the feeds run (TP_BATCH_MAX_AGE_S); the warehouse and the cache load
+# once a minute after them.
+RAW_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=10), warn_window=timedelta(minutes=3))
 LOAD_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=10),
                                                 warn_window=timedelta(minutes=3))
 # Candles follow the load they are computed after (a minute's cadence of their own).
 ANALYTICS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15),
                                                      warn_window=timedelta(minutes=5))
+# The daily compaction runs after midnight for the day that closed.
+DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=50), warn_window=timedelta(hours=26))
 FRESHNESS_BY_GROUP = {"lake": RAW_FRESHNESS, "warehouse": LOAD_FRESHNESS, "cache": LOAD_FRESHNESS,
-                      "analytics": ANALYTICS_FRESHNESS}
+                      "analytics": ANALYTICS_FRESHNESS, "maintenance": DAILY_FRESHNESS}
 
 
 def with_conventions(spec: dg.AssetSpec) -> dg.AssetSpec:
