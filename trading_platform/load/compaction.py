@@ -86,8 +86,10 @@ def _compact_partition(store: ObjectStore, ch: ClickHouse, table: Table, prefix:
             raise CompactionRefused(f"{key} changed since it was loaded (checksum {checksum}, loaded "
                                     f"{recorded[key]}); rebuild the day first")
         parts.append(rows)
-    order = [(table.time_column, "ascending"), *((c, "ascending") for c in table.column_names
-                                                 if c != table.time_column)]
+    # By time, then by every other column that can be ordered (a book's level lists cannot): a stable order
+    # whatever order the small files were listed in.
+    scalar = [f.name for f in table.arrow_schema if not pa.types.is_nested(f.type) and f.name != table.time_column]
+    order = [(table.time_column, "ascending"), *((c, "ascending") for c in scalar)]
     merged = pa.concat_tables(parts).sort_by(order)
     digest = hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=8).hexdigest()
     compacted = f"{prefix}{COMPACTED_PREFIX}{digest}.parquet"

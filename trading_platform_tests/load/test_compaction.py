@@ -19,9 +19,10 @@ from trading_platform.load.compaction import compact_day
 from trading_platform.load.lake_files import list_lake_keys
 from trading_platform.load.lake_to_clickhouse import load_new_batches
 from trading_platform.quality.reconciliation import reconcile_table
-from trading_platform.schema import MARKET_TRADES
+from trading_platform.schema import MARKET_TRADES, ORDERBOOK_SNAPSHOTS
 from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
 from trading_platform.storage.object_store import LocalObjectStore, ObjectStore
+from trading_platform_tests.quality.test_batch_checks import books
 from trading_platform_tests.support import Crash
 
 DAY = datetime.now(UTC).date() - timedelta(days=1)
@@ -175,3 +176,22 @@ def test_today_is_untouched_by_a_compaction_of_yesterday(loaded_day: LocalObject
     today: date = DAY + timedelta(days=1)
     result = compact_day(loaded_day, warehouse, MARKET_TRADES, today)
     assert result.partitions == 0
+
+
+def test_book_snapshots_with_their_level_lists_compact_too(lake: LocalObjectStore, warehouse: ClickHouse) -> None:
+    at = datetime(DAY.year, DAY.month, DAY.day, 12, tzinfo=UTC)
+    for n in range(20):
+        snapshot = books([[(100.0 - n, 1.0), (99.0 - n, 2.0)]], [[(101.0 + n, 1.5)]]).set_column(
+            3, "timestamp", pa.array([at + timedelta(seconds=n)], pa.timestamp("us", tz="UTC")))
+        snapshot = snapshot.set_column(4, "received_at", pa.array([at + timedelta(seconds=n)],
+                                                                  pa.timestamp("us", tz="UTC")))
+        write_batch(lake, "kraken", batch_id_for("kraken", n, n), {ORDERBOOK_SNAPSHOTS: snapshot})
+    assert load_new_batches(lake, warehouse, ORDERBOOK_SNAPSHOTS, 2).files == 20
+    before = sorted(r["sequence"] for k in list_lake_keys(lake, ORDERBOOK_SNAPSHOTS, [DAY])
+                    for r in pq.read_table(io.BytesIO(lake.get(k))).to_pylist())
+    result = compact_day(lake, warehouse, ORDERBOOK_SNAPSHOTS, DAY)
+    assert (result.partitions, result.files_replaced, result.skipped) == (1, 20, {})
+    [compacted] = list_lake_keys(lake, ORDERBOOK_SNAPSHOTS, [DAY])
+    rows = pq.read_table(io.BytesIO(lake.get(compacted))).to_pylist()
+    assert sorted(r["sequence"] for r in rows) == before
+    assert [r["bids"][0]["price"] for r in rows] == [100.0 - n for n in range(20)]  # sorted by time
