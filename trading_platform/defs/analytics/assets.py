@@ -1,6 +1,6 @@
 """Candles (1m, 5m, 1h, 1d), the composite price and the indicators per UTC day: one partition per day, so any day or
-range is recomputed or backfilled from the UI; the latest two days follow the trades as they load (a
-trade loaded after midnight may still belong to yesterday)."""
+range is recomputed or backfilled from the UI; today follows the trades as they load, and yesterday is
+recomputed once more at 01:00 UTC (a trade loaded after midnight may still belong to it)."""
 
 from datetime import date, timedelta
 from typing import Any
@@ -21,13 +21,21 @@ SAMPLE_TOLERANCE = 1e-9  # two float computations of the same windows agree far 
 CANDLE_DAYS = dg.DailyPartitionsDefinition(start_date=REBUILD_START_DATE, end_offset=1)  # today included
 
 _REQUESTED = dg.AutomationCondition.newly_requested()
-# At most once a minute, after the trades loaded, for today and yesterday only; older days by backfill.
-CANDLE_CADENCE: dg.AutomationCondition[dg.AssetKey] = (
-    dg.AutomationCondition.in_latest_time_window(timedelta(days=2))
+# Today's partition: at most once a minute, after the trades loaded.
+_TODAY = (
+    dg.AutomationCondition.in_latest_time_window()
     & dg.AutomationCondition.cron_tick_passed("* * * * *").since(_REQUESTED)
     & dg.AutomationCondition.any_deps_updated().since(_REQUESTED)
-    & ~dg.AutomationCondition.in_progress()
-).with_label("each minute after trades load, today and yesterday")
+)
+# Yesterday's partition once more at 01:00 UTC: trades loaded after midnight may still belong to it.
+_YESTERDAY_ONCE = (
+    dg.AutomationCondition.in_latest_time_window(timedelta(days=2))
+    & ~dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.cron_tick_passed("0 1 * * *")
+)
+CANDLE_CADENCE: dg.AutomationCondition[dg.AssetKey] = (
+    (_TODAY | _YESTERDAY_ONCE) & ~dg.AutomationCondition.in_progress()
+).with_label("today after each load (at most once a minute); yesterday once more at 01:00 UTC")
 
 _DESCRIPTIONS = {
     "candles_1m": "trading.candles_1m: OHLCV, VWAP, trade count and buy/sell volume per minute, from "
