@@ -221,33 +221,33 @@ LOAD_INTENTS = Table(
 
 
 
-def _candles(interval: str, description: str) -> Table:
-    """OHLCV of one interval. Every interval has the same columns, so a coarser one aggregates a finer one.
-    One partition per UTC day: recomputing a day replaces its partition in one step."""
-    return Table(
-        name=f"candles_{interval}",
-        dataset="",
-        description=description,
-        columns=(
-            Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+def _per_day(name: str, description: str, keys: tuple[Column, ...], values: tuple[Column, ...]) -> Table:
+    """An analytics table: rows keyed by ``keys`` (the last one the interval start, ``bucket``), one
+    partition per UTC day, so recomputing a day replaces its partition in one step."""
+    return Table(name=name, dataset="", description=description, columns=(*keys, *values),
+                 order_by=tuple(c.name for c in keys), partition_by="toDate(bucket)", ttl=None, time_column="bucket")
+
+
+def _symbol_keys(what: str) -> tuple[Column, ...]:
+    return (Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
             Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
-            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {interval} interval (UTC)"),
-            Column("open", pa.float64(), "Float64", "price of the interval's first trade"),
-            Column("high", pa.float64(), "Float64", "highest trade price"),
-            Column("low", pa.float64(), "Float64", "lowest trade price"),
-            Column("close", pa.float64(), "Float64", "price of the interval's last trade"),
-            Column("volume", pa.float64(), "Float64", "traded quantity in base currency"),
-            Column("quote_volume", pa.float64(), "Float64", "sum of price x quantity, in quote currency"),
-            Column("vwap", pa.float64(), "Float64", "volume-weighted average price: quote_volume / volume"),
-            Column("trade_count", pa.uint64(), "UInt64", "number of trades"),
-            Column("buy_volume", pa.float64(), "Float64", "volume of trades whose taker bought"),
-            Column("sell_volume", pa.float64(), "Float64", "volume of trades whose taker sold"),
-        ),
-        order_by=("exchange", "symbol", "bucket"),
-        partition_by="toDate(bucket)",
-        ttl=None,
-        time_column="bucket",
-    )
+            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {what} (UTC)"))
+
+
+def _candles(interval: str, description: str) -> Table:
+    """OHLCV of one interval. Every interval has the same columns, so a coarser one aggregates a finer one."""
+    return _per_day(f"candles_{interval}", description, _symbol_keys(f"{interval} interval"), (
+        Column("open", pa.float64(), "Float64", "price of the interval's first trade"),
+        Column("high", pa.float64(), "Float64", "highest trade price"),
+        Column("low", pa.float64(), "Float64", "lowest trade price"),
+        Column("close", pa.float64(), "Float64", "price of the interval's last trade"),
+        Column("volume", pa.float64(), "Float64", "traded quantity in base currency"),
+        Column("quote_volume", pa.float64(), "Float64", "sum of price x quantity, in quote currency"),
+        Column("vwap", pa.float64(), "Float64", "volume-weighted average price: quote_volume / volume"),
+        Column("trade_count", pa.uint64(), "UInt64", "number of trades"),
+        Column("buy_volume", pa.float64(), "Float64", "volume of trades whose taker bought"),
+        Column("sell_volume", pa.float64(), "Float64", "volume of trades whose taker sold"),
+    ))
 
 
 CANDLES_1M = _candles("1m", "1-minute OHLCV, VWAP and aggressor volumes per exchange and symbol, from trades")
@@ -257,18 +257,13 @@ CANDLES_1D = _candles("1d", "1-day (UTC) candles, aggregated from trading.candle
 CANDLE_TABLES = (CANDLES_1M, CANDLES_5M, CANDLES_1H, CANDLES_1D)
 
 
-
 def _indicators(interval: str) -> Table:
     """Indicators over the ``interval`` candles of one exchange and symbol. The windows count candles (an
     interval without trades has none); NaN where the window is not full yet."""
-    return Table(
-        name=f"indicators_{interval}",
-        dataset="",
-        description=f"SMA, EMA, RSI, Bollinger bands and realized volatility over trading.candles_{interval}",
-        columns=(
-            Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
-            Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
-            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {interval} candle (UTC)"),
+    return _per_day(
+        f"indicators_{interval}",
+        f"SMA, EMA, RSI, Bollinger bands and realized volatility over trading.candles_{interval}",
+        _symbol_keys(f"{interval} candle"), (
             Column("close", pa.float64(), "Float64", "the candle's close"),
             Column("sma_20", pa.float64(), "Float64", "mean close of the last 20 candles"),
             Column("ema_20", pa.float64(), "Float64", "exponential mean of closes, alpha 2/21, from the warm-up"),
@@ -277,35 +272,23 @@ def _indicators(interval: str) -> Table:
             Column("bollinger_lower", pa.float64(), "Float64", "sma_20 - 2 standard deviations of the 20 closes"),
             Column("realized_volatility_60", pa.float64(), "Float64",
                    "standard deviation of the last 60 log returns close to close (not annualized)"),
-        ),
-        order_by=("exchange", "symbol", "bucket"),
-        partition_by="toDate(bucket)",
-        ttl=None,
-        time_column="bucket",
-    )
+        ))
 
 
 INDICATORS_1M = _indicators("1m")
 INDICATORS_1H = _indicators("1h")
 
-COMPOSITE_1M = Table(
-    name="composite_1m",
-    dataset="",
-    description="Volume-weighted price per base currency, quote group (exchanges.yaml composite_quotes) and "
-                "minute across exchanges, from trading.candles_1m",
-    columns=(
-        Column("base", pa.string(), "LowCardinality(String)", "base currency, e.g. BTC"),
-        Column("quote", pa.string(), "LowCardinality(String)", "quote group (a quote currency or a named group)"),
-        Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", "start of the minute (UTC)"),
-        Column("price", pa.float64(), "Float64", "sum of price x quantity over every exchange / total volume"),
-        Column("volume", pa.float64(), "Float64", "traded quantity in base currency, all exchanges"),
-        Column("trade_count", pa.uint64(), "UInt64", "number of trades, all exchanges"),
-        Column("sources", pa.list_(pa.string()), "Array(String)", "exchange:symbol pairs that traded, sorted"),
-    ),
-    order_by=("base", "quote", "bucket"),
-    partition_by="toDate(bucket)",
-    ttl=None,
-    time_column="bucket",
+COMPOSITE_1M = _per_day(
+    "composite_1m",
+    "Volume-weighted price per base currency, quote group (exchanges.yaml composite_quotes) and minute across "
+    "exchanges, from trading.candles_1m",
+    (Column("base", pa.string(), "LowCardinality(String)", "base currency, e.g. BTC"),
+     Column("quote", pa.string(), "LowCardinality(String)", "quote group (a quote currency or a named group)"),
+     Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", "start of the minute (UTC)")),
+    (Column("price", pa.float64(), "Float64", "sum of price x quantity over every exchange / total volume"),
+     Column("volume", pa.float64(), "Float64", "traded quantity in base currency, all exchanges"),
+     Column("trade_count", pa.uint64(), "UInt64", "number of trades, all exchanges"),
+     Column("sources", pa.list_(pa.string()), "Array(String)", "exchange:symbol pairs that traded, sorted")),
 )
 
 LAKE_TABLES = (MARKET_TRADES, ORDERBOOK_SNAPSHOTS, BOOK_EVENTS, QUARANTINE)

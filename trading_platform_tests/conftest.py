@@ -20,6 +20,7 @@ from trading_platform.settings import Settings
 from trading_platform_tests.storage.clickhouse_fixtures import (  # noqa: F401  (fixtures)
     chdb_clickhouse_url,
     chdb_http_server,
+    chdb_warehouse,
     clickhouse,
     clickhouse_url,
     http_clickhouse_url,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import Counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,6 +44,8 @@ from trading_platform.exchanges.trade_gaps import (
 )
 
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
+
+T = TypeVar("T")
 
 
 class TradeColumns(NamedTuple):
@@ -158,6 +161,16 @@ class Exchange(RecordDecoder):
     def reject_unknown_symbol(self, native: str, received_us: int, frame: bytes, rejects: Rejects) -> None:
         rejects.add(received_us, "unknown_symbol",
                     f"{self.symbol_noun} {native!r} is not configured for {self.name}", frame)
+
+    def decode_field(self, decoder: msgspec.json.Decoder[T], raw: bytes, field: str, received_us: int, frame: bytes,
+                     rejects: Rejects) -> T | None:
+        """A message field the batch kept as raw JSON (so its objects die with the message), decoded now. None
+        when refused: quarantined as ``wrong_type`` with the path the batch decode would have named."""
+        try:
+            return decoder.decode(raw)
+        except msgspec.DecodeError as error:
+            rejects.add(received_us, "wrong_type", str(error).replace("`$", f"`$.{field}", 1), frame)
+            return None
 
     # --- trade rows --------------------------------------------------------------------------------
     def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:

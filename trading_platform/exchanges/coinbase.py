@@ -355,10 +355,8 @@ class Coinbase(Exchange):
             if not self.wants_books:
                 out.control += 1
                 return
-            try:
-                events = _l2_events_decoder.decode(message.events)
-            except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
-                out.rejects.add(received, "wrong_type", str(error).replace("`$", "`$.events", 1), frame)
+            events = self.decode_field(_l2_events_decoder, message.events, "events", received, frame, out.rejects)
+            if events is None:
                 return
             for event in events:
                 self._l2_event(event, message, received, frame, out)

@@ -329,10 +329,8 @@ class Kraken(Exchange):
 
     def _book_message(self, message: _BookMessage, frame: bytes, received_us: int, out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
-        try:
-            entries = _book_data_decoder.decode(message.data)
-        except msgspec.DecodeError as error:  # as the batch decode would have refused it, path and all
-            out.rejects.add(received_us, "wrong_type", str(error).replace("`$", "`$.data", 1), frame)
+        entries = self.decode_field(_book_data_decoder, message.data, "data", received_us, frame, out.rejects)
+        if entries is None:
             return
         for entry in entries:
             symbol = self.native_to_symbol.get(entry.symbol)

@@ -4,7 +4,6 @@ trades across minute, hour and day boundaries, with late and out-of-order batche
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,10 +15,17 @@ from trading_platform.analytics.candles import recompute_day
 from trading_platform.ingestion.lake_writer import batch_id_for, write_batch
 from trading_platform.load.lake_to_clickhouse import load_new_batches
 from trading_platform.load.rebuild import rebuild_day
-from trading_platform.replay.market import MarketSimulator, Trade
+from trading_platform.replay.market import Trade
 from trading_platform.schema import CANDLE_TABLES, MARKET_TRADES, Table
-from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore, open_object_store
+from trading_platform_tests.analytics.replay_trades import (
+    as_table,
+    market_trades_schema,
+    polars_candles,
+    simulated_trades,
+    trade_row,
+)
 from trading_platform_tests.support import read_dataset
 
 BATCH_ROWS = 2_500
@@ -37,44 +43,10 @@ def _at(day: date, hh: int, mm: int) -> int:
 
 def market_trades() -> pa.Table:
     """What the replay market executes around 23:00 (an hour boundary) and midnight (a day boundary)."""
-    rows: list[dict[str, object]] = []
-    for start_ms, end_ms in ((_at(DAY0, 22, 57), _at(DAY0, 23, 3)), (_at(DAY0, 23, 56), _at(DAY1, 0, 4))):
-        market = MarketSimulator(EXCHANGE, SYMBOLS, rate_per_symbol=4.0, seed=7, start_ms=start_ms)
-        for now_ms in range(start_ms + 250, end_ms, 250):
-            for spec, trades in market.advance(now_ms):
-                rows += [_row(spec.symbol, t, start_ms) for t in trades]
-    return pa.Table.from_pylist(rows, schema=market_trades_schema())
-
-
-def market_trades_schema() -> pa.Schema:
-    """The trade columns as ingestion hands them to the lake writer (which adds ``batch_id``)."""
-    schema = MARKET_TRADES.arrow_schema
-    return schema.remove(schema.get_field_index("batch_id"))
-
-
-def _row(symbol: str, trade: Trade, window_ms: int) -> dict[str, object]:
-    at = datetime.fromtimestamp(trade.time_ms / 1000, UTC)
-    # Ids restart with each simulated window: offset the second window's so every id is unique.
-    return {"exchange": EXCHANGE, "symbol": symbol, "native_symbol": symbol.replace("-", ""),
-            "trade_id": str(trade.trade_id + window_ms), "price": trade.price, "quantity": trade.qty,
-            "side": "sell" if trade.buyer_maker else "buy", "timestamp": at, "received_at": at}
-
-
-def polars_candles(trades: pl.DataFrame, every: str) -> pl.DataFrame:
-    """The independent computation: order by time then numeric id, group by the truncated time."""
-    ordered = trades.with_columns(pl.col("trade_id").cast(pl.Int64).alias("id")).sort("timestamp", "id")
-    return (
-        ordered.group_by("exchange", "symbol", pl.col("timestamp").dt.truncate(every).alias("bucket"),
-                         maintain_order=True)
-        .agg(pl.col("price").first().alias("open"), pl.col("price").max().alias("high"),
-             pl.col("price").min().alias("low"), pl.col("price").last().alias("close"),
-             pl.col("quantity").sum().alias("volume"), (pl.col("price") * pl.col("quantity")).sum().alias("quote"),
-             pl.len().alias("trade_count"),
-             pl.col("quantity").filter(pl.col("side") == "buy").sum().alias("buy_volume"),
-             pl.col("quantity").filter(pl.col("side") == "sell").sum().alias("sell_volume"))
-        .with_columns((pl.col("quote") / pl.col("volume")).alias("vwap"))
-        .sort("exchange", "symbol", "bucket")
-    )
+    # Ids restart with each simulated window: offset each window's by its start so every id is unique.
+    return as_table([row for start_ms, end_ms in ((_at(DAY0, 22, 57), _at(DAY0, 23, 3)),
+                                                  (_at(DAY0, 23, 56), _at(DAY1, 0, 4)))
+                     for row in simulated_trades(EXCHANGE, SYMBOLS, 4.0, 7, start_ms, end_ms, 250, start_ms)])
 
 
 def clickhouse_candles(ch: ClickHouse, table: Table) -> pl.DataFrame:
@@ -102,15 +74,6 @@ def lake(tmp_path: Path) -> ObjectStore:
     return open_object_store((tmp_path / "lake").as_uri())
 
 
-@pytest.fixture
-def warehouse(chdb_clickhouse_url: str) -> Iterator[ClickHouse]:
-    """chdb only: the candles are SQL the server backend runs alike (the load tests cover both adapters)."""
-    ch = open_clickhouse(chdb_clickhouse_url)
-    ensure_schema(ch)
-    yield ch
-    ch.close()
-
-
 def load_and_recompute(lake: ObjectStore, ch: ClickHouse) -> None:
     load_new_batches(lake, ch, MARKET_TRADES, 3)
     for day in (DAY0, DAY1):
@@ -118,7 +81,7 @@ def load_and_recompute(lake: ObjectStore, ch: ClickHouse) -> None:
 
 
 @pytest.fixture
-def loaded(executed: pa.Table, lake: ObjectStore, warehouse: ClickHouse) -> ClickHouse:
+def loaded(executed: pa.Table, lake: ObjectStore, chdb_warehouse: ClickHouse) -> ClickHouse:
     """The market's trades in batches of shuffled rows, a tenth of them held back and loaded last (late)."""
     trades = executed
     rng = random.Random(3)
@@ -129,10 +92,10 @@ def loaded(executed: pa.Table, lake: ObjectStore, warehouse: ClickHouse) -> Clic
         rng.shuffle(rows)  # out of order within a batch
         batch_id = batch_id_for(EXCHANGE, n * 1000, n * 1000 + 999)
         write_batch(lake, EXCHANGE, batch_id, {MARKET_TRADES: trades.take(rows)})
-        load_and_recompute(lake, warehouse)
+        load_and_recompute(lake, chdb_warehouse)
     write_batch(lake, EXCHANGE, batch_id_for(EXCHANGE, 900_000, 900_999), {MARKET_TRADES: trades.take(late)})
-    load_and_recompute(lake, warehouse)
-    return warehouse
+    load_and_recompute(lake, chdb_warehouse)
+    return chdb_warehouse
 
 
 def test_every_interval_equals_polars_over_the_lakes_trades(loaded: ClickHouse, lake: ObjectStore) -> None:
@@ -161,13 +124,15 @@ def test_a_day_whose_trades_are_gone_has_no_candles(loaded: ClickHouse) -> None:
         assert {row["bucket"].date() for row in clickhouse_candles(loaded, table).to_dicts()} == {DAY0}
 
 
-def test_trades_at_the_same_time_open_and_close_in_trade_id_order(lake: ObjectStore, warehouse: ClickHouse) -> None:
+def test_trades_at_the_same_time_open_and_close_in_trade_id_order(lake: ObjectStore,
+                                                                  chdb_warehouse: ClickHouse) -> None:
     """A sweep's fills share a time; ids "9" and "10" are in that order although "10" < "9" as text."""
     at = datetime(DAY0.year, DAY0.month, DAY0.day, 12, 0, 30, tzinfo=UTC)
-    rows = [_row("BTC-USDT", Trade(10, 101.0, 1.0, 0, False), 0), _row("BTC-USDT", Trade(9, 100.0, 1.0, 0, False), 0)]
+    rows = [trade_row(EXCHANGE, "BTC-USDT", Trade(10, 101.0, 1.0, 0, False)),
+            trade_row(EXCHANGE, "BTC-USDT", Trade(9, 100.0, 1.0, 0, False))]
     table = pa.Table.from_pylist([{**row, "timestamp": at, "received_at": at} for row in rows],
                                  schema=market_trades_schema())
     write_batch(lake, EXCHANGE, batch_id_for(EXCHANGE, 0, 1), {MARKET_TRADES: table})
-    load_and_recompute(lake, warehouse)
-    [candle] = clickhouse_candles(warehouse, CANDLE_TABLES[0]).to_dicts()
+    load_and_recompute(lake, chdb_warehouse)
+    [candle] = clickhouse_candles(chdb_warehouse, CANDLE_TABLES[0]).to_dicts()
     assert (candle["open"], candle["close"]) == (100.0, 101.0)

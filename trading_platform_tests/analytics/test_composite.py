@@ -3,7 +3,6 @@ groups of the configuration: USD and USDC priced together, USDT on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,11 +15,10 @@ from trading_platform.analytics.composite import recompute_composite_day
 from trading_platform.config import ExchangesFile
 from trading_platform.ingestion.lake_writer import batch_id_for, write_batch
 from trading_platform.load.lake_to_clickhouse import load_new_batches
-from trading_platform.replay.market import MarketSimulator
 from trading_platform.schema import COMPOSITE_1M, MARKET_TRADES
-from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore, open_object_store
-from trading_platform_tests.analytics.test_candles import market_trades_schema
+from trading_platform_tests.analytics.replay_trades import as_table, simulated_trades
 from trading_platform_tests.support import read_dataset
 
 DAY = datetime.now(UTC).date() - timedelta(days=1)
@@ -29,18 +27,8 @@ PAIRS = {"binance": ["BTC-USDT", "ETH-USDT"], "coinbase": ["BTC-USD", "BTC-USDC"
 
 
 def executed_trades(exchange: str, symbols: list[str]) -> pa.Table:
-    start = datetime(DAY.year, DAY.month, DAY.day, 9, 58, tzinfo=UTC)
-    start_ms = int(start.timestamp() * 1000)
-    market = MarketSimulator(exchange, symbols, rate_per_symbol=3.0, seed=len(exchange), start_ms=start_ms)
-    rows: list[dict[str, object]] = []
-    for now_ms in range(start_ms + 500, start_ms + 4 * 60_000, 500):
-        for spec, trades in market.advance(now_ms):
-            for t in trades:
-                at = datetime.fromtimestamp(t.time_ms / 1000, UTC)
-                rows.append({"exchange": exchange, "symbol": spec.symbol, "native_symbol": spec.symbol,
-                             "trade_id": str(t.trade_id), "price": t.price, "quantity": t.qty,
-                             "side": "sell" if t.buyer_maker else "buy", "timestamp": at, "received_at": at})
-    return pa.Table.from_pylist(rows, schema=market_trades_schema())
+    start_ms = int(datetime(DAY.year, DAY.month, DAY.day, 9, 58, tzinfo=UTC).timestamp() * 1000)
+    return as_table(simulated_trades(exchange, symbols, 3.0, len(exchange), start_ms, start_ms + 4 * 60_000, 500))
 
 
 def polars_composite(trades: pl.DataFrame, groups: dict[str, list[str]]) -> pl.DataFrame:
@@ -68,13 +56,10 @@ def lake(tmp_path: Path) -> ObjectStore:
 
 
 @pytest.fixture
-def candles(chdb_clickhouse_url: str, lake: ObjectStore) -> Iterator[ClickHouse]:
-    ch = open_clickhouse(chdb_clickhouse_url)
-    ensure_schema(ch)
-    load_new_batches(lake, ch, MARKET_TRADES, 2)
-    recompute_day(ch, DAY)
-    yield ch
-    ch.close()
+def candles(chdb_warehouse: ClickHouse, lake: ObjectStore) -> ClickHouse:
+    load_new_batches(lake, chdb_warehouse, MARKET_TRADES, 2)
+    recompute_day(chdb_warehouse, DAY)
+    return chdb_warehouse
 
 
 @pytest.mark.parametrize("groups", [{"USD": ["USD", "USDC"]}, {}], ids=["usd_with_usdc", "no_groups"])

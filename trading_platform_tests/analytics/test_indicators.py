@@ -5,7 +5,6 @@ computed with the evening before as its warm-up)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,11 +16,10 @@ from trading_platform.analytics.candles import recompute_day
 from trading_platform.analytics.indicators import INDICATOR_SETS, IndicatorSet, check_sample, recompute_indicator_day
 from trading_platform.ingestion.lake_writer import batch_id_for, write_batch
 from trading_platform.load.lake_to_clickhouse import load_new_batches
-from trading_platform.replay.market import MarketSimulator
 from trading_platform.schema import MARKET_TRADES, Table
-from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import ObjectStore, open_object_store
-from trading_platform_tests.analytics.test_candles import market_trades_schema, polars_candles
+from trading_platform_tests.analytics.replay_trades import as_table, polars_candles, simulated_trades
 from trading_platform_tests.support import read_dataset
 
 DAY1 = datetime.now(UTC).date() - timedelta(days=1)
@@ -32,16 +30,7 @@ SYMBOLS = ["BTC-USDT", "ETH-USDT"]
 def evening_and_night() -> pa.Table:
     """The replay market's trades from 22:00 to 01:00 across midnight."""
     start_ms = int(datetime(DAY0.year, DAY0.month, DAY0.day, 22, 0, tzinfo=UTC).timestamp() * 1000)
-    market = MarketSimulator("binance", SYMBOLS, rate_per_symbol=0.3, seed=11, start_ms=start_ms)
-    rows: list[dict[str, object]] = []
-    for now_ms in range(start_ms + 1000, start_ms + 3 * 3_600_000, 1000):
-        for spec, trades in market.advance(now_ms):
-            for t in trades:
-                at = datetime.fromtimestamp(t.time_ms / 1000, UTC)
-                rows.append({"exchange": "binance", "symbol": spec.symbol, "native_symbol": spec.symbol,
-                             "trade_id": str(t.trade_id), "price": t.price, "quantity": t.qty,
-                             "side": "sell" if t.buyer_maker else "buy", "timestamp": at, "received_at": at})
-    return pa.Table.from_pylist(rows, schema=market_trades_schema())
+    return as_table(simulated_trades("binance", SYMBOLS, 0.3, 11, start_ms, start_ms + 3 * 3_600_000, 1000))
 
 
 def textbook(closes: list[float]) -> list[dict[str, float]]:
@@ -85,16 +74,14 @@ def lake(tmp_path: Path) -> ObjectStore:
 
 
 @pytest.fixture
-def warehouse(chdb_clickhouse_url: str, lake: ObjectStore) -> Iterator[ClickHouse]:
-    ch = open_clickhouse(chdb_clickhouse_url)
-    ensure_schema(ch)
+def warehouse(chdb_warehouse: ClickHouse, lake: ObjectStore) -> ClickHouse:
+    ch = chdb_warehouse
     load_new_batches(lake, ch, MARKET_TRADES, 3)
     for day in (DAY0, DAY1):
         recompute_day(ch, day)
         for indicator_set in INDICATOR_SETS:
             recompute_indicator_day(ch, day, indicator_set)
-    yield ch
-    ch.close()
+    return ch
 
 
 @pytest.mark.parametrize("indicators", [s.indicators for s in INDICATOR_SETS], ids=lambda t: t.name)

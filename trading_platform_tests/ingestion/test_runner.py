@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,18 +112,27 @@ def test_bad_frames_are_quarantined_with_raw_text_and_the_feed_goes_on(
     assert set(lake_trade_ids(store)) == replay.ledger.trades("binance")
 
 
-def test_hot_cache_holds_each_symbols_last_trade(
-        tmp_path: Path, replay: ReplayServer, binance: Binance, redis_url: str) -> None:
+def run_with_hot_cache(tmp_path: Path, replay: ReplayServer, binance: Binance, redis_url: str,
+                       until: Callable[[PriceCache], bool], what: str) -> LocalObjectStore:
+    """Ingest with the Redis hot cache until ``until(cache)`` holds, then stop (draining); the run's lake."""
     store = LocalObjectStore(tmp_path / "lake")
     runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path),
                              price_cache=lambda: PriceCache(connect(redis_url)))
     stop = threading.Event()
     thread = run_in_thread(runner, stop)
-    # An entry appears with a symbol's first book top, before its first trade: wait for a trade in each.
-    wait_for(lambda: sum("trade_id" in e for e in PriceCache(connect(redis_url)).read_all()) == 20, 30,
-             "a cached trade for all 20 symbols")
+    cache = PriceCache(connect(redis_url))
+    wait_for(lambda: until(cache), 30, what)
     stop.set()
     thread.join(20)
+    return store
+
+
+def test_hot_cache_holds_each_symbols_last_trade(
+        tmp_path: Path, replay: ReplayServer, binance: Binance, redis_url: str) -> None:
+    # An entry appears with a symbol's first book top, before its first trade: wait for a trade in each.
+    run_with_hot_cache(tmp_path, replay, binance, redis_url,
+                       lambda cache: sum("trade_id" in e for e in cache.read_all()) == 20,
+                       "a cached trade for all 20 symbols")
     cached = {e["symbol"]: e for e in PriceCache(connect(redis_url)).read_all()}
     for symbol in binance.symbols:
         last_sent = replay.ledger.ranges("binance", binance.native_symbol(symbol))[-1][1]
@@ -133,16 +142,10 @@ def test_hot_cache_holds_each_symbols_last_trade(
 def test_hot_cache_holds_each_symbols_open_minute_candle(
         tmp_path: Path, replay: ReplayServer, binance: Binance, redis_url: str) -> None:
     """The cached 1-minute candle of each symbol is its newest minute of trades, as the lake has them."""
-    store = LocalObjectStore(tmp_path / "lake")
-    runner = IngestionRunner(binance, url_for(replay, binance), store, config(tmp_path),
-                             price_cache=lambda: PriceCache(connect(redis_url)))
-    stop = threading.Event()
-    thread = run_in_thread(runner, stop)
+    store = run_with_hot_cache(tmp_path, replay, binance, redis_url,
+                               lambda cache: all(cache.read_candle("1m", "binance", s) for s in binance.symbols),
+                               "an open candle for all 20 symbols")
     cache = PriceCache(connect(redis_url))
-    wait_for(lambda: all(cache.read_candle("1m", "binance", s) for s in binance.symbols), 30,
-             "an open candle for all 20 symbols")
-    stop.set()
-    thread.join(20)
     trades = pl.from_arrow(read_dataset(store, "trades"))
     assert isinstance(trades, pl.DataFrame)
     for symbol in binance.symbols:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import shutil
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from trading_platform.load.lake_files import list_lake_keys
 from trading_platform.load.lake_to_clickhouse import load_new_batches
 from trading_platform.quality.reconciliation import reconcile_table
 from trading_platform.schema import MARKET_TRADES, ORDERBOOK_SNAPSHOTS
-from trading_platform.storage.clickhouse import ClickHouse, ensure_schema, open_clickhouse
+from trading_platform.storage.clickhouse import ClickHouse
 from trading_platform.storage.object_store import LocalObjectStore, ObjectStore
 from trading_platform_tests.quality.test_batch_checks import books
 from trading_platform_tests.support import Crash
@@ -74,38 +73,30 @@ def lake(tmp_path: Path) -> LocalObjectStore:
 
 
 @pytest.fixture
-def warehouse(chdb_clickhouse_url: str) -> Iterator[ClickHouse]:
-    ch = open_clickhouse(chdb_clickhouse_url)
-    ensure_schema(ch)
-    yield ch
-    ch.close()
-
-
-@pytest.fixture
-def loaded_day(day_of_flushes: Path, tmp_path: Path, warehouse: ClickHouse) -> LocalObjectStore:
+def loaded_day(day_of_flushes: Path, tmp_path: Path, chdb_warehouse: ClickHouse) -> LocalObjectStore:
     """The day's 2,000 small files, all loaded."""
     shutil.copytree(day_of_flushes, tmp_path / "day")
     lake = LocalObjectStore(tmp_path / "day")
-    assert load_new_batches(lake, warehouse, MARKET_TRADES, 2).files == 2 * FLUSHES
+    assert load_new_batches(lake, chdb_warehouse, MARKET_TRADES, 2).files == 2 * FLUSHES
     return lake
 
 
 def test_thousands_of_small_files_become_one_per_partition_with_the_same_rows(loaded_day: LocalObjectStore,
-                                                                               warehouse: ClickHouse) -> None:
-    before, in_clickhouse = lake_rows(loaded_day), clickhouse_state(warehouse)
-    result = compact_day(loaded_day, warehouse, MARKET_TRADES, DAY)
+                                                                               chdb_warehouse: ClickHouse) -> None:
+    before, in_clickhouse = lake_rows(loaded_day), clickhouse_state(chdb_warehouse)
+    result = compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, DAY)
     assert (result.partitions, result.files_replaced, result.rows) == (2, 2 * FLUSHES, 3 * FLUSHES)
     files = [k for k in loaded_day.list_keys("raw/trades/") if k.endswith(".parquet")]
     assert len(files) == 2 and all("/compacted-" in k for k in files)
     assert lake_rows(loaded_day) == before
-    assert clickhouse_state(warehouse) == in_clickhouse
-    assert load_new_batches(loaded_day, warehouse, MARKET_TRADES, 2).files == 0  # nothing loads twice
-    reconciliation = reconcile_table(warehouse, MARKET_TRADES, "timestamp", [DAY], files)
+    assert clickhouse_state(chdb_warehouse) == in_clickhouse
+    assert load_new_batches(loaded_day, chdb_warehouse, MARKET_TRADES, 2).files == 0  # nothing loads twice
+    reconciliation = reconcile_table(chdb_warehouse, MARKET_TRADES, "timestamp", [DAY], files)
     assert reconciliation.passed and reconciliation.manifest_rows == 3 * FLUSHES
 
 
 def test_a_reader_during_compaction_never_sees_a_wrong_count(loaded_day: LocalObjectStore,
-                                                            warehouse: ClickHouse) -> None:
+                                                            chdb_warehouse: ClickHouse) -> None:
     counts: list[int] = []
     done = threading.Event()
 
@@ -118,16 +109,16 @@ def test_a_reader_during_compaction_never_sees_a_wrong_count(loaded_day: LocalOb
                 counts.append(-1)  # listed, then deleted before it was read: retried, as readers do
     reader = threading.Thread(target=read_counts)
     reader.start()
-    compact_day(loaded_day, warehouse, MARKET_TRADES, DAY)
+    compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, DAY)
     done.set()
     reader.join()
     seen = [c for c in counts if c != -1]
     assert len(seen) > 2 and set(seen) == {3 * FLUSHES}
 
 
-def test_files_not_loaded_yet_are_left_alone(lake: LocalObjectStore, warehouse: ClickHouse) -> None:
+def test_files_not_loaded_yet_are_left_alone(lake: LocalObjectStore, chdb_warehouse: ClickHouse) -> None:
     write_batches(lake, 0, 10)
-    result = compact_day(lake, warehouse, MARKET_TRADES, DAY)
+    result = compact_day(lake, chdb_warehouse, MARKET_TRADES, DAY)
     assert result.partitions == 0 and len(result.skipped) == 2
     assert all("not loaded into ClickHouse yet" in why for why in result.skipped.values())
     assert len(list_lake_keys(lake, MARKET_TRADES, [DAY])) == 20
@@ -147,38 +138,38 @@ class DyingStore:
 
 
 def test_a_compaction_that_died_after_the_switch_is_finished_by_the_next(loaded_day: LocalObjectStore,
-                                                                         warehouse: ClickHouse) -> None:
+                                                                         chdb_warehouse: ClickHouse) -> None:
     before = lake_rows(loaded_day)
     with pytest.raises(Crash):
-        compact_day(DyingStore(loaded_day), warehouse, MARKET_TRADES, DAY)  # type: ignore[arg-type]
+        compact_day(DyingStore(loaded_day), chdb_warehouse, MARKET_TRADES, DAY)  # type: ignore[arg-type]
     assert lake_rows(loaded_day) == before  # readers already follow the compacted file
-    compact_day(loaded_day, warehouse, MARKET_TRADES, DAY)
+    compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, DAY)
     assert len([k for k in loaded_day.list_keys("raw/trades/") if k.endswith(".parquet")]) == 2
-    reconciliation = reconcile_table(warehouse, MARKET_TRADES, "timestamp", [DAY], [])
+    reconciliation = reconcile_table(chdb_warehouse, MARKET_TRADES, "timestamp", [DAY], [])
     assert reconciliation.passed
 
 
 def test_a_late_batch_is_read_beside_the_compacted_file_and_folded_in_next_time(
-        loaded_day: LocalObjectStore, warehouse: ClickHouse) -> None:
-    compact_day(loaded_day, warehouse, MARKET_TRADES, DAY)
+        loaded_day: LocalObjectStore, chdb_warehouse: ClickHouse) -> None:
+    compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, DAY)
     write_batches(loaded_day, 5_000, 1)
-    assert load_new_batches(loaded_day, warehouse, MARKET_TRADES, 2).files == 2
+    assert load_new_batches(loaded_day, chdb_warehouse, MARKET_TRADES, 2).files == 2
     assert len(lake_rows(loaded_day)) == 3 * FLUSHES + 3
-    result = compact_day(loaded_day, warehouse, MARKET_TRADES, DAY)
+    result = compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, DAY)
     assert (result.partitions, result.rows) == (2, 3 * FLUSHES + 3)
     assert len(lake_rows(loaded_day)) == 3 * FLUSHES + 3
-    assert clickhouse_state(warehouse)[0]["n"] == 3 * FLUSHES + 3
-    assert reconcile_table(warehouse, MARKET_TRADES, "timestamp", [DAY], []).passed
+    assert clickhouse_state(chdb_warehouse)[0]["n"] == 3 * FLUSHES + 3
+    assert reconcile_table(chdb_warehouse, MARKET_TRADES, "timestamp", [DAY], []).passed
 
 
 def test_today_is_untouched_by_a_compaction_of_yesterday(loaded_day: LocalObjectStore,
-                                                         warehouse: ClickHouse) -> None:
+                                                         chdb_warehouse: ClickHouse) -> None:
     today: date = DAY + timedelta(days=1)
-    result = compact_day(loaded_day, warehouse, MARKET_TRADES, today)
+    result = compact_day(loaded_day, chdb_warehouse, MARKET_TRADES, today)
     assert result.partitions == 0
 
 
-def test_book_snapshots_with_their_level_lists_compact_too(lake: LocalObjectStore, warehouse: ClickHouse) -> None:
+def test_book_snapshots_with_their_level_lists_compact_too(lake: LocalObjectStore, chdb_warehouse: ClickHouse) -> None:
     at = datetime(DAY.year, DAY.month, DAY.day, 12, tzinfo=UTC)
     for n in range(20):
         snapshot = books([[(100.0 - n, 1.0), (99.0 - n, 2.0)]], [[(101.0 + n, 1.5)]]).set_column(
@@ -186,10 +177,10 @@ def test_book_snapshots_with_their_level_lists_compact_too(lake: LocalObjectStor
         snapshot = snapshot.set_column(4, "received_at", pa.array([at + timedelta(seconds=n)],
                                                                   pa.timestamp("us", tz="UTC")))
         write_batch(lake, "kraken", batch_id_for("kraken", n, n), {ORDERBOOK_SNAPSHOTS: snapshot})
-    assert load_new_batches(lake, warehouse, ORDERBOOK_SNAPSHOTS, 2).files == 20
+    assert load_new_batches(lake, chdb_warehouse, ORDERBOOK_SNAPSHOTS, 2).files == 20
     before = sorted(r["sequence"] for k in list_lake_keys(lake, ORDERBOOK_SNAPSHOTS, [DAY])
                     for r in pq.read_table(io.BytesIO(lake.get(k))).to_pylist())
-    result = compact_day(lake, warehouse, ORDERBOOK_SNAPSHOTS, DAY)
+    result = compact_day(lake, chdb_warehouse, ORDERBOOK_SNAPSHOTS, DAY)
     assert (result.partitions, result.files_replaced, result.skipped) == (1, 20, {})
     [compacted] = list_lake_keys(lake, ORDERBOOK_SNAPSHOTS, [DAY])
     rows = pq.read_table(io.BytesIO(lake.get(compacted))).to_pylist()

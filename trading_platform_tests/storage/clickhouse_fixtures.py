@@ -11,6 +11,8 @@ Fixtures (wire them into a conftest with ``from ...clickhouse_fixtures import *`
 * ``http_clickhouse_url``: the server's URL, with the ``trading`` database dropped first.
 * ``clickhouse_url``: parametrized over both of the above (test ids ``chdb`` and ``http``).
 * ``clickhouse``: an open :class:`ClickHouse` on ``clickhouse_url`` (no schema), closed afterwards.
+* ``chdb_warehouse``: an open chdb in a fresh folder with the platform's schema, closed afterwards (for SQL
+  both backends run alike, such as the analytics and compaction).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pathlib import Path
 import pytest
 
 from trading_platform.schema import DATABASE
-from trading_platform.storage.clickhouse import ClickHouse, ServerClickHouse, open_clickhouse
+from trading_platform.storage.clickhouse import ClickHouse, ServerClickHouse, ensure_schema, open_clickhouse
 
 __all__ = [
     "HttpServerProcess",
     "chdb_clickhouse_url",
     "chdb_http_server",
+    "chdb_warehouse",
     "clickhouse",
     "clickhouse_url",
     "http_clickhouse_url",
@@ -135,4 +138,11 @@ def clickhouse_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clickhouse(clickhouse_url: str) -> Iterator[ClickHouse]:
     with open_clickhouse(clickhouse_url) as ch:
+        yield ch
+
+
+@pytest.fixture
+def chdb_warehouse(chdb_clickhouse_url: str) -> Iterator[ClickHouse]:
+    with open_clickhouse(chdb_clickhouse_url) as ch:
+        ensure_schema(ch)
         yield ch
