@@ -38,8 +38,8 @@ def replace_day(ch: ClickHouse, table: Table, day: date, select: str) -> int:
 
 
 def _staging(ch: ClickHouse, table: Table) -> str:
-    """An empty staging table with ``table``'s structure and partitioning."""
-    staging = qualified_name(DATABASE, f"{table.name}_staging")
+    """An empty staging table with ``table``'s structure and partitioning (its quoted name)."""
+    staging = qualified_name(DATABASE, _staging_name(table))
     ch.command(f"CREATE TABLE IF NOT EXISTS {staging} AS {table.sql_name}")
     ch.command(f"TRUNCATE TABLE {staging}")
     return staging
@@ -57,5 +57,9 @@ def _swap(ch: ClickHouse, table: Table, day: date, staging: str) -> int:
 def replace_day_rows(ch: ClickHouse, table: Table, day: date, rows: pa.Table) -> int:
     """Swap ``table``'s partition of ``day`` for ``rows`` (computed outside ClickHouse)."""
     staging = _staging(ch, table)
-    ch.insert_arrow(f"{DATABASE}.{table.name}_staging", rows)
+    ch.insert_arrow(f"{DATABASE}.{_staging_name(table)}", rows)
     return _swap(ch, table, day, staging)
+
+
+def _staging_name(table: Table) -> str:
+    return f"{table.name}_staging"

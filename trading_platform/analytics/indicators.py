@@ -74,8 +74,7 @@ def compute_indicators(candles: pl.DataFrame) -> pl.DataFrame:
 
 def recompute_indicator_day(ch: ClickHouse, day: date, indicator_set: IndicatorSet) -> int:
     """Recompute one interval's indicators of ``day`` from its candles and the warm-up before it."""
-    start = datetime(day.year, day.month, day.day) - indicator_set.warm_up
-    end = datetime(day.year, day.month, day.day) + timedelta(days=1)
+    start, end = _warm_up_start(day, indicator_set), datetime(day.year, day.month, day.day) + timedelta(days=1)
     arrow = ch.query_arrow(
         f"SELECT exchange, symbol, bucket, close FROM {indicator_set.candles.sql_name} "
         f"WHERE bucket >= toDateTime64({quote_string(start.isoformat(sep=' '))}, 6, 'UTC') "
@@ -86,6 +85,10 @@ def recompute_indicator_day(ch: ClickHouse, day: date, indicator_set: IndicatorS
     rows = indicators.to_arrow().cast(indicator_set.indicators.arrow_schema)
     return replace_day_rows(ch, indicator_set.indicators, day, rows)
 
+
+def _warm_up_start(day: date, indicator_set: IndicatorSet) -> datetime:
+    """Where the candles a day's indicators are computed from begin (naive UTC, as ClickHouse reads it)."""
+    return datetime(day.year, day.month, day.day) - indicator_set.warm_up
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def check_sample(ch: ClickHouse, day: date, indicator_set: IndicatorSet) -> Samp
     if not busiest:
         return None
     exchange, symbol = busiest[0]["exchange"], busiest[0]["symbol"]
-    start = datetime(day.year, day.month, day.day) - indicator_set.warm_up
+    start = _warm_up_start(day, indicator_set)
     rows = ch.query_arrow(f"""
         SELECT w.bucket AS bucket, w.sma AS sma, w.upper AS upper, w.volatility AS volatility,
                i.sma_20 AS stored_sma, i.bollinger_upper AS stored_upper,

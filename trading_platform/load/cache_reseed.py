@@ -62,8 +62,8 @@ def cache_latest_analytics(ch: ClickHouse, cache: PriceCache, day: date) -> int:
 
 def _newest_rows(ch: ClickHouse, table: Table, day: date) -> list[dict[str, Any]]:
     """The newest row of each (exchange, symbol) of ``day``, its bucket as ``bucket_us``."""
-    rows = ch.query_arrow(
+    rows: list[dict[str, Any]] = ch.query_arrow(
         f"SELECT * EXCEPT bucket, toUnixTimestamp64Micro(bucket) AS bucket_us FROM {table.sql_name} "
         f"WHERE toDate(bucket) = {quote_string(day.isoformat())} ORDER BY bucket DESC LIMIT 1 BY exchange, symbol"
     ).to_pylist()
-    return [dict(row) for row in rows]
+    return rows
