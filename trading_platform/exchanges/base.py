@@ -151,7 +151,7 @@ class Exchange(RecordDecoder):
             header, _, body = payload.partition(b"\n")
             text = header.decode("utf-8", "replace")
             if kind == RecordKind.REST_FAILED or is_backfill(text.partition(" ")[2]):
-                out.backfilled.append(self.on_trade_history(text, body, kind, index, received_us, out.events,
+                out.settled.append(self.on_trade_history(text, body, kind, index, received_us, out.events,
                                                             out.actions, out.rejects))
             else:
                 self.on_rest_answer(payload, received_us, out)
@@ -173,16 +173,29 @@ class Exchange(RecordDecoder):
             return None
 
     # --- trade rows --------------------------------------------------------------------------------
-    def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:
-        """Live trades (checked for continuity), then the rows REST backfills brought."""
+    def settle(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> None:
+        """The frames' trades so far as rows, checked for continuity (dropping those already stored, recording
+        gaps): final, ahead of what the records after them bring."""
+        if not out.trades:
+            return
         table = self.trade_table(self.trade_columns(out.trades), out.trade_frames, frames, received_us,
                                  out.rejects)
         if table.num_rows:
             ids = self.trade_ids(table)
             if ids is not None:
                 table = self.check_trades(table, ids, received_us[out.trade_frames[-1]], out.events, out.actions)
-        backfilled = [t for t in out.backfilled if t.num_rows]
-        return pa.concat_tables([table, *backfilled]) if backfilled else table
+        out.settled.append(table)
+        out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
+        out.trade_frames.clear()
+
+    def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:
+        """The call's trade rows in record order: live trades (checked for continuity) and, at their places,
+        the rows REST backfills brought."""
+        self.settle(frames, received_us, out)
+        rows = [t for t in out.settled if t.num_rows]
+        if not rows:
+            return DECODED_TRADE_SCHEMA.empty_table()
+        return rows[0] if len(rows) == 1 else pa.concat_tables(rows)
 
     def trade_table(self, columns: TradeColumns, frame_index: list[int], frames: list[bytes],
                     received_us: list[int], rejects: Rejects) -> pa.Table:

@@ -130,8 +130,8 @@ class DecodeOutput:
     """Everything one decode call collects, routed by dataset while the records are walked in order.
 
     Trades are gathered as the protocol's own wire objects (``trades``, with the record index of each in
-    ``trade_frames``) and turned into Arrow columns once, at the end of the call; everything else is
-    recorded as it happens.
+    ``trade_frames``) and turned into Arrow columns once, at the end of the call or at a REST record
+    (``settled``); everything else is recorded as it happens.
     """
 
     snapshots: BookSnapshots
@@ -142,7 +142,9 @@ class DecodeOutput:
     ignored: int = 0
     trades: list[Any] = field(default_factory=list)
     trade_frames: list[int] = field(default_factory=list)
-    backfilled: list[pa.Table] = field(default_factory=list)  # rows from REST trade-history answers
+    # Trade rows already final, in record order: the frames' trades up to a REST record (checked for continuity
+    # there) and the rows each REST trade-history answer brought.
+    settled: list[pa.Table] = field(default_factory=list)
 
     @classmethod
     def for_exchange(cls, name: str) -> DecodeOutput:

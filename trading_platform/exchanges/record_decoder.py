@@ -74,6 +74,8 @@ class RecordDecoder(ABC):
                 for index, kind in enumerate(kinds):
                     if kind != RecordKind.FRAME:
                         self._decode_run(frames, received_us, start, index, out)
+                        if kind in (RecordKind.REST, RecordKind.REST_FAILED):
+                            self.settle(frames, received_us, out)
                         self.on_record(kind, frames[index], index, received_us[index], out)
                         start = index + 1
             self._decode_run(frames, received_us, start, len(frames), out)
@@ -148,6 +150,14 @@ class RecordDecoder(ABC):
     def on_record(self, kind: RecordKind, payload: bytes, index: int, received_us: int,
                   out: DecodeOutput) -> None:
         """A record that is not a WebSocket frame, at its place between the frames."""
+
+    def settle(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> None:
+        """Before a REST answer: make the trades decoded so far final, so the answer meets exactly the state
+        they leave (the trade gaps they open). Live, a backfill answer always follows its gap in a later call;
+        recovery and re-normalization decode a whole batch in one call and must produce the same rows, in the
+        same order, whatever the call boundaries were. A decoder that asks for no trade history has nothing
+        to settle."""
+        return None
 
     @abstractmethod
     def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:

@@ -150,6 +150,27 @@ def test_a_jump_is_recorded_and_asked_from_the_exchanges_own_rest_history(exchan
     assert [r["timestamp"] for r in rows] == [datetime.fromtimestamp(time_ms(i) / 1000, UTC) for i in (102, 103, 104)]
 
 
+def test_a_batch_decoded_again_in_one_call_gives_the_live_rows_in_their_order(
+        exchanges_config: ExchangesFile, protocol: Protocol) -> None:
+    """Recovery and re-normalization decode a batch's records in one call; live, the backfill answer came in a
+    later call than the trades that opened its gap. Both must give the same rows, in the same order."""
+    live_run, again = (exchange_for(exchanges_config.exchanges[protocol.name]) for _ in range(2))
+    before = live(live_run, protocol, 100, 101)
+    opened = live(live_run, protocol, 105)
+    [request] = backfills(opened)
+    rest = request.header + b"\n" + protocol.page([102, 103, 104])
+    frames = [protocol.live(i) for i in (100, 101, 105)] + [rest] + [protocol.live(106)]
+    received = [time_ms(i) * 1000 + 5 for i in (100, 101, 105)] + [T0_MS * 1000 + 10**9, time_ms(106) * 1000 + 5]
+    filled = live_run.decode(frames[3:], received[3:], [RecordKind.REST, RecordKind.FRAME])
+    whole = again.decode(frames, received, [RecordKind.FRAME] * 3 + [RecordKind.REST, RecordKind.FRAME])
+    in_calls = [r["trade_id"] for d in (before, opened, filled) for r in d.trades.to_pylist()]
+    # The page's rows at the answer's place (in the exchange's page order), before the trade after it.
+    assert in_calls[:3] == ["100", "101", "105"] and sorted(in_calls[3:6]) == ["102", "103", "104"]
+    assert in_calls[6:] == ["106"]
+    assert [r["trade_id"] for r in whole.trades.to_pylist()] == in_calls
+    assert again.trade_gaps.open_gaps() == [] and again.export_state() == live_run.export_state()
+
+
 def test_the_same_trade_twice_is_stored_once(exchange: Exchange, protocol: Protocol) -> None:
     first = live(exchange, protocol, 100, 101)
     again = live(exchange, protocol, 101, 102)
