@@ -67,14 +67,29 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trading_platform.replay import run_replay
+    from trading_platform.replay.lake import LakeDays, parse_days
+    from trading_platform.storage.object_store import open_object_store
 
     if args.capture and not args.exchange:
         print("--capture needs --exchange (which exchange's clients receive the recording)", file=sys.stderr)
         return 2
+    from_lake = None
+    if args.from_lake:
+        exchange, span = args.from_lake
+        try:
+            from_lake = LakeDays(exchange, open_object_store(settings.storage_url, settings.s3_endpoint_url),
+                                 parse_days(span))
+        except ValueError as error:
+            print(f"--from-lake: {error}", file=sys.stderr)
+            return 2
     record = {args.exchange: Path(args.record)} if args.record and args.exchange else None
-    run_replay(settings, rate_per_symbol=args.rate, capture=Path(args.capture) if args.capture else None,
-               capture_exchange=args.exchange if args.capture else None, speed=args.speed,
-               record=record, record_format=args.record_format)
+    try:
+        run_replay(settings, rate_per_symbol=args.rate, capture=Path(args.capture) if args.capture else None,
+                   capture_exchange=args.exchange if args.capture else None, speed=args.speed,
+                   record=record, record_format=args.record_format, from_lake=from_lake)
+    except ValueError as error:  # a capture or lake that cannot be replayed: said before serving anything
+        print(f"replay: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -175,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--rate", type=float, default=None, help="average trades per second per symbol")
     replay.add_argument("--exchange", help="the exchange --capture / --record apply to")
     replay.add_argument("--capture", help="serve this recording (one raw frame per line, or cryptofeed raw data)")
-    replay.add_argument("--speed", type=float, default=1.0, help="capture pacing: 1 recorded, 10 faster, 0 no pauses")
+    replay.add_argument("--from-lake", nargs=2, metavar=("EXCHANGE", "DATE[..DATE]"),
+                        help="serve EXCHANGE's recorded frames of these UTC days from the lake's raw-frame "
+                             "archive (TP_STORAGE_URL), in its own protocol; the other exchanges stay synthetic")
+    replay.add_argument("--speed", type=float, default=1.0,
+                        help="--capture / --from-lake pacing: 1 as recorded, 10 faster, 0 no pauses")
     replay.add_argument("--record", help="write every frame sent on --exchange to this file")
     replay.add_argument("--record-format", choices=["raw", "cryptofeed"], default="raw")
     replay.set_defaults(handler=_replay)

@@ -7,10 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from trading_platform.exchanges.decoded import RecordKind
+from trading_platform.ingestion.frame_archive import ArchivedBatch, write_archive
+from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.storage.redis_cache import LatestTrade, PriceCache, connect
 from trading_platform_tests.conftest import free_port
 
@@ -119,3 +123,41 @@ def test_dev_with_an_unwritable_state_folder_names_tp_state_dir(tmp_path: Path) 
     ports = {name: str(free_port()) for name in ("TP_UI_PORT", "TP_REPLAY_PORT", "TP_EMBEDDED_REDIS_PORT")}
     result = run_cli("dev", env=dict(os.environ, TP_STATE_DIR=str(blocker / "state"), **ports))
     assert result.returncode == 2 and "set TP_STATE_DIR to a writable folder" in result.stderr
+
+
+@pytest.mark.parametrize(("dates", "said"), [("2026-12-40", "expected YYYY-MM-DD"),
+                                             ("2026-12-02..2026-12-01", "ends before it starts"),
+                                             ("2026-12-01", "holds no raw-frame archive of kraken for 2026-12-01")])
+def test_replay_from_the_lake_refuses_days_it_cannot_serve(tmp_path: Path, dates: str, said: str) -> None:
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path), TP_REPLAY_PORT=str(free_port()))
+    result = run_cli("replay", "--from-lake", "kraken", dates, env=env)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+
+
+def test_replay_from_the_lake_serves_the_archived_frames_as_received(tmp_path: Path) -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    frames = [b'{"channel":"heartbeat"}', b'{"channel":"status","type":"update","data":[{"system":"online"}]}']
+    at_us = int(datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp() * 1_000_000)
+    records = [(0, at_us, RecordKind.CONNECTED, b"ws://x/kraken/v2")] + [
+        (n + 1, at_us + n, RecordKind.FRAME, frame) for n, frame in enumerate(frames)]
+    write_archive(LocalObjectStore(tmp_path / "lake"), "kraken",
+                  ArchivedBatch("kraken-000000000000-000000000002", records, {}, {}))
+    port = free_port()
+    env = dict(os.environ, TP_STATE_DIR=str(tmp_path), TP_REPLAY_PORT=str(port))
+    server = subprocess.Popen([*CLI, "replay", "--from-lake", "kraken", "2026-12-01", "--speed", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = ws_connect(f"ws://127.0.0.1:{port}/kraken/v2")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr
+                time.sleep(0.2)
+        with client:
+            assert [client.recv(timeout=10, decode=False) for _ in frames] == frames
+    finally:
+        server.terminate()
+        server.wait(30)

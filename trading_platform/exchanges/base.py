@@ -259,6 +259,19 @@ class Exchange(RecordDecoder):
         """Trade rows of one REST page (raise ValueError for a body that is not such a page)."""
         raise ValueError(f"{self.name} serves no trade history")
 
+    def snapshot_url(self, symbol: str) -> str | None:
+        """The REST URL of ``symbol``'s book snapshot (None: books come whole over the WebSocket)."""
+        return None
+
+    def request_url(self, header: str) -> str | None:
+        """The URL whose answer a REST record with this header holds (``FetchSnapshot``'s header: the symbol
+        for a book snapshot, ``symbol purpose`` for a trade-history page), so a replay of recorded records can
+        give a client the recorded answer to the same request."""
+        symbol, _, purpose = header.partition(" ")
+        if purpose:
+            return self.trade_history_url(BackfillRequest.parse(symbol, purpose))
+        return self.snapshot_url(symbol)
+
     def rest_pause_s(self, headers: dict[str, str]) -> float:
         """Seconds to hold further REST calls after a successful answer (an exchange's weight budget)."""
         return 0.0

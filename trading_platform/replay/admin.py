@@ -1,6 +1,8 @@
 """Plain-HTTP control API on the replay port, for tests that run in another process.
 
     GET  /_replay/health                      {"status":"ok","seed":…,"exchanges":[…],"connections":{…}}
+                                              (+ "lake_replay":{exchange:{"frames_sent","done",…}} with
+                                              --from-lake)
     GET  /_replay/ledger?exchange=binance     {"binance":{"BTCUSDT":{"count","frames","first_id",
                                                "last_id","ranges":[[a,b],…],"ids":[…]}}}
          (&ids=0 omits "ids"; without exchange= every exchange that sent something)

@@ -15,6 +15,7 @@ from typing import Any
 
 from trading_platform.capture_format import RecordFormat
 from trading_platform.config import ExchangesFile, load_exchanges
+from trading_platform.replay.lake import LakeDays
 from trading_platform.replay.server import ReplayServer, start_replay_server
 from trading_platform.settings import Settings
 
@@ -33,13 +34,16 @@ def run_replay(
     record: dict[str, Path] | None = None,
     record_format: RecordFormat = "raw",
     book_rate_per_symbol: float | None = None,
+    from_lake: LakeDays | None = None,
 ) -> None:
     """Serve every configured exchange on ``settings.replay_host:replay_port`` until SIGINT/SIGTERM.
 
     ``capture`` + ``capture_exchange`` (e.g. ``trading-platform replay --capture FILE --exchange kraken
     --speed 10``): that exchange's path replays the file (one raw frame per line, or cryptofeed
     ``<ts>: <frame>`` lines whose timestamps set the pace; ``speed`` 0 = as fast as possible); the
-    other exchanges stay synthetic. ``record``: {exchange: file} writes every frame sent there.
+    other exchanges stay synthetic. ``from_lake`` (``trading-platform replay --from-lake kraken 2026-12-01``):
+    that exchange's path replays the days its raw-frame archive holds, paced by ``speed`` too.
+    ``record``: {exchange: file} writes every frame sent there.
     Raises ValueError for a bad combination (capture without exchange, unknown exchange, missing file).
     """
     exchanges = load_exchanges(settings.exchanges_file)
@@ -47,6 +51,7 @@ def run_replay(
     options: dict[str, Any] = {
         "capture": capture,
         "capture_exchange": capture_exchange,
+        "from_lake": from_lake,
         "speed": speed,
         "record": record,
         "record_format": record_format,

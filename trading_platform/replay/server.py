@@ -7,7 +7,8 @@ advances every exchange's market (trades and book) and fans trades and book chan
 subscribed connections' outboxes; per-connection sender tasks write them. So the cost per tick is one
 loop over symbols, whatever the trade rate.
 
-With a capture, one exchange's prefix serves the recorded frames instead (``capture.py``); with
+With a capture, one exchange's prefix serves the recorded frames instead (``capture.py``), or with
+``from_lake`` the days its raw-frame archive holds (``lake.py``); with
 ``record``, every frame sent on the named exchanges is written to a file
 (``FrameRecorder``, ``trading_platform/capture_format.py``).
 """
@@ -36,6 +37,7 @@ from trading_platform.replay.faults import Fault, FaultCounters, FaultKind, Faul
 from trading_platform.replay.feed import ExchangeFeed, FeedOptions, RequestRejected
 from trading_platform.replay.history import DEFAULT_HISTORY_TRADES
 from trading_platform.replay.kraken import KrakenFeed
+from trading_platform.replay.lake import LakeDays, LakeFeed
 from trading_platform.replay.ledger import TradeLedger
 from trading_platform.replay.market import DEFAULT_BOOK_RATE, new_seed
 
@@ -75,6 +77,7 @@ class ReplayServer:
         subscribe_timeout_s: float = 5.0,
         capture: Path | None = None,
         capture_exchange: str | None = None,
+        from_lake: LakeDays | None = None,
         speed: float = 1.0,
         record: dict[str, Path] | None = None,
         record_format: RecordFormat = "raw",
@@ -102,11 +105,17 @@ class ReplayServer:
             raise ValueError("capture and capture_exchange go together")
         if capture_exchange is not None and capture_exchange not in exchanges.exchanges:
             raise ValueError(f"capture exchange {capture_exchange!r} is not configured: {sorted(exchanges.exchanges)}")
+        if from_lake is not None and from_lake.exchange not in exchanges.exchanges:
+            raise ValueError(f"exchange {from_lake.exchange!r} is not configured: {sorted(exchanges.exchanges)}")
+        if from_lake is not None and from_lake.exchange == capture_exchange:
+            raise ValueError(f"{capture_exchange} cannot replay a capture and the lake at once")
         self.capture_exchange = capture_exchange
         self.feeds: dict[str, ExchangeFeed] = {}
         for name, config in exchanges.exchanges.items():
             if name == capture_exchange and capture is not None:
                 self.feeds[name] = CaptureFeed(name, capture, speed, config, self.ledger, self.faults, options)
+            elif from_lake is not None and name == from_lake.exchange:
+                self.feeds[name] = LakeFeed(from_lake, speed, config, self.ledger, self.faults, options)
             elif name in FEED_TYPES:
                 self.feeds[name] = FEED_TYPES[name](config, self.ledger, self.faults, options)
         self.recorders: dict[str, FrameRecorder] = {}
@@ -330,12 +339,16 @@ class ReplayServer:
         return self._on_loop(lambda: [s.describe() for f in self.feeds.values() for s in f.sessions])
 
     def health(self) -> dict[str, Any]:
-        return {
+        health: dict[str, Any] = {
             "status": "ok",
             "seed": self.seed,
             "exchanges": sorted(self.feeds),
             "connections": {name: len(feed.sessions) for name, feed in self.feeds.items()},
         }
+        lake = {name: feed.progress() for name, feed in self.feeds.items() if isinstance(feed, LakeFeed)}
+        if lake:
+            health["lake_replay"] = lake
+        return health
 
     def _on_loop(self, read: Callable[[], _T]) -> _T:
         # Sessions are owned by the loop thread: copy them there when asked from elsewhere.
@@ -372,7 +385,8 @@ async def start_replay_server(
     ``subscribe_timeout_s``: Coinbase's subscribe deadline.
 
     ``capture`` + ``capture_exchange``: that exchange's prefix replays the capture file (see
-    ``capture.py``) at ``speed`` (0: as fast as possible). ``record``: {exchange: file} to write every
+    ``capture.py``) at ``speed`` (0: as fast as possible). ``from_lake``: that exchange's prefix replays the
+    days its raw-frame archive holds (see ``lake.py``), at ``speed`` too. ``record``: {exchange: file} to write every
     frame sent on that exchange, one per line (``record_format`` ``raw`` or ``cryptofeed``).
     ``history_trades``: executed trades kept per symbol (REST history, ``/_replay/history``);
     ``rest_history_trades``: how many of the newest the REST endpoints serve (None: all kept).
@@ -388,8 +402,9 @@ async def start_replay_server(
         rate_per_symbol,
         "; ".join(
             f"{name}: capture {options['capture']}" if name == options.get("capture_exchange")
+            else f"{name}: the lake's {feed.recording.describe()}" if isinstance(feed, LakeFeed)
             else f"{name}: {PATHS.get(name, '/' + name)}"
-            for name in server.feeds
+            for name, feed in server.feeds.items()
         ),
     )
     return server
