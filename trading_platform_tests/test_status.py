@@ -20,6 +20,9 @@ from trading_platform.settings import Settings
 from trading_platform_tests.conftest import CONFIG_FILE
 from trading_platform_tests.support import wait_for
 
+# A Dagster instance with real runs per test (~2 min): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def live_instance(tmp_path_factory: pytest.TempPathFactory, exchanges_config: ExchangesFile,

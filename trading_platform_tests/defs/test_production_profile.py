@@ -21,6 +21,9 @@ from trading_platform.settings import Settings
 from trading_platform.storage.redis_cache import LatestTrade, PriceCache, connect
 from trading_platform_tests.conftest import CONFIG_FILE
 
+# A Postgres-backed Dagster instance and daemon (~30 s): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_URL = "redis://127.0.0.1:6379/15"
 

@@ -26,6 +26,9 @@ from trading_platform.settings import Settings
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform_tests.support import replay_endpoints, wait_for
 
+# Live runs of three feeds, an outage and a replay of the day (~30 s): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 EXCHANGES = ("binance", "coinbase", "kraken")
 
 

@@ -24,6 +24,9 @@ from trading_platform.storage.object_store import LocalObjectStore, ObjectStore
 from trading_platform_tests.quality.test_batch_checks import books
 from trading_platform_tests.support import Crash
 
+# Thousands of lake files per scenario (~1.5 min): make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 DAY = datetime.now(UTC).date() - timedelta(days=1)
 SYMBOLS = ("BTC-USDT", "ETH-USDT")
 
