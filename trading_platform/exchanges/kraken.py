@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -97,6 +98,7 @@ _frame_decoder = msgspec.json.Decoder(_Message)
 _book_data_decoder = msgspec.json.Decoder(list[_Book])
 _untyped_decoder = msgspec.json.Decoder()
 _CHANNELS = ("trade", "book", "heartbeat", "status")
+_PLAIN_NUMBER_CHARS = "-0123456789. "  # numbers' texts joined by spaces, none of them in exponent form
 
 
 class _NotANumber(ValueError):
@@ -148,6 +150,17 @@ def _number_text(raw: msgspec.Raw | bytes) -> str:
         except InvalidOperation as error:  # pragma: no cover - msgspec already validated the JSON
             raise _NotANumber(str(error)) from None
     return text
+
+
+def _wire_levels(levels: list[_Level]) -> list[Level]:
+    """``checksum_levels`` of one side's wire levels, with each number's own text."""
+    pairs = [(str(level.price, "utf-8"), str(level.qty, "utf-8")) for level in levels]
+    # One check for the side instead of one call per number: JSON text made of digits, "." and "-" only is a plain
+    # number (msgspec validated the JSON), already its own text. Anything else (a string, null, an exponent) takes
+    # _number_text, which refuses it or expands it.
+    if " ".join(chain.from_iterable(pairs)).strip(_PLAIN_NUMBER_CHARS):
+        pairs = [(_number_text(level.price), _number_text(level.qty)) for level in levels]
+    return checksum_levels(pairs)
 
 
 class Kraken(Exchange):
@@ -338,8 +351,7 @@ class Kraken(Exchange):
                 self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)
                 continue
             try:
-                asks = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.asks])
-                bids = checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in entry.bids])
+                asks, bids = _wire_levels(entry.asks), _wire_levels(entry.bids)
             except ValueError as error:  # not a number, or not a finite one
                 detail = f"book level of {entry.symbol}: {error}"
                 out.rejects.add(received_us, "wrong_type", detail, frame)
