@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import Literal
 
@@ -102,9 +103,9 @@ class OrderBook:
     def top_text(self, side: Side, n: int) -> list[tuple[str, str]]:
         return [level[2:4] for level in self.best_levels(side, n)]
 
-    def checksum_text(self, side: Side, n: int) -> str:
-        """The best ``n`` levels' checksum texts, best first, joined."""
-        return "".join(map(_CHECKSUM_TEXT, self.best_levels(side, n)))
+    def checksum_text(self, n: int) -> str:
+        """The checksum texts of the best ``n`` asks then the best ``n`` bids, best first, joined (Kraken's order)."""
+        return "".join(map(_CHECKSUM_TEXT, chain(self._ask_levels[:n], self._bid_levels[:-n - 1:-1])))
 
     def truncate(self, depth: int) -> None:
         """Keep the best ``depth`` levels per side (exchanges that send no deletes beyond depth)."""

@@ -130,8 +130,7 @@ def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[Level]:
 
 def book_checksum(book: OrderBook) -> int:
     """``kraken_checksum`` of a book, from the checksum texts its levels keep."""
-    text = book.checksum_text("ask", CHECKSUM_LEVELS) + book.checksum_text("bid", CHECKSUM_LEVELS)
-    return zlib.crc32(text.encode("ascii")) & 0xFFFF_FFFF
+    return zlib.crc32(book.checksum_text(CHECKSUM_LEVELS).encode("ascii")) & 0xFFFF_FFFF
 
 
 def subscription_depth(book_depth: int) -> int:
@@ -152,15 +151,18 @@ def _number_text(raw: msgspec.Raw | bytes) -> str:
     return text
 
 
-def _wire_levels(levels: list[_Level]) -> list[Level]:
-    """``checksum_levels`` of one side's wire levels, with each number's own text."""
-    pairs = [(str(level.price, "utf-8"), str(level.qty, "utf-8")) for level in levels]
-    # One check for the side instead of one call per number: JSON text made of digits, "." and "-" only is a plain
-    # number (msgspec validated the JSON), already its own text. Anything else (a string, null, an exponent) takes
-    # _number_text, which refuses it or expands it.
-    if " ".join(chain.from_iterable(pairs)).strip(_PLAIN_NUMBER_CHARS):
-        pairs = [(_number_text(level.price), _number_text(level.qty)) for level in levels]
-    return checksum_levels(pairs)
+def _wire_sides(asks: list[_Level], bids: list[_Level]) -> tuple[list[Level], list[Level]]:
+    """``checksum_levels`` of a book entry's asks and of its bids, with each number's own text."""
+    pairs = [(str(level.price, "utf-8"), str(level.qty, "utf-8")) for level in asks + bids]
+    # One check for them all instead of one call per number: JSON text made of digits, "." and "-" only is a plain
+    # number (msgspec validated the JSON), already its own text, and both sides are read in one pass.
+    if not " ".join(chain.from_iterable(pairs)).strip(_PLAIN_NUMBER_CHARS):
+        levels = checksum_levels(pairs)
+        return levels[:len(asks)], levels[len(asks):]
+    # Anything else (a string, null, an exponent): each number through _number_text, which refuses it or expands it,
+    # a side at a time (asks first), so an entry with several faults is reported by the same one as ever.
+    return (checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in asks]),
+            checksum_levels([(_number_text(level.price), _number_text(level.qty)) for level in bids]))
 
 
 class Kraken(Exchange):
@@ -351,7 +353,7 @@ class Kraken(Exchange):
                 self.reject_unknown_symbol(entry.symbol, received_us, frame, out.rejects)
                 continue
             try:
-                asks, bids = _wire_levels(entry.asks), _wire_levels(entry.bids)
+                asks, bids = _wire_sides(entry.asks, entry.bids)
             except ValueError as error:  # not a number, or not a finite one
                 detail = f"book level of {entry.symbol}: {error}"
                 out.rejects.add(received_us, "wrong_type", detail, frame)
