@@ -98,7 +98,9 @@ _frame_decoder = msgspec.json.Decoder(_Message)
 _book_data_decoder = msgspec.json.Decoder(list[_Book])
 _untyped_decoder = msgspec.json.Decoder()
 _CHANNELS = ("trade", "book", "heartbeat", "status")
-_PLAIN_NUMBER_CHARS = "-0123456789. "  # numbers' texts joined by spaces, none of them in exponent form
+# What is left of numbers' texts without these is empty for plain numbers (no exponent). A translate table, not
+# str.strip(chars), which tests every character against every one of the chars.
+_DROP_PLAIN_NUMBER_CHARS = str.maketrans("", "", "-0123456789.")
 
 
 class _NotANumber(ValueError):
@@ -156,7 +158,7 @@ def _wire_sides(asks: list[_Level], bids: list[_Level]) -> tuple[list[Level], li
     pairs = [(str(level.price, "utf-8"), str(level.qty, "utf-8")) for level in asks + bids]
     # One check for them all instead of one call per number: JSON text made of digits, "." and "-" only is a plain
     # number (msgspec validated the JSON), already its own text, and both sides are read in one pass.
-    if not " ".join(chain.from_iterable(pairs)).strip(_PLAIN_NUMBER_CHARS):
+    if not "".join(chain.from_iterable(pairs)).translate(_DROP_PLAIN_NUMBER_CHARS):
         levels = checksum_levels(pairs)
         return levels[:len(asks)], levels[len(asks):]
     # Anything else (a string, null, an exponent): each number through _number_text, which refuses it or expands it,
