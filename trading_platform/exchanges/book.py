@@ -8,8 +8,10 @@ Layout: per side a plain list of its prices kept sorted with ``bisect`` (a C-lev
 price that appears or vanishes) and, aligned with it, the list of its levels. A change finds its price by
 bisection (float comparisons, no hashing), and the top N is a slice of each list: emission (top 20 at a cadence)
 and the Kraken checksum (top 10, every update) read their quantities and checksum texts straight from the level
-slice. (Measured on the Binance bench frames against a dict per side beside the sorted prices, which hashed every
-price of the top on each read: emission and checksums cost several times less.)
+slice. (Measured on a 100-level book against a dict per side beside the sorted prices, which hashed every price of
+the top on each read: a top-20 snapshot row 2.5 -> 1.6 us and a Kraken checksum 1.65 -> 1.15 us, while a level change
+costs ~250 ns instead of ~210 ns, a bisection where a replace hashed twice; on the bench frames the Binance and Kraken
+books come out ahead, Coinbase about even.)
 """
 
 from __future__ import annotations
