@@ -91,10 +91,7 @@ class Exchange(RecordDecoder):
         self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
         self._book_interval_us = config.book_interval_ms * 1000  # read for every book update
-
-    @property
-    def wants_books(self) -> bool:
-        return "book" in self.config.channels
+        self.wants_books = "book" in config.channels  # read for every book message: not a list search each time
 
     # --- the protocol: what each module provides ------------------------------------------------
     @staticmethod
@@ -363,10 +360,8 @@ class Exchange(RecordDecoder):
         Driven by exchange time, not wall-clock ticks, so re-decoding the same frames emits the same
         snapshots. A book that is out of sync or crossed is never emitted.
         """
-        if not self.synced[symbol]:
-            return
         bucket = event_us // self._book_interval_us
-        if bucket <= self._emitted_bucket[symbol]:
+        if bucket <= self._emitted_bucket[symbol] or not self.synced[symbol]:  # most updates: the same bucket
             return
         book = self.books[symbol]
         if book.crossed() or not book.bids or not book.asks:

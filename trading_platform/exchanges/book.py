@@ -4,17 +4,23 @@ Levels keep the exchange's own price/quantity text next to the floats, because s
 are computed over the text with its full precision; such a book also keeps each level's checksum text, made
 once when the level is set rather than re-formatted for every verification.
 
-Layout: per side a dict (price -> level) finds a price in O(1), and a plain list of its prices kept sorted with
-``bisect`` (a C-level search and one memmove per price that appears or vanishes) yields the top N by slicing.
-Emission (top 20 at a cadence) and the Kraken checksum (top 10, every update) read only the top, while most
-changes replace a quantity at a price already held: cheaper than re-selecting the top with a heap per read.
+Layout: per side a plain list of its prices kept sorted with ``bisect`` (a C-level search and one memmove per
+price that appears or vanishes) and, aligned with it, the list of its levels. A change finds its price by
+bisection (float comparisons, no hashing), and the top N is a slice of each list: emission (top 20 at a cadence)
+and the Kraken checksum (top 10, every update) read their quantities and checksum texts straight from the level
+slice. (Measured on a 100-level book against a dict per side beside the sorted prices, which hashed every price of
+the top on each read: a top-20 snapshot row 2.5 -> 1.6 us and a Kraken checksum 1.65 -> 1.15 us, while a level change
+costs ~250 ns instead of ~210 ns, a bisection where a replace hashed twice; on the bench frames the Binance and Kraken
+books come out ahead, Coinbase about even.)
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Literal
 
 import numpy as np
@@ -49,27 +55,30 @@ def check_finite(levels: Sequence[Level]) -> None:
 
 
 class OrderBook:
+    """``bids`` / ``asks``: the prices held per side, ascending (the best bid is last, the best ask first); each
+    side's levels are kept in a list aligned with its prices."""
+
     def __init__(self) -> None:
-        self.bids: dict[float, Level] = {}
-        self.asks: dict[float, Level] = {}
-        self._bid_prices: list[float] = []  # ascending: the best bid is last
-        self._ask_prices: list[float] = []  # ascending: the best ask is first
+        self.bids: list[float] = []
+        self.asks: list[float] = []
+        self._bid_levels: list[Level] = []
+        self._ask_levels: list[Level] = []
         self.sequence = 0  # the exchange's id of the last applied update, where it has one
 
     def clear(self) -> None:
         self.bids.clear()
         self.asks.clear()
-        self._bid_prices.clear()
-        self._ask_prices.clear()
+        self._bid_levels.clear()
+        self._ask_levels.clear()
         self.sequence = 0
 
     def apply(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
         """One message's levels: absolute quantities, in order (a later level at the same price wins); zero
         removes the level."""
         if bids:  # a message often changes one side only
-            _apply_side(self.bids, self._bid_prices, bids)
+            _apply_side(self.bids, self._bid_levels, bids)
         if asks:
-            _apply_side(self.asks, self._ask_prices, asks)
+            _apply_side(self.asks, self._ask_levels, asks)
 
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
         """One absolute quantity at a price; zero removes the level."""
@@ -79,63 +88,69 @@ class OrderBook:
         else:
             self.apply([], levels)
 
+    def best_levels(self, side: Side, n: int) -> list[Level]:
+        """The best ``n`` levels, best first."""
+        if side == "bid":
+            return self._bid_levels[:-n - 1:-1] if n > 0 else []
+        return self._ask_levels[:n]
+
     def best_prices(self, side: Side, n: int) -> list[float]:
         if side == "bid":
-            return self._bid_prices[:-n - 1:-1] if n > 0 else []
-        return self._ask_prices[:n]
-
-    def quantities(self, side: Side, prices: list[float]) -> list[float]:
-        """The quantities at ``prices`` (prices the book holds)."""
-        levels = self.bids if side == "bid" else self.asks
-        return [levels[price][1] for price in prices]
+            return self.bids[:-n - 1:-1] if n > 0 else []
+        return self.asks[:n]
 
     def top(self, side: Side, n: int) -> list[tuple[float, float]]:
-        prices = self.best_prices(side, n)
-        return list(zip(prices, self.quantities(side, prices), strict=True))
+        return [level[:2] for level in self.best_levels(side, n)]
 
     def top_text(self, side: Side, n: int) -> list[tuple[str, str]]:
-        levels = self.bids if side == "bid" else self.asks
-        return [levels[price][2:4] for price in self.best_prices(side, n)]
+        return [level[2:4] for level in self.best_levels(side, n)]
 
-    def checksum_text(self, side: Side, n: int) -> str:
-        """The best ``n`` levels' checksum texts, best first, joined."""
-        levels = self.bids if side == "bid" else self.asks
-        return "".join([levels[price][4] for price in self.best_prices(side, n)])
+    def checksum_text(self, n: int) -> str:
+        """The checksum texts of the best ``n`` asks then the best ``n`` bids, best first, joined (Kraken's order)."""
+        return "".join(map(_CHECKSUM_TEXT, chain(self._ask_levels[:n], self._bid_levels[:-n - 1:-1])))
 
     def truncate(self, depth: int) -> None:
         """Keep the best ``depth`` levels per side (exchanges that send no deletes beyond depth)."""
-        excess = len(self._bid_prices) - depth
+        excess = len(self.bids) - depth
         if excess > 0:
-            for price in self._bid_prices[:excess]:
-                del self.bids[price]
-            del self._bid_prices[:excess]
-        if len(self._ask_prices) > depth:
-            for price in self._ask_prices[depth:]:
-                del self.asks[price]
-            del self._ask_prices[depth:]
+            del self.bids[:excess]
+            del self._bid_levels[:excess]
+        if len(self.asks) > depth:
+            del self.asks[depth:]
+            del self._ask_levels[depth:]
 
     def crossed(self) -> bool:
-        return bool(self._bid_prices and self._ask_prices and self._bid_prices[-1] >= self._ask_prices[0])
+        return bool(self.bids and self.asks and self.bids[-1] >= self.asks[0])
 
 
-def _apply_side(book: dict[float, Level], prices: list[float], levels: Sequence[Level]) -> None:
-    if not book:
-        # A snapshot (or a side emptied by removals): fill the dict, then sort its prices once.
+_QUANTITY = itemgetter(1)
+_CHECKSUM_TEXT = itemgetter(4)
+
+
+def _apply_side(prices: list[float], held: list[Level], levels: Sequence[Level]) -> None:
+    if not prices:
+        # A snapshot (or a side emptied by removals): keep the last level per price, then sort once.
+        by_price: dict[float, Level] = {}
         for level in levels:
             if level[1]:
-                book[level[0]] = level
+                by_price[level[0]] = level
             else:
-                book.pop(level[0], None)
-        prices[:] = sorted(book)
+                by_price.pop(level[0], None)
+        prices[:] = sorted(by_price)
+        held[:] = [by_price[price] for price in prices]
         return
     for level in levels:
         price = level[0]
-        if level[1]:
-            if price not in book:
-                insort(prices, price)
-            book[price] = level
-        elif book.pop(price, None) is not None:
-            del prices[bisect_left(prices, price)]
+        index = bisect_left(prices, price)
+        if index < len(prices) and prices[index] == price:
+            if level[1]:
+                held[index] = level
+            else:
+                del prices[index]
+                del held[index]
+        elif level[1]:
+            prices.insert(index, price)
+            held.insert(index, level)
 
 
 @dataclass
@@ -169,11 +184,11 @@ class BookSnapshots:
         self.sequences.append(book.sequence)
         prices = book.best_prices("bid", depth)
         self.bid_prices += prices
-        self.bid_quantities += book.quantities("bid", prices)
+        self.bid_quantities += map(_QUANTITY, book.best_levels("bid", depth))
         self.bid_counts.append(len(prices))
         prices = book.best_prices("ask", depth)
         self.ask_prices += prices
-        self.ask_quantities += book.quantities("ask", prices)
+        self.ask_quantities += map(_QUANTITY, book.best_levels("ask", depth))
         self.ask_counts.append(len(prices))
 
     @property
