@@ -384,21 +384,23 @@ class Coinbase(Exchange):
             # The count restarted on this connection: follow it, and resync the books like after a gap.
             self._stale_in_a_row = 0
             self._expected_sequence = sequence + 1
-            self._lose_books(f"sequence_num restarted at {sequence} (expected {expected})", received, out)
+            detail = f"sequence_num restarted at {sequence} (expected {expected})"
+            self._lose_books(self.symbols, "sequence_gap", detail, received, out)
             return True
         self._stale_in_a_row = 0
         self._expected_sequence = sequence + 1
         detail = f"sequence_num expected {expected} got {sequence} ({sequence - expected} messages missing)"
-        self._lose_books(detail, received, out)
+        self._lose_books(self.symbols, "sequence_gap", detail, received, out)
         return True
 
-    def _lose_books(self, detail: str, received: int, out: DecodeOutput) -> None:
-        """Messages were lost on this connection: every book is untrusted until a fresh snapshot."""
-        for symbol in self.symbols:
-            out.events.add(symbol, received, "sequence_gap", detail)
+    def _lose_books(self, symbols: list[str], kind: str, detail: str, received: int, out: DecodeOutput) -> None:
+        """Messages or updates of these books were lost (a ``kind`` event each): untrusted until a fresh snapshot,
+        which only a new connection sends."""
+        for symbol in symbols:
+            out.events.add(symbol, received, kind, detail)
             self.synced[symbol] = False
         if self.wants_books:
-            self._gap_open.update(self.symbols)
+            self._gap_open.update(symbols)
             if not self._reconnect_requested:
                 self._reconnect_requested = True
                 out.actions.append(Reconnect(f"coinbase {detail}: fresh level2 snapshot needed"))
@@ -480,14 +482,22 @@ class Coinbase(Exchange):
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
         updates = event.updates
-        # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
-        # one pass per side instead of two, on the hot path of every update.
-        bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                             for u in updates if u.side == "bid"]
-        asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                             for u in updates if u.side == "offer"]
-        check_finite(bids)
-        check_finite(asks)
+        try:
+            # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
+            # one pass per side instead of two, on the hot path of every update.
+            bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                                 for u in updates if u.side == "bid"]
+            asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                                 for u in updates if u.side == "offer"]
+            check_finite(bids)
+            check_finite(asks)
+        except ValueError as error:  # not a number, or not a finite one
+            detail = f"level2 level of {event.product_id}: {error}"
+            out.rejects.add(received, "wrong_type", detail, frame)
+            # The event is lost (none of its levels applied): the book is untrusted until a fresh snapshot.
+            if self.synced[symbol] or event.type == "snapshot":
+                self._lose_books([symbol], f"{event.type}_rejected", detail, received, out)
+            return
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
             self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,

@@ -222,6 +222,21 @@ def test_sequence_gap_records_events_asks_for_one_reconnect_and_stops_emission(c
     assert not coinbase.synced["BTC-USD"] and not coinbase.synced["ETH-USD"]
 
 
+@pytest.mark.parametrize("bad", ["abc", "NaN", "1e400"])
+def test_a_level2_level_that_is_no_finite_number_is_quarantined_and_resyncs_that_book(coinbase: Coinbase,
+                                                                                      bad: str) -> None:
+    broken = l2_frame(2, "update", [level("bid", "68898.00", "1.0"), level("offer", bad, "2.0")])
+    decoded = decode(coinbase, CONNECTED, book_snapshot(0), bid_update(1, "5", "2026-04-07T14:30:01.1Z"), broken,
+                     trades_frame(3, "update", trade("7")), bid_update(4, "6", "2026-04-07T14:30:03.1Z"))
+    assert decoded.rejects.reasons == ["wrong_type"] and bad in decoded.rejects.details[0]
+    assert decoded.rejects.raws == [broken.decode()]
+    assert [row["trade_id"] for row in decoded.trades.to_pylist()] == ["7"]  # the batch decoded, nothing lost
+    assert [(symbol, kind) for symbol, kind, _ in event_rows(decoded)] == [("BTC-USD", "update_rejected")]
+    assert [type(action) for action in decoded.actions] == [Reconnect]  # Coinbase snapshots on subscribe only
+    assert not coinbase.synced["BTC-USD"] and coinbase.synced["ETH-USD"] is False  # ETH never had a snapshot
+    assert [row["timestamp"].second for row in snapshot_rows(decoded)] == [0, 1]  # nothing after the lost event
+
+
 def test_after_a_gap_only_a_snapshot_on_a_new_connection_resumes_emission(coinbase: Coinbase) -> None:
     decode(coinbase, CONNECTED, book_snapshot(0), bid_update(4, "6", "2026-04-07T14:30:02.1Z"))
     before = decode(coinbase, bid_update(5, "7", "2026-04-07T14:30:03.1Z"))
