@@ -321,8 +321,8 @@ class Coinbase(Exchange):
 
     def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
                     received_us: list[int], out: DecodeOutput) -> None:
-        # The hot loop: an in-order frame holding one trade update is handled inline; anything else (a
-        # gap, a duplicate, a snapshot, books, control) takes the general path.
+        # The hot loop: an in-order frame holding one update event of trades is handled inline; anything else
+        # (a gap, a duplicate, a snapshot, books, control) takes the general path.
         expected = self._expected_sequence
         trades, trade_frames = out.trades, out.trade_frames
         decoded: list[_Message | _Skipped] = messages
@@ -336,14 +336,22 @@ class Coinbase(Exchange):
                     out.control += 1
                     continue
                 expected = self._expected_sequence
-            if isinstance(message, _Skipped):
+            if type(message) is _MarketTrades:
+                events = message.events
+                if len(events) == 1:
+                    event = events[0]
+                    if event.type == "update":
+                        count = len(event.trades)
+                        if count == 1:
+                            trades.append(event.trades[0])
+                            trade_frames.append(index)
+                            continue
+                        if count:
+                            trades += event.trades
+                            trade_frames += [index] * count
+                            continue
+            elif isinstance(message, _Skipped):
                 continue
-            if isinstance(message, _MarketTrades) and len(message.events) == 1:
-                event = message.events[0]
-                if event.type == "update" and len(event.trades) == 1:
-                    trades.append(event.trades[0])
-                    trade_frames.append(index)
-                    continue
             self._apply(message, index, received_us[index], frames[index], out)
         self._expected_sequence = expected
 
