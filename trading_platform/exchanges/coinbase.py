@@ -468,17 +468,19 @@ class Coinbase(Exchange):
         self._unflushed = 0
 
     def _raise_high_water_vectorized(self, table: pa.Table, kept: pa.Array) -> None:
-        pending = table.filter(kept)
-        if not pending.num_rows:
+        # Only the two columns read here are filtered, and not at all when every row is kept (nearly always).
+        products, trade_ids = table.column("native_symbol"), table.column("trade_id")
+        if not pc.all(kept).as_py():
+            products, trade_ids = products.filter(kept), trade_ids.filter(kept)
+        if not len(products):
             return
         try:
-            ids = pc.cast(pending.column("trade_id"), pa.int64())
+            ids = pc.cast(trade_ids, pa.int64())
         except pa.ArrowInvalid:  # non-numeric or huge ids: compare one by one
-            for product, trade_id in zip(pending.column("native_symbol").to_pylist(),
-                                         pending.column("trade_id").to_pylist(), strict=True):
+            for product, trade_id in zip(products.to_pylist(), trade_ids.to_pylist(), strict=True):
                 self._raise_high_water(product, trade_id)
             return
-        for product, trade_id in highest_per_key(pending.column("native_symbol"), ids.to_numpy()).items():
+        for product, trade_id in highest_per_key(products, ids.to_numpy()).items():
             self._raise_high_water(product, trade_id)
 
     # --- books -----------------------------------------------------------------------------------------------
