@@ -198,7 +198,8 @@ class Exchange(RecordDecoder):
                     received_us: list[int], rejects: Rejects) -> pa.Table:
         """Trade rows of configured symbols with a valid time; the other rows are rejected with their frame."""
         timestamps = columns.timestamps
-        table, known = self.trade_rows(columns, frame_index, np.asarray(received_us, np.int64)[frame_index])
+        rows = np.asarray(frame_index, np.int64)  # converted once: it indexes the receive times and is a column
+        table, known = self.trade_rows(columns, rows, np.asarray(received_us, np.int64)[rows])
         valid = pc.and_(known, pc.is_valid(timestamps)) if timestamps.null_count else known
         self.on_trade_rows(table, valid)
         if pc.all(valid).as_py() is not False:
@@ -214,7 +215,7 @@ class Exchange(RecordDecoder):
                 rejects.add(received_us[index], "wrong_type", detail, frames[index])
         return table.filter(valid)
 
-    def trade_rows(self, columns: TradeColumns, frame_index: list[int],
+    def trade_rows(self, columns: TradeColumns, frame_index: list[int] | np.ndarray,
                    received_at_us: list[int] | np.ndarray) -> tuple[pa.Table, pa.Array]:
         """All rows in ``DECODED_TRADE_SCHEMA``, and which of them are of configured symbols."""
         position = pc.index_in(columns.natives, value_set=self._native_symbols)

@@ -321,8 +321,8 @@ class Coinbase(Exchange):
 
     def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
                     received_us: list[int], out: DecodeOutput) -> None:
-        # The hot loop: an in-order frame holding one trade update is handled inline; anything else (a
-        # gap, a duplicate, a snapshot, books, control) takes the general path.
+        # The hot loop: an in-order frame holding one update event of trades is handled inline; anything else
+        # (a gap, a duplicate, a snapshot, books, control) takes the general path.
         expected = self._expected_sequence
         trades, trade_frames = out.trades, out.trade_frames
         decoded: list[_Message | _Skipped] = messages
@@ -336,14 +336,22 @@ class Coinbase(Exchange):
                     out.control += 1
                     continue
                 expected = self._expected_sequence
-            if isinstance(message, _Skipped):
+            if type(message) is _MarketTrades:
+                events = message.events
+                if len(events) == 1:
+                    event = events[0]
+                    if event.type == "update":
+                        count = len(event.trades)
+                        if count == 1:
+                            trades.append(event.trades[0])
+                            trade_frames.append(index)
+                            continue
+                        if count:
+                            trades += event.trades
+                            trade_frames += [index] * count
+                            continue
+            elif isinstance(message, _Skipped):
                 continue
-            if isinstance(message, _MarketTrades) and len(message.events) == 1:
-                event = message.events[0]
-                if event.type == "update" and len(event.trades) == 1:
-                    trades.append(event.trades[0])
-                    trade_frames.append(index)
-                    continue
             self._apply(message, index, received_us[index], frames[index], out)
         self._expected_sequence = expected
 
@@ -462,17 +470,19 @@ class Coinbase(Exchange):
         self._unflushed = 0
 
     def _raise_high_water_vectorized(self, table: pa.Table, kept: pa.Array) -> None:
-        pending = table.filter(kept)
-        if not pending.num_rows:
+        # Only the two columns read here are filtered, and not at all when every row is kept (nearly always).
+        products, trade_ids = table.column("native_symbol"), table.column("trade_id")
+        if not pc.all(kept).as_py():
+            products, trade_ids = products.filter(kept), trade_ids.filter(kept)
+        if not len(products):
             return
         try:
-            ids = pc.cast(pending.column("trade_id"), pa.int64())
+            ids = pc.cast(trade_ids, pa.int64())
         except pa.ArrowInvalid:  # non-numeric or huge ids: compare one by one
-            for product, trade_id in zip(pending.column("native_symbol").to_pylist(),
-                                         pending.column("trade_id").to_pylist(), strict=True):
+            for product, trade_id in zip(products.to_pylist(), trade_ids.to_pylist(), strict=True):
                 self._raise_high_water(product, trade_id)
             return
-        for product, trade_id in highest_per_key(pending.column("native_symbol"), ids.to_numpy()).items():
+        for product, trade_id in highest_per_key(products, ids.to_numpy()).items():
             self._raise_high_water(product, trade_id)
 
     # --- books -----------------------------------------------------------------------------------------------

@@ -323,10 +323,16 @@ class Kraken(Exchange):
 
     def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
                     received_us: list[int], out: DecodeOutput) -> None:
+        trades, trade_frames = out.trades, out.trade_frames
         for message, i in zip(messages, indices, strict=True):
-            if isinstance(message, _TradeMessage):
-                out.trades += message.data
-                out.trade_frames += [i] * len(message.data)
+            if type(message) is _TradeMessage:
+                data = message.data
+                if len(data) == 1:  # most frames: one trade
+                    trades.append(data[0])
+                    trade_frames.append(i)
+                else:
+                    trades += data
+                    trade_frames += [i] * len(data)
             elif isinstance(message, _BookMessage):
                 self._book_message(message, frames[i], received_us[i], out)
             else:  # heartbeat, status

@@ -52,6 +52,13 @@ def paused_gc() -> Iterator[None]:
                 gc.enable()
 
 
+def json_array(frames: list[bytes]) -> bytes:
+    """Frames (at least one) as one JSON array, copied once: the brackets ride on the first and last."""
+    if len(frames) == 1:
+        return b"[" + frames[0] + b"]"
+    return b",".join([b"[" + frames[0], *frames[1:-1], frames[-1] + b"]"])
+
+
 class RecordDecoder(ABC):
     """The batch-decode skeleton, shared by the live exchanges and the legacy archive decoders.
 
@@ -63,10 +70,11 @@ class RecordDecoder(ABC):
     batch_decoder: msgspec.json.Decoder[Any]  # a JSON array of frames -> list of messages
     frame_decoder: msgspec.json.Decoder[Any]  # one frame -> one message
 
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames:
+    def decode(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None = None,
+               joined: bytes | None = None) -> DecodedFrames:
         """Decode records in receive order (``kinds`` None: all are FRAME) into trades, book output,
-        rejects and actions."""
+        rejects and actions. ``joined``: ``json_array(frames)``, when the caller already built it (the
+        normalizer screens a batch on it), so a batch of frames only is not copied a second time."""
         with paused_gc():
             out = DecodeOutput.for_exchange(self.name)
             start = 0
@@ -78,18 +86,17 @@ class RecordDecoder(ABC):
                             self.settle(frames, received_us, out)
                         self.on_record(kind, frames[index], index, received_us[index], out)
                         start = index + 1
-            self._decode_run(frames, received_us, start, len(frames), out)
+            self._decode_run(frames, received_us, start, len(frames), out, joined if start == 0 else None)
             return out.sealed(self.finish(frames, received_us, out))
 
     def _decode_run(self, frames: list[bytes], received_us: list[int], lo: int, hi: int,
-                    out: DecodeOutput) -> None:
-        """Frames ``lo..hi-1``: one decode of the whole run, or frame by frame when that fails."""
+                    out: DecodeOutput, array: bytes | None = None) -> None:
+        """Frames ``lo..hi-1``: one decode of the whole run (``array``: the run already joined), or frame by
+        frame when that fails."""
         if lo >= hi:
             return
-        run = frames if lo == 0 and hi == len(frames) else frames[lo:hi]
-        # The run as one JSON array, copied once: the brackets ride on the first and last frames.
-        array = (b",".join([b"[" + run[0], *run[1:-1], run[-1] + b"]"]) if len(run) > 1
-                 else b"[" + run[0] + b"]")
+        if array is None:
+            array = json_array(frames if lo == 0 and hi == len(frames) else frames[lo:hi])
         try:
             messages: list[Any] = self.batch_decoder.decode(array)
             if len(messages) == hi - lo:  # else an empty frame, or one holding "a,b", shifted the rest

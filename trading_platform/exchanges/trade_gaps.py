@@ -138,9 +138,17 @@ class TradeGaps:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.max() >= 1 << _KEY_SHIFT or ids.min() < 0):
             return table, []  # not the small sequential ids this check is for
-        order = np.lexsort((ids, codes))  # by symbol, then id
-        c, i, t = codes[order], ids[order], times[order]
-        starts = np.r_[True, c[1:] != c[:-1]]
+        # By symbol, then id. Each symbol's ids nearly always arrive ascending, so a stable radix sort of the
+        # symbol codes (8/16-bit) is usually the whole sort; lexsort only when some ids come out of order.
+        order = np.argsort(codes.astype(np.min_scalar_type(len(self.symbols))), kind="stable")
+        c, i = codes[order], ids[order]
+        starts = np.empty(len(c), dtype=bool)
+        starts[0] = True
+        np.not_equal(c[1:], c[:-1], out=starts[1:])
+        if np.any((i[1:] < i[:-1]) & ~starts[1:]):
+            order = np.lexsort((ids, codes))
+            c, i = codes[order], ids[order]
+        t = times[order]
         base = np.array([self.last_id.get(s, -1) for s in self.symbols], dtype=np.int64)[c]
         keys = (c.astype(np.int64) << _KEY_SHIFT) + i
         running = np.maximum.accumulate(keys)
@@ -155,7 +163,7 @@ class TradeGaps:
         new_gaps: list[TradeGap] = []
         rare = np.flatnonzero(jump | seen)
         if rare.size:
-            previous_time = np.r_[0, t[:-1]]
+            previous_time = np.concatenate([np.zeros(1, t.dtype), t[:-1]])
             for k in rare.tolist():
                 symbol = self.symbols[c[k]]
                 if jump[k]:
@@ -168,7 +176,7 @@ class TradeGaps:
                 else:
                     keep[k] = False
                     self.counters["duplicate_trades_dropped"] += 1
-        ends = np.r_[np.flatnonzero(starts)[1:], len(c)] - 1
+        ends = np.append(np.flatnonzero(starts)[1:], len(c)) - 1
         for end in ends.tolist():
             symbol = self.symbols[c[end]]
             highest = int(running[end] - (int(c[end]) << _KEY_SHIFT))

@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 import pyarrow as pa
 
 from trading_platform.exchanges.decoded import DECODED_TRADE_SCHEMA, Action, DecodedFrames, RecordKind, Rejects
+from trading_platform.exchanges.record_decoder import json_array
 from trading_platform.quality.rules import SpikeReference, validate_trades
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ class Decoder(Protocol):
 
     name: str
 
-    def decode(self, frames: list[bytes], received_us: list[int],
-               kinds: list[RecordKind] | None = None) -> DecodedFrames: ...
+    def decode(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None = None,
+               joined: bytes | None = None) -> DecodedFrames: ...
 
 
 @dataclass
@@ -51,8 +52,8 @@ class TradeNormalizer:
     def process(self, frames: list[bytes], received_us: list[int],
                 kinds: list[RecordKind] | None = None) -> Normalized:
         rejects = Rejects()
-        kinds = self._screen(frames, received_us, kinds, rejects)
-        decoded = self._decode(frames, received_us, kinds, rejects)
+        kinds, joined = self._screen(frames, received_us, kinds, rejects)
+        decoded = self._decode(frames, received_us, kinds, joined, rejects)
         rejects.received_us += decoded.rejects.received_us
         rejects.reasons += decoded.rejects.reasons
         rejects.details += decoded.rejects.details
@@ -75,14 +76,18 @@ class TradeNormalizer:
         )
 
     def _screen(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None,
-                rejects: Rejects) -> list[RecordKind] | None:
+                rejects: Rejects) -> tuple[list[RecordKind] | None, bytes | None]:
         """Quarantine frames no decoder should see (oversized, not UTF-8); they stay in place as SCREENED
-        records, so a decoder can still count them in its per-connection sequence."""
+        records, so a decoder can still count them in its per-connection sequence. Also returns the batch
+        as the one JSON array the decoder reads (``json_array``) when nothing was screened: screened on that
+        copy, the frames are read once here, not once per check and again by the decoder."""
         if not frames:
-            return kinds
+            return kinds, None
         limit = getattr(self.exchange, "max_frame_bytes", MAX_FRAME_BYTES)
+        joined = json_array(frames)
         screened: list[int] = []
-        if max(map(len, frames)) > limit:
+        # The frames' bytes in all (the array less its brackets and commas) within the limit: none is over it.
+        if len(joined) - len(frames) - 1 > limit and max(map(len, frames)) > limit:
             for i, frame in enumerate(frames):
                 if len(frame) > limit and (kinds is None or kinds[i] == RecordKind.FRAME):
                     rejects.add(received_us[i], "oversized", f"{len(frame)} bytes > {limit}; raw text truncated",
@@ -91,8 +96,8 @@ class TradeNormalizer:
         try:
             # The session reads bytes (recv(decode=False)), which websockets does not validate, and a decoder
             # must never meet a UnicodeDecodeError. Exchange frames are nearly always ASCII, which is UTF-8:
-            # checked frame by frame in C without copying the batch or building a str.
-            if not all(map(bytes.isascii, frames)):
+            # checked in C on the array (its brackets and commas are ASCII), without building a str.
+            if not joined.isascii():
                 b"".join(frames).decode("utf-8")
         except UnicodeDecodeError:
             done = set(screened)
@@ -105,16 +110,16 @@ class TradeNormalizer:
                     rejects.add(received_us[i], "invalid_utf8", f"not UTF-8: {error}", frame[:_QUARANTINED_RAW_LIMIT])
                     screened.append(i)
         if not screened:
-            return kinds
+            return kinds, joined
         marked = list(kinds) if kinds is not None else [RecordKind.FRAME] * len(frames)
         for i in screened:
             marked[i] = RecordKind.SCREENED
-        return marked
+        return marked, None
 
     def _decode(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None,
-                rejects: Rejects) -> DecodedFrames:
+                joined: bytes | None, rejects: Rejects) -> DecodedFrames:
         try:
-            return self.exchange.decode(frames, received_us, kinds)
+            return self.exchange.decode(frames, received_us, kinds, joined)
         except Exception as error:  # a decoder bug must cost one frame, never the feed (or every restart)
             log.exception("%s: batch decode raised %s; decoding frame by frame", self.exchange.name, error)
         out = DecodedFrames(DECODED_TRADE_SCHEMA.empty_table(), Rejects())
