@@ -116,6 +116,10 @@ class BinanceFeed(ExchangeFeed):
             spec.symbol: (f".{spec.price_decimals}f", f".{spec.qty_decimals}f")
             for spec in (market.spec for market in self.market.markets.values())
         }
+        # symbol -> combined? -> buyer maker? -> the trade frame's %-template (E, t, p, q, T).
+        self._trade_templates = {symbol: {combined: _trade_templates(symbol, *self._formats[symbol], combined)
+                                          for combined in (False, True)}
+                                 for symbol in self.config.symbols}
         self._subscribers: dict[str, set[BinanceSession]] = {}
         # Depth: stream name -> (symbol, cadence); subscribers per stream; one tracker per symbol and cadence.
         self._depth_stream: dict[str, tuple[str, int]] = {
@@ -258,24 +262,19 @@ class BinanceFeed(ExchangeFeed):
             if not subscribers:
                 continue
             native = self._native[spec.symbol]
-            price_format, qty_format = self._formats[spec.symbol]
-            head = f'{{"e":"trade","E":{event_ms},"s":"{native}","t":'
-            payloads = [
-                f'{head}{t.trade_id},"p":"{t.price:{price_format}}","q":"{t.qty:{qty_format}}",'
-                f'"T":{t.time_ms},"m":{"true" if t.buyer_maker else "false"},"M":true}}'
-                for t in trades
-            ]
             first_id = trades[0].trade_id
-            raw = TradeFrames(native, first_id, payloads)
-            combined: TradeFrames | None = None
+            # One %-format per trade with the symbol's precomputed pieces (stream, symbol, decimals, "m"),
+            # raw and combined (wrapped) each formatted directly, only when a subscriber wants it.
+            shapes: dict[bool, TradeFrames] = {}
             for session in subscribers:
-                if session.combined:
-                    if combined is None:  # wrap once, share between combined subscribers
-                        prefix = f'{{"stream":"{trade_stream(spec.symbol)}","data":'
-                        combined = TradeFrames(native, first_id, [f"{prefix}{p}}}" for p in payloads])
-                    session.outbox.push_trades(combined)
-                else:
-                    session.outbox.push_trades(raw)
+                item = shapes.get(session.combined)
+                if item is None:
+                    templates = self._trade_templates[spec.symbol][session.combined]
+                    item = shapes[session.combined] = TradeFrames(native, first_id, [
+                        templates[buyer_maker] % (event_ms, trade_id, price, qty, time_ms)
+                        for trade_id, price, qty, time_ms, buyer_maker, _, _ in trades
+                    ])
+                session.outbox.push_trades(item)
 
     def publish_books(self, now_ms: int) -> None:
         if now_ms < self._due_ms[100]:
@@ -445,6 +444,14 @@ class BinanceFeed(ExchangeFeed):
         if fault.kind is FaultKind.MALFORMED_JSON:
             frame = frame[: len(frame) // 2]  # cut mid-object: not parseable JSON
         return [frame] * fault.count
+
+
+def _trade_templates(symbol: str, price_format: str, qty_format: str, combined: bool) -> tuple[str, str]:
+    """A trade frame of ``symbol`` as %-templates of (E, t, p, q, T), indexed by the buyer-maker flag ("m")."""
+    payload = ('{"e":"trade","E":%d,"s":"' + native_symbol(symbol) + '","t":%d,"p":"%' + price_format
+               + '","q":"%' + qty_format + '","T":%d,"m":')
+    head, tail = (f'{{"stream":"{trade_stream(symbol)}","data":', "}") if combined else ("", "")
+    return (f'{head}{payload}false,"M":true}}{tail}', f'{head}{payload}true,"M":true}}{tail}')
 
 
 def _rest_error(ws: ServerConnection, code: int, msg: str) -> Response:
