@@ -128,6 +128,7 @@ MAKER_CANCEL_SHARE = 0.3
 RESUME_TRADES = 1_000
 RECENT_TRADES = 50  # kept per symbol for the trade snapshots Coinbase and Kraken send on subscribe
 _TWO_PI = math.tau  # random.TWOPI
+_new_trade = tuple.__new__
 
 
 def reference_usd(asset: str) -> float:
@@ -290,7 +291,9 @@ class SymbolMarket:
             return []
         self._last_ms = now_ms
         trades: list[Trade] = []
+        taker_order, arrival = self._taker_order, self._arrival_uniform
         order_at, maker_at, switch_at = self._next_order, self._next_maker, self._next_switch
+        order_rate = self._order_rate()
         while True:
             if switch_at <= order_at and switch_at <= maker_at:
                 if switch_at > now_ms:
@@ -300,12 +303,14 @@ class SymbolMarket:
                 stay_ms = (BURST_MEAN_S if self._bursting else CALM_MEAN_S) * 1000
                 switched_at = switch_at
                 switch_at = switched_at + self._expo(1.0 / stay_ms)
-                order_at = switched_at + self._expo(self._order_rate())
+                order_rate = self._order_rate()
+                order_at = switched_at + self._expo(order_rate)
             elif order_at <= maker_at:
                 if order_at > now_ms:
                     break
-                self._taker_order(int(order_at), trades)
-                order_at += self._expo(self._order_rate())
+                taker_order(int(order_at), trades)
+                # _expo inlined (once per order); with a zero rate the orders are at infinity, never here.
+                order_at += -_log(1.0 - arrival()) / order_rate
             else:
                 if maker_at > now_ms:
                     break
@@ -384,25 +389,6 @@ class SymbolMarket:
             at += interval_ms * MEAN_FILLS
         self._record(trades)
 
-    def _requote(self) -> None:
-        """Makers cancel what the fair value passed, quote near it if the touch is far, keep the depth."""
-        book, step = self.book, self.step
-        fair = math.exp(self._log_mid) * self._price_scale
-        bid_prices, ask_prices = book.bid_prices, book.ask_prices
-        while bid_prices and bid_prices[-1] >= fair:
-            book.set_level(True, bid_prices[-1], 0)
-        while ask_prices and ask_prices[0] <= fair:
-            book.set_level(False, ask_prices[0], 0)
-        # _first_slots, inlined: this runs once per taker order.
-        first_ask = (math.floor(fair / step) + 1) * step
-        first_bid = first_ask - step if first_ask - step < fair else first_ask - 2 * step
-        if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
-            book.set_level(True, first_bid, self._level_lots(first_bid))
-        if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
-            book.set_level(False, first_ask, self._level_lots(first_ask))
-        if not MIN_LEVELS <= len(bid_prices) <= MAX_LEVELS or not MIN_LEVELS <= len(ask_prices) <= MAX_LEVELS:
-            self._keep_depth()
-
     def _keep_depth(self) -> None:
         """50..80 levels per side: refill the vacant slot nearest the fair value, trim the far end.
 
@@ -454,33 +440,65 @@ class SymbolMarket:
     def _taker_order(self, time_ms: int, out: list[Trade]) -> None:
         """One taker order: the walk steps, makers requote, then 1 + Geometric fills at the touch.
 
-        The hot loop of the server (one call per order, all symbols): the book's bookkeeping for a fill
-        at the touch is done here directly (the touch is the end of the sorted price list).
+        The hot loop of the server, once per order of every symbol: the requote, the normals of the
+        fills and a fill's bookkeeping at the touch (the end of the sorted price list) are inlined.
         """
-        book, uniform, gauss = self.book, self._uniform, self._gauss
+        book, uniform, step = self.book, self._uniform, self.step
         book.begin_update()
-        step = SIGMA_PER_ORDER * gauss() - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
-        self._log_mid += max(-MAX_LOG_STEP, min(MAX_LOG_STEP, step))
-        self._requote()
+        walk = SIGMA_PER_ORDER * self._gauss() - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
+        self._log_mid += max(-MAX_LOG_STEP, min(MAX_LOG_STEP, walk))
+        # Requote: makers cancel what the fair value passed, quote near it if the touch is far.
+        fair = _exp(self._log_mid) * self._price_scale
+        bids, asks, bid_prices, ask_prices = book.bids, book.asks, book.bid_prices, book.ask_prices
+        while bid_prices and bid_prices[-1] >= fair:
+            book.set_level(True, bid_prices[-1], 0)
+        while ask_prices and ask_prices[0] <= fair:
+            book.set_level(False, ask_prices[0], 0)
+        first_ask = (math.floor(fair / step) + 1) * step  # _first_slots
+        first_bid = first_ask - step if first_ask - step < fair else first_ask - 2 * step
+        if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
+            book.set_level(True, first_bid, self._level_lots(first_bid))
+        if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
+            book.set_level(False, first_ask, self._level_lots(first_ask))
+        if not MIN_LEVELS <= len(bid_prices) <= MAX_LEVELS or not MIN_LEVELS <= len(ask_prices) <= MAX_LEVELS:
+            self._keep_depth()
+        # The order: side, then 1 + Geometric fills.
         aggressor_buys = uniform() < 0.5
         fills = 1
         while fills < MAX_FILLS and uniform() < SWEEP_CONTINUE:
             fills += 1
         if aggressor_buys:
-            levels, prices, touch, changed = book.asks, book.ask_prices, 0, book.changed_asks
+            levels, prices, touch, changed = asks, ask_prices, 0, book.changed_asks
         else:
-            levels, prices, touch, changed = book.bids, book.bid_prices, -1, book.changed_bids
+            levels, prices, touch, changed = bids, bid_prices, -1, book.changed_bids
         price_scale, qty_scale, lots_per_usd = self._price_scale, self._qty_scale, self._lots_per_usd
-        observer, trade_id = self.fill_observer, self.next_trade_id
+        observer, trade_id, buyer_maker = self.fill_observer, self.next_trade_id, not aggressor_buys
         for _ in range(fills):
             # At the touch: a buy lifts the best ask, a sell hits the best bid.
             price = prices[touch]
             resting = levels[price]
-            notional = min(NOTIONAL_CAP_USD, NOTIONAL_MEDIAN_USD * _exp(NOTIONAL_SIGMA * gauss()))
-            lots = min(resting, max(1, round(notional * lots_per_usd / price)))
-            trade = Trade(trade_id, price / price_scale, lots / qty_scale, time_ms, not aggressor_buys, price, lots)
+            z = self._gauss_next  # _gauss, inlined
+            if z is None:
+                x2pi = uniform() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - uniform()))
+                self._gauss_next = _sin(x2pi) * g2rad
+                z = _cos(x2pi) * g2rad
+            else:
+                self._gauss_next = None
+            # min(cap, notional) and min(resting, max(1, lots)) as comparisons: builtin calls cost more here.
+            notional = NOTIONAL_MEDIAN_USD * _exp(NOTIONAL_SIGMA * z)
+            if notional > NOTIONAL_CAP_USD:
+                notional = NOTIONAL_CAP_USD
+            lots = round(notional * lots_per_usd / price)
+            if lots < 1:
+                lots = 1
+            if lots > resting:
+                lots = resting
+            # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level function.
+            trade = _new_trade(Trade, (trade_id, price / price_scale, lots / qty_scale, time_ms, buyer_maker, price,
+                                       lots))
             if observer is not None:
-                observer(trade, book.bid_prices[-1], book.ask_prices[0])
+                observer(trade, bid_prices[-1], ask_prices[0])
             if lots < resting:
                 levels[price] = resting - lots
             else:
@@ -493,7 +511,7 @@ class SymbolMarket:
             if len(levels) <= 1:
                 break  # never empty a side (unreachable with 50+ levels and at most 10 fills)
         self.next_trade_id = trade_id
-        if not MIN_LEVELS <= len(book.bids) <= MAX_LEVELS or not MIN_LEVELS <= len(book.asks) <= MAX_LEVELS:
+        if not MIN_LEVELS <= len(bids) <= MAX_LEVELS or not MIN_LEVELS <= len(asks) <= MAX_LEVELS:
             self._keep_depth()
 
 
