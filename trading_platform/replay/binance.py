@@ -116,10 +116,11 @@ class BinanceFeed(ExchangeFeed):
             spec.symbol: (f".{spec.price_decimals}f", f".{spec.qty_decimals}f")
             for spec in (market.spec for market in self.market.markets.values())
         }
-        # symbol -> combined? -> buyer maker? -> the trade frame's %-template (E, t, p, q, T).
-        self._trade_templates = {symbol: {combined: _trade_templates(symbol, *self._formats[symbol], combined)
-                                          for combined in (False, True)}
-                                 for symbol in self.config.symbols}
+        self._scales = {market.spec.symbol: (10**market.spec.price_decimals, 10**market.spec.qty_decimals)
+                        for market in self.market.markets.values()}
+        # symbol -> combined? -> buyer maker? -> the trade frame's %-template (see _trade_templates).
+        self._trade_templates = {spec.symbol: {combined: _trade_templates(spec, combined) for combined in (False, True)}
+                                 for spec in (market.spec for market in self.market.markets.values())}
         self._subscribers: dict[str, set[BinanceSession]] = {}
         # Depth: stream name -> (symbol, cadence); subscribers per stream; one tracker per symbol and cadence.
         self._depth_stream: dict[str, tuple[str, int]] = {
@@ -263,16 +264,20 @@ class BinanceFeed(ExchangeFeed):
                 continue
             native = self._native[spec.symbol]
             first_id = trades[0].trade_id
-            # One %-format per trade with the symbol's precomputed pieces (stream, symbol, decimals, "m"),
-            # raw and combined (wrapped) each formatted directly, only when a subscriber wants it.
+            # One %-format per trade with the symbol's precomputed pieces (stream, symbol, "m"), raw and
+            # combined (wrapped) each formatted directly, only when a subscriber wants it. Price and quantity
+            # are printed from their integers (units, then the fraction zero-padded to the decimals):
+            # the exact decimal text, cheaper than formatting the floats.
+            price_scale, qty_scale = self._scales[spec.symbol]
             shapes: dict[bool, TradeFrames] = {}
             for session in subscribers:
                 item = shapes.get(session.combined)
                 if item is None:
                     templates = self._trade_templates[spec.symbol][session.combined]
                     item = shapes[session.combined] = TradeFrames(native, first_id, [
-                        templates[buyer_maker] % (event_ms, trade_id, price, qty, time_ms)
-                        for trade_id, price, qty, time_ms, buyer_maker, _, _ in trades
+                        templates[buyer_maker] % (event_ms, trade_id, price // price_scale, price % price_scale,
+                                                  qty // qty_scale, qty % qty_scale, time_ms)
+                        for trade_id, _, _, time_ms, buyer_maker, price, qty in trades
                     ])
                 session.outbox.push_trades(item)
 
@@ -446,11 +451,12 @@ class BinanceFeed(ExchangeFeed):
         return [frame] * fault.count
 
 
-def _trade_templates(symbol: str, price_format: str, qty_format: str, combined: bool) -> tuple[str, str]:
-    """A trade frame of ``symbol`` as %-templates of (E, t, p, q, T), indexed by the buyer-maker flag ("m")."""
-    payload = ('{"e":"trade","E":%d,"s":"' + native_symbol(symbol) + '","t":%d,"p":"%' + price_format
-               + '","q":"%' + qty_format + '","T":%d,"m":')
-    head, tail = (f'{{"stream":"{trade_stream(symbol)}","data":', "}") if combined else ("", "")
+def _trade_templates(spec: SymbolSpec, combined: bool) -> tuple[str, str]:
+    """A trade frame of ``spec`` as %-templates indexed by the buyer-maker flag ("m"), of (E, t, price units,
+    price fraction, qty units, qty fraction, T); prices and quantities always have decimals (2+ and 5+)."""
+    payload = (f'{{"e":"trade","E":%d,"s":"{native_symbol(spec.symbol)}","t":%d,"p":"%d.%0{spec.price_decimals}d",'
+               f'"q":"%d.%0{spec.qty_decimals}d","T":%d,"m":')
+    head, tail = (f'{{"stream":"{trade_stream(spec.symbol)}","data":', "}") if combined else ("", "")
     return (f'{head}{payload}false,"M":true}}{tail}', f'{head}{payload}true,"M":true}}{tail}')
 
 
