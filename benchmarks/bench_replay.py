@@ -56,6 +56,7 @@ class Checkpoint:
 @dataclass
 class ClientReport:
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    closed_by_server: bool = False  # e.g. dropped as a slow consumer: counted up to then, a measured outcome
     error: str | None = None
 
 
@@ -73,22 +74,26 @@ def _read_frames(conn: Connection, url: str) -> None:
             frames = trades = 0
             next_checkpoint = time.monotonic()
             while True:
-                try:
-                    data = sock.recv(1 << 20)
-                except TimeoutError:
-                    data = None
-                if data == b"":
-                    raise ConnectionError("the server closed the connection")
-                if data:
-                    protocol.receive_data(data)
-                for event in protocol.events_received():
-                    if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                        frames += 1
-                        # Combined stream: the stream name comes first ({"stream":"btcusdt@trade",...).
-                        trades += b"@trade" in event.data[:32]
-                outgoing = protocol.data_to_send()
-                if outgoing:
-                    sock.sendall(b"".join(outgoing))
+                if not report.closed_by_server:
+                    try:
+                        data: bytes | None = sock.recv(1 << 20)
+                    except TimeoutError:
+                        data = None
+                    if data == b"":
+                        report.closed_by_server = True
+                        protocol.receive_eof()
+                    elif data:
+                        protocol.receive_data(data)
+                    for event in protocol.events_received():
+                        if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                            frames += 1
+                            # Combined stream: the stream name comes first ({"stream":"btcusdt@trade",...).
+                            trades += b"@trade" in event.data[:32]
+                    outgoing = [chunk for chunk in protocol.data_to_send() if chunk]
+                    if outgoing and not report.closed_by_server:
+                        sock.sendall(b"".join(outgoing))
+                else:
+                    time.sleep(CHECKPOINT_S)
                 now = time.monotonic()
                 if now >= next_checkpoint:
                     next_checkpoint = now + CHECKPOINT_S
@@ -213,7 +218,9 @@ def _figures(window: Window, report: ClientReport, slow_drops: int, seconds: flo
         "client_over_ledger_trades": round(client_trades / window.trades_sent, 4) if window.trades_sent else None,
         "executed_trades_per_s": round(window.trades_executed / window.seconds),
         "server_cores": round(server_cores, 2), "client_cores": round(client_cores, 2),
-        "slow_consumer_drops": slow_drops, "limit": limit,
+        # What a message costs the server, whatever the machine's other load lets it reach.
+        "server_cpu_us_per_msg": round(window.server_cpu_seconds / (sent * window.seconds) * 1e6, 2) if sent else None,
+        "slow_consumer_drops": slow_drops, "client_closed_by_server": report.closed_by_server, "limit": limit,
     }
     return [
         at_least(section, f"msgs/s sent (limit: {limit})", sent, "msgs/s", RATE, detail),
