@@ -14,6 +14,7 @@ time range is a binary search.
 from __future__ import annotations
 
 import bisect
+import struct
 from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -66,12 +67,13 @@ class TradeHistory:
             self._first_id = trades[0].trade_id
         elif trades[0].trade_id != self._first_id + len(self._time):
             raise ValueError(f"{self.spec.symbol}: trade id {trades[0].trade_id} does not follow {self.last_id}")
-        # One transpose and four C-level extends per tick instead of four appends per trade.
+        # One transpose per tick, each column packed at once (array.extend converts item by item, ~2x slower).
         _, _, _, times, buyer_maker, prices, qtys = zip(*trades, strict=True)
-        self._price.extend(prices)
-        self._qty.extend(qtys)
-        self._time.extend(times)
-        self._buyer_maker.extend(buyer_maker)
+        int64s = f"={len(trades)}q"
+        self._price.frombytes(struct.pack(int64s, *prices))
+        self._qty.frombytes(struct.pack(int64s, *qtys))
+        self._time.frombytes(struct.pack(int64s, *times))
+        self._buyer_maker.frombytes(struct.pack(f"={len(trades)}b", *buyer_maker))
         # Whenever the rows reach 2 * limit the oldest are dropped down to limit (amortized O(1) per trade,
         # no shift per append): the rows kept are those of appending one trade at a time.
         kept = len(self._time)
