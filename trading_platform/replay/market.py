@@ -446,7 +446,8 @@ class SymbolMarket:
         book, uniform, step = self.book, self._uniform, self.step
         book.begin_update()
         walk = SIGMA_PER_ORDER * self._gauss() - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
-        self._log_mid += max(-MAX_LOG_STEP, min(MAX_LOG_STEP, walk))
+        # max(-cap, min(cap, walk)) as comparisons
+        self._log_mid += MAX_LOG_STEP if walk > MAX_LOG_STEP else -MAX_LOG_STEP if walk < -MAX_LOG_STEP else walk
         # Requote: makers cancel what the fair value passed, quote near it if the touch is far.
         fair = _exp(self._log_mid) * self._price_scale
         bids, asks, bid_prices, ask_prices = book.bids, book.asks, book.bid_prices, book.ask_prices
