@@ -450,17 +450,31 @@ class SymbolMarket:
         self._log_mid += MAX_LOG_STEP if walk > MAX_LOG_STEP else -MAX_LOG_STEP if walk < -MAX_LOG_STEP else walk
         # Requote: makers cancel what the fair value passed, quote near it if the touch is far.
         fair = _exp(self._log_mid) * self._price_scale
+        # Both change the touch only, at the end of the sorted price lists: book.set_level's work, done here.
         bids, asks, bid_prices, ask_prices = book.bids, book.asks, book.bid_prices, book.ask_prices
+        changed_bids, changed_asks = book.changed_bids, book.changed_asks
         while bid_prices and bid_prices[-1] >= fair:
-            book.set_level(True, bid_prices[-1], 0)
+            price = bid_prices.pop()
+            del bids[price]
+            for tracked in changed_bids:
+                tracked.add(price)
         while ask_prices and ask_prices[0] <= fair:
-            book.set_level(False, ask_prices[0], 0)
+            price = ask_prices.pop(0)
+            del asks[price]
+            for tracked in changed_asks:
+                tracked.add(price)
         first_ask = (math.floor(fair / step) + 1) * step  # _first_slots
         first_bid = first_ask - step if first_ask - step < fair else first_ask - 2 * step
         if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
-            book.set_level(True, first_bid, self._level_lots(first_bid))
+            bids[first_bid] = self._level_lots(first_bid)  # above every bid: the new best
+            bid_prices.append(first_bid)
+            for tracked in changed_bids:
+                tracked.add(first_bid)
         if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
-            book.set_level(False, first_ask, self._level_lots(first_ask))
+            asks[first_ask] = self._level_lots(first_ask)  # below every ask: the new best
+            ask_prices.insert(0, first_ask)
+            for tracked in changed_asks:
+                tracked.add(first_ask)
         if not MIN_LEVELS <= len(bid_prices) <= MAX_LEVELS or not MIN_LEVELS <= len(ask_prices) <= MAX_LEVELS:
             self._keep_depth()
         # The order: side, then 1 + Geometric fills.
@@ -469,9 +483,9 @@ class SymbolMarket:
         while fills < MAX_FILLS and uniform() < SWEEP_CONTINUE:
             fills += 1
         if aggressor_buys:
-            levels, prices, touch, changed = asks, ask_prices, 0, book.changed_asks
+            levels, prices, touch, changed = asks, ask_prices, 0, changed_asks
         else:
-            levels, prices, touch, changed = bids, bid_prices, -1, book.changed_bids
+            levels, prices, touch, changed = bids, bid_prices, -1, changed_bids
         price_scale, qty_scale, lots_per_usd = self._price_scale, self._qty_scale, self._lots_per_usd
         observer, trade_id, buyer_maker = self.fill_observer, self.next_trade_id, not aggressor_buys
         for _ in range(fills):
