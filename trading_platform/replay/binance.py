@@ -118,6 +118,11 @@ class BinanceFeed(ExchangeFeed):
         }
         self._scales = {market.spec.symbol: (10**market.spec.price_decimals, 10**market.spec.qty_decimals)
                         for market in self.market.markets.values()}
+        # symbol -> a depth level's %-template of (price units, fraction, qty units, fraction).
+        self._level_templates = {
+            market.spec.symbol: f'["%d.%0{market.spec.price_decimals}d","%d.%0{market.spec.qty_decimals}d"]'
+            for market in self.market.markets.values()
+        }
         # symbol -> combined? -> buyer maker? -> the trade frame's %-template (see _trade_templates).
         self._trade_templates = {spec.symbol: {combined: _trade_templates(spec, combined) for combined in (False, True)}
                                  for spec in (market.spec for market in self.market.markets.values())}
@@ -314,14 +319,9 @@ class BinanceFeed(ExchangeFeed):
         streams = self._streams_of[(symbol, cadence)]
         targets = [(stream, subscribers[stream]) for stream in streams if subscribers.get(stream)]
         if targets:
-            book, spec = market.book, market.spec
-            bids = ",".join(
-                f'["{spec.price_text(p)}","{spec.qty_text(book.bids.get(p, 0))}"]'
-                for p in sorted(tracker.bids, reverse=True)
-            )
-            asks = ",".join(
-                f'["{spec.price_text(p)}","{spec.qty_text(book.asks.get(p, 0))}"]' for p in sorted(tracker.asks)
-            )
+            book, level, scales = market.book, self._level_templates[symbol], self._scales[symbol]
+            bids = _levels_json(level, *scales, book.bids, sorted(tracker.bids, reverse=True))
+            asks = _levels_json(level, *scales, book.asks, sorted(tracker.asks))
             payload = (
                 f'{{"e":"depthUpdate","E":{now_ms},"s":"{self._native[symbol]}","U":{tracker.first_id},'
                 f'"u":{book.update_id},"b":[{bids}],"a":[{asks}]}}'
@@ -458,6 +458,16 @@ def _trade_templates(spec: SymbolSpec, combined: bool) -> tuple[str, str]:
                f'"q":"%d.%0{spec.qty_decimals}d","T":%d,"m":')
     head, tail = (f'{{"stream":"{trade_stream(spec.symbol)}","data":', "}") if combined else ("", "")
     return (f'{head}{payload}false,"M":true}}{tail}', f'{head}{payload}true,"M":true}}{tail}')
+
+
+def _levels_json(template: str, price_scale: int, qty_scale: int, levels: dict[int, int], prices: list[int]) -> str:
+    """Depth levels as ``["p","q"],…`` in the order of ``prices`` (quantity 0: removed), with the texts
+    printed from the integers (spec.price_text's digits, without a call per text)."""
+    parts = []
+    for price in prices:
+        qty = levels.get(price, 0)
+        parts.append(template % (price // price_scale, price % price_scale, qty // qty_scale, qty % qty_scale))
+    return ",".join(parts)
 
 
 def _rest_error(ws: ServerConnection, code: int, msg: str) -> Response:
