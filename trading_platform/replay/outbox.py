@@ -13,8 +13,8 @@ carry 100k frames/s. Trades are recorded in the ledger once their frames were ha
 (a connection found closed before the write records nothing); faults and closes take websockets'
 ``send`` / ``close`` one by one.
 
-A recorder (``trading_platform.capture_format.FrameRecorder``) gets the text of every frame once ``send``
-accepted it.
+A recorder (``trading_platform.capture_format.FrameRecorder``) gets the text of every frame once it was
+handed to the transport (or, for faults, once ``send`` accepted it).
 """
 
 from __future__ import annotations
