@@ -14,7 +14,6 @@ time range is a binary search.
 from __future__ import annotations
 
 import bisect
-import struct
 from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,14 +66,14 @@ class TradeHistory:
             self._first_id = trades[0].trade_id
         elif trades[0].trade_id != self._first_id + len(self._time):
             raise ValueError(f"{self.spec.symbol}: trade id {trades[0].trade_id} does not follow {self.last_id}")
-        # One transpose per tick, each column packed at once (array.extend converts item by item, ~2x slower).
-        # Not strict: every Trade has its seven fields, and the check costs as much again as the transpose.
+        # One transpose per tick, each column appended at once: array.fromlist converts twice as fast as
+        # array.extend (item by item through the sequence protocol). Not strict: every Trade has its seven
+        # fields, and the check costs as much again as the transpose.
         _, _, _, times, buyer_maker, prices, qtys = zip(*trades, strict=False)
-        int64s = f"={len(trades)}q"
-        self._price.frombytes(struct.pack(int64s, *prices))
-        self._qty.frombytes(struct.pack(int64s, *qtys))
-        self._time.frombytes(struct.pack(int64s, *times))
-        self._buyer_maker.frombytes(struct.pack(f"={len(trades)}b", *buyer_maker))
+        self._price.fromlist(list(prices))
+        self._qty.fromlist(list(qtys))
+        self._time.fromlist(list(times))
+        self._buyer_maker.fromlist(list(buyer_maker))
         # Whenever the rows reach 2 * limit the oldest are dropped down to limit (amortized O(1) per trade,
         # no shift per append): the rows kept are those of appending one trade at a time.
         kept = len(self._time)
