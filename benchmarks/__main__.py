@@ -24,6 +24,7 @@ SECTIONS = {
     "books": "benchmarks.bench_books",
     "load": "benchmarks.bench_load",
     "end_to_end": "benchmarks.bench_end_to_end",
+    "replay": "benchmarks.bench_replay",
 }
 
 

@@ -116,6 +116,16 @@ class BinanceFeed(ExchangeFeed):
             spec.symbol: (f".{spec.price_decimals}f", f".{spec.qty_decimals}f")
             for spec in (market.spec for market in self.market.markets.values())
         }
+        self._scales = {market.spec.symbol: (10**market.spec.price_decimals, 10**market.spec.qty_decimals)
+                        for market in self.market.markets.values()}
+        # symbol -> a depth level's %-template of (price units, fraction, qty units, fraction).
+        self._level_templates = {
+            market.spec.symbol: f'["%d.%0{market.spec.price_decimals}d","%d.%0{market.spec.qty_decimals}d"]'
+            for market in self.market.markets.values()
+        }
+        # symbol -> combined? -> buyer maker? -> the trade frame's %-template (see _trade_templates).
+        self._trade_templates = {spec.symbol: {combined: _trade_templates(spec, combined) for combined in (False, True)}
+                                 for spec in (market.spec for market in self.market.markets.values())}
         self._subscribers: dict[str, set[BinanceSession]] = {}
         # Depth: stream name -> (symbol, cadence); subscribers per stream; one tracker per symbol and cadence.
         self._depth_stream: dict[str, tuple[str, int]] = {
@@ -258,24 +268,23 @@ class BinanceFeed(ExchangeFeed):
             if not subscribers:
                 continue
             native = self._native[spec.symbol]
-            price_format, qty_format = self._formats[spec.symbol]
-            head = f'{{"e":"trade","E":{event_ms},"s":"{native}","t":'
-            payloads = [
-                f'{head}{t.trade_id},"p":"{t.price:{price_format}}","q":"{t.qty:{qty_format}}",'
-                f'"T":{t.time_ms},"m":{"true" if t.buyer_maker else "false"},"M":true}}'
-                for t in trades
-            ]
             first_id = trades[0].trade_id
-            raw = TradeFrames(native, first_id, payloads)
-            combined: TradeFrames | None = None
+            # One %-format per trade with the symbol's precomputed pieces (stream, symbol, "m"), raw and
+            # combined (wrapped) each formatted directly, only when a subscriber wants it. Price and quantity
+            # are printed from their integers (units, then the fraction zero-padded to the decimals):
+            # the exact decimal text, cheaper than formatting the floats.
+            price_scale, qty_scale = self._scales[spec.symbol]
+            shapes: dict[bool, TradeFrames] = {}
             for session in subscribers:
-                if session.combined:
-                    if combined is None:  # wrap once, share between combined subscribers
-                        prefix = f'{{"stream":"{trade_stream(spec.symbol)}","data":'
-                        combined = TradeFrames(native, first_id, [f"{prefix}{p}}}" for p in payloads])
-                    session.outbox.push_trades(combined)
-                else:
-                    session.outbox.push_trades(raw)
+                item = shapes.get(session.combined)
+                if item is None:
+                    templates = self._trade_templates[spec.symbol][session.combined]
+                    item = shapes[session.combined] = TradeFrames(native, first_id, [
+                        templates[buyer_maker] % (event_ms, trade_id, price // price_scale, price % price_scale,
+                                                  qty // qty_scale, qty % qty_scale, time_ms)
+                        for trade_id, _, _, time_ms, buyer_maker, price, qty in trades
+                    ])
+                session.outbox.push_trades(item)
 
     def publish_books(self, now_ms: int) -> None:
         if now_ms < self._due_ms[100]:
@@ -310,14 +319,9 @@ class BinanceFeed(ExchangeFeed):
         streams = self._streams_of[(symbol, cadence)]
         targets = [(stream, subscribers[stream]) for stream in streams if subscribers.get(stream)]
         if targets:
-            book, spec = market.book, market.spec
-            bids = ",".join(
-                f'["{spec.price_text(p)}","{spec.qty_text(book.bids.get(p, 0))}"]'
-                for p in sorted(tracker.bids, reverse=True)
-            )
-            asks = ",".join(
-                f'["{spec.price_text(p)}","{spec.qty_text(book.asks.get(p, 0))}"]' for p in sorted(tracker.asks)
-            )
+            book, level, scales = market.book, self._level_templates[symbol], self._scales[symbol]
+            bids = _levels_json(level, *scales, book.bids, sorted(tracker.bids, reverse=True))
+            asks = _levels_json(level, *scales, book.asks, sorted(tracker.asks))
             payload = (
                 f'{{"e":"depthUpdate","E":{now_ms},"s":"{self._native[symbol]}","U":{tracker.first_id},'
                 f'"u":{book.update_id},"b":[{bids}],"a":[{asks}]}}'
@@ -445,6 +449,25 @@ class BinanceFeed(ExchangeFeed):
         if fault.kind is FaultKind.MALFORMED_JSON:
             frame = frame[: len(frame) // 2]  # cut mid-object: not parseable JSON
         return [frame] * fault.count
+
+
+def _trade_templates(spec: SymbolSpec, combined: bool) -> tuple[str, str]:
+    """A trade frame of ``spec`` as %-templates indexed by the buyer-maker flag ("m"), of (E, t, price units,
+    price fraction, qty units, qty fraction, T); prices and quantities always have decimals (2+ and 5+)."""
+    payload = (f'{{"e":"trade","E":%d,"s":"{native_symbol(spec.symbol)}","t":%d,"p":"%d.%0{spec.price_decimals}d",'
+               f'"q":"%d.%0{spec.qty_decimals}d","T":%d,"m":')
+    head, tail = (f'{{"stream":"{trade_stream(spec.symbol)}","data":', "}") if combined else ("", "")
+    return (f'{head}{payload}false,"M":true}}{tail}', f'{head}{payload}true,"M":true}}{tail}')
+
+
+def _levels_json(template: str, price_scale: int, qty_scale: int, levels: dict[int, int], prices: list[int]) -> str:
+    """Depth levels as ``["p","q"],…`` in the order of ``prices`` (quantity 0: removed), with the texts
+    printed from the integers (spec.price_text's digits, without a call per text)."""
+    parts = []
+    for price in prices:
+        qty = levels.get(price, 0)
+        parts.append(template % (price // price_scale, price % price_scale, qty // qty_scale, qty % qty_scale))
+    return ",".join(parts)
 
 
 def _rest_error(ws: ServerConnection, code: int, msg: str) -> Response:

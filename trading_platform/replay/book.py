@@ -40,12 +40,17 @@ class SyntheticBook:
         self.ask_prices: list[int] = []  # ascending: the best ask is the first
         self.update_id = update_id
         self._trackers: list[ChangeTracker] = []
+        # Every tracker's set of changed prices, per side: what a level change adds its price to.
+        self.changed_bids: list[set[int]] = []
+        self.changed_asks: list[set[int]] = []
 
     # -- consumers -----------------------------------------------------------------------------------
 
     def tracker(self) -> ChangeTracker:
         tracker = ChangeTracker()
         self._trackers.append(tracker)
+        self.changed_bids.append(tracker.bids)
+        self.changed_asks.append(tracker.asks)
         return tracker
 
     def begin_update(self) -> int:
@@ -70,8 +75,8 @@ class SyntheticBook:
             del prices[bisect.bisect_left(prices, price)]
         else:
             return
-        for tracker in self._trackers:
-            (tracker.bids if is_bid else tracker.asks).add(price)
+        for changed in self.changed_bids if is_bid else self.changed_asks:
+            changed.add(price)
 
     def best_bid(self) -> int:
         return self.bid_prices[-1]

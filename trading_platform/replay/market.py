@@ -31,6 +31,11 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import cos as _cos
+from math import exp as _exp
+from math import log as _log
+from math import sin as _sin
+from math import sqrt as _sqrt
 from typing import NamedTuple
 
 from trading_platform.replay.book import SyntheticBook
@@ -122,6 +127,8 @@ MAKER_CANCEL_SHARE = 0.3
 # Newest trades per symbol a stopped market hands to its restart: its REST history keeps serving them.
 RESUME_TRADES = 1_000
 RECENT_TRADES = 50  # kept per symbol for the trade snapshots Coinbase and Kraken send on subscribe
+_TWO_PI = math.tau  # random.TWOPI
+_new_trade = tuple.__new__
 
 
 def reference_usd(asset: str) -> float:
@@ -214,9 +221,11 @@ class SymbolMarket:
             raise ValueError(f"rates must be >= 0, got {rate_per_s} and {book_rate_per_s}")
         self.spec = spec
         # Separate RNGs: timing and content; both consumed in event order only, never per tick.
-        self._content = random.Random(f"{seed}/{exchange}/{spec.symbol}/content")
-        self._arrivals = random.Random(f"{seed}/{exchange}/{spec.symbol}/arrivals")
-        self.next_trade_id = self._content.randrange(100_000_000, 4_000_000_000)
+        content = random.Random(f"{seed}/{exchange}/{spec.symbol}/content")
+        self._uniform = content.random
+        self._gauss_next: float | None = None  # the second normal of the last Box-Muller pair (_gauss)
+        self._arrival_uniform = random.Random(f"{seed}/{exchange}/{spec.symbol}/arrivals").random
+        self.next_trade_id = content.randrange(100_000_000, 4_000_000_000)
         self._price_scale = int(10**spec.price_decimals)
         self._qty_scale = int(10**spec.qty_decimals)
         self._log_anchor = math.log(spec.start_price)
@@ -224,7 +233,7 @@ class SymbolMarket:
         self.step = max(1, round(spec.start_price * LEVEL_STEP_REL * self._price_scale))  # grid, in ticks
         # lots = notional_usd * _lots_per_usd / price_ticks
         self._lots_per_usd = self._price_scale * self._qty_scale / spec.quote_usd
-        self.book = SyntheticBook(self._content.randrange(1_000_000_000, 9_000_000_000))
+        self.book = SyntheticBook(content.randrange(1_000_000_000, 9_000_000_000))
         self.recent: deque[Trade] = deque(maxlen=RECENT_TRADES)
         # Every trade executed, watched or not: the REST history and the tests' ground truth.
         self.history = TradeHistory(spec, history_trades)
@@ -241,7 +250,7 @@ class SymbolMarket:
         self._calm_order_rate = rate_per_s / MEAN_FILLS / _MEAN_MULTIPLIER / 1000.0  # per ms
         self._maker_rate = book_rate_per_s / 1000.0
         # Start in the stationary regime distribution, so the first seconds are not biased to calm.
-        self._bursting = self._arrivals.random() < _BURST_SHARE
+        self._bursting = self._arrival_uniform() < _BURST_SHARE
         self._last_ms = start_ms
         self._next_switch = start_ms + self._expo(1.0 / ((BURST_MEAN_S if self._bursting else CALM_MEAN_S) * 1000))
         self._next_order = start_ms + self._expo(self._order_rate())
@@ -251,10 +260,27 @@ class SymbolMarket:
     def mid(self) -> float:
         return math.exp(self._log_mid)
 
-    # -- time ----------------------------------------------------------------------------------------
+    # -- randomness ----------------------------------------------------------------------------------
+    # ``random.Random.gauss`` and ``expovariate`` are Python-level functions; the hot path uses these
+    # inlined forms instead, which draw the same uniforms in the same order and return the same floats
+    # (gauss: Box-Muller, the second value of each pair kept for the next call), so a seed's trades and
+    # books are those of the library calls.
+
+    def _gauss(self) -> float:
+        z = self._gauss_next
+        if z is not None:
+            self._gauss_next = None
+            return z
+        uniform = self._uniform
+        x2pi = uniform() * _TWO_PI
+        g2rad = _sqrt(-2.0 * _log(1.0 - uniform()))
+        self._gauss_next = _sin(x2pi) * g2rad
+        return _cos(x2pi) * g2rad
 
     def _expo(self, rate_per_ms: float) -> float:
-        return self._arrivals.expovariate(rate_per_ms) if rate_per_ms > 0 else math.inf
+        return -_log(1.0 - self._arrival_uniform()) / rate_per_ms if rate_per_ms > 0 else math.inf
+
+    # -- time ----------------------------------------------------------------------------------------
 
     def _order_rate(self) -> float:
         return self._calm_order_rate * (BURST_MULTIPLIER if self._bursting else 1.0)
@@ -265,27 +291,41 @@ class SymbolMarket:
             return []
         self._last_ms = now_ms
         trades: list[Trade] = []
+        taker_order, arrival = self._taker_order, self._arrival_uniform
+        order_at, maker_at, switch_at = self._next_order, self._next_maker, self._next_switch
+        order_rate = self._order_rate()
         while True:
-            order_at, maker_at, switch_at = self._next_order, self._next_maker, self._next_switch
             if switch_at <= order_at and switch_at <= maker_at:
                 if switch_at > now_ms:
                     break
                 # Memoryless: after a regime switch the next order is redrawn at the new rate.
                 self._bursting = not self._bursting
                 stay_ms = (BURST_MEAN_S if self._bursting else CALM_MEAN_S) * 1000
-                self._next_switch = switch_at + self._expo(1.0 / stay_ms)
-                self._next_order = switch_at + self._expo(self._order_rate())
+                switched_at = switch_at
+                switch_at = switched_at + self._expo(1.0 / stay_ms)
+                order_rate = self._order_rate()
+                order_at = switched_at + self._expo(order_rate)
             elif order_at <= maker_at:
                 if order_at > now_ms:
                     break
-                self._taker_order(int(order_at), trades)
-                self._next_order = order_at + self._expo(self._order_rate())
+                taker_order(int(order_at), trades)
+                # _expo inlined (once per order); with a zero rate the orders are at infinity, never here.
+                order_at += -_log(1.0 - arrival()) / order_rate
             else:
                 if maker_at > now_ms:
                     break
                 self._maker_event()
-                self._next_maker = maker_at + self._expo(self._maker_rate)
+                maker_at += self._expo(self._maker_rate)
+        self._next_order, self._next_maker, self._next_switch = order_at, maker_at, switch_at
+        self._record(trades)
         return trades
+
+    def _record(self, trades: list[Trade]) -> None:
+        """Keep executed trades (history, snapshots, the last price) once per tick rather than per fill."""
+        if trades:
+            self.recent.extend(trades)
+            self.history.extend(trades)
+            self.last_price = trades[-1].price
 
     def shift(self, ms: int) -> None:
         """Move the clock ``ms`` later without events (the market was paused that long)."""
@@ -307,11 +347,11 @@ class SymbolMarket:
         return bid, ask
 
     def _level_lots(self, price: int) -> int:
-        notional = LEVEL_MEDIAN_USD * math.exp(LEVEL_SIGMA * self._content.gauss(0.0, 1.0))
+        notional = LEVEL_MEDIAN_USD * math.exp(LEVEL_SIGMA * self._gauss())
         return max(1, round(notional * self._lots_per_usd / price))
 
     def _seed_book(self) -> None:
-        book, rng = self.book, self._content
+        book = self.book
         first_bid, first_ask = self._first_slots(self._fair_ticks())
         for is_bid, first in ((True, first_bid), (False, first_ask)):
             direction = -1 if is_bid else 1
@@ -320,7 +360,7 @@ class SymbolMarket:
                 price = first + direction * slot * self.step
                 if price <= 0:
                     break
-                if slot == 0 or rng.random() < 0.85:
+                if slot == 0 or self._uniform() < 0.85:
                     book.set_level(is_bid, price, self._level_lots(price))
                 slot += 1
 
@@ -333,35 +373,21 @@ class SymbolMarket:
     def _restore(self, rows: list[list[int]]) -> None:
         """Continue a stopped market: its newest trades are history again (a platform that stopped before
         the market did backfills them from REST, as from an exchange) and the ids go on after them."""
-        for trade_id, price_ticks, qty_lots, time_ms, buyer_maker in rows:
-            trade = Trade(trade_id, price_ticks / self._price_scale, qty_lots / self._qty_scale, time_ms,
-                          bool(buyer_maker), price_ticks, qty_lots)
-            self.history.append(trade)
-            self.recent.append(trade)
+        trades = [Trade(trade_id, price_ticks / self._price_scale, qty_lots / self._qty_scale, time_ms,
+                        bool(buyer_maker), price_ticks, qty_lots)
+                  for trade_id, price_ticks, qty_lots, time_ms, buyer_maker in rows]
+        self.history.extend(trades)
+        self.recent.extend(trades)
         self.next_trade_id = rows[-1][0] + 1
 
     def _seed_history(self, start_ms: int, interval_ms: float) -> None:
         """Trade before ``start_ms`` until the last RECENT_TRADES exist, so snapshots are never empty."""
         at = start_ms - (RECENT_TRADES + 1) * interval_ms
-        while len(self.recent) < RECENT_TRADES:
-            self._taker_order(int(at), [])
+        trades: list[Trade] = []
+        while len(trades) < RECENT_TRADES:
+            self._taker_order(int(at), trades)
             at += interval_ms * MEAN_FILLS
-
-    def _requote(self) -> None:
-        """Makers cancel what the fair value passed, quote near it if the touch is far, keep the depth."""
-        book, step = self.book, self.step
-        fair = self._fair_ticks()
-        bid_prices, ask_prices = book.bid_prices, book.ask_prices
-        while bid_prices and bid_prices[-1] >= fair:
-            book.set_level(True, bid_prices[-1], 0)
-        while ask_prices and ask_prices[0] <= fair:
-            book.set_level(False, ask_prices[0], 0)
-        first_bid, first_ask = self._first_slots(fair)
-        if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
-            book.set_level(True, first_bid, self._level_lots(first_bid))
-        if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
-            book.set_level(False, first_ask, self._level_lots(first_ask))
-        self._keep_depth()
+        self._record(trades)
 
     def _keep_depth(self) -> None:
         """50..80 levels per side: refill the vacant slot nearest the fair value, trim the far end.
@@ -390,10 +416,11 @@ class SymbolMarket:
             book.set_level(False, ask_prices[-1], 0)
 
     def _maker_event(self) -> None:
-        book, rng = self.book, self._content
+        book = self.book
         book.begin_update()
-        is_bid = rng.random() < 0.5
-        distance = min(MAX_LEVELS, int(rng.expovariate(1.0 / MAKER_MEAN_DISTANCE)))
+        is_bid = self._uniform() < 0.5
+        # expovariate(1 / MAKER_MEAN_DISTANCE) of the content RNG, inlined like _gauss.
+        distance = min(MAX_LEVELS, int(-_log(1.0 - self._uniform()) / (1.0 / MAKER_MEAN_DISTANCE)))
         first_bid, first_ask = self._first_slots(self._fair_ticks())
         price = first_bid - distance * self.step if is_bid else first_ask + distance * self.step
         levels = book.bids if is_bid else book.asks
@@ -402,51 +429,105 @@ class SymbolMarket:
             return
         if current is None:
             book.set_level(is_bid, price, self._level_lots(price))
-        elif rng.random() < MAKER_CANCEL_SHARE and len(levels) > 1:
+        elif self._uniform() < MAKER_CANCEL_SHARE and len(levels) > 1:
             book.set_level(is_bid, price, 0)
         else:
-            book.set_level(is_bid, price, max(1, round(current * math.exp(0.6 * rng.gauss(0.0, 1.0)))))
+            book.set_level(is_bid, price, max(1, round(current * math.exp(0.6 * self._gauss()))))
         self._keep_depth()
 
     # -- trades --------------------------------------------------------------------------------------
 
     def _taker_order(self, time_ms: int, out: list[Trade]) -> None:
-        book, rng = self.book, self._content
+        """One taker order: the walk steps, makers requote, then 1 + Geometric fills at the touch.
+
+        The hot loop of the server, once per order of every symbol: the requote, the normals of the
+        fills and a fill's bookkeeping at the touch (the end of the sorted price list) are inlined.
+        """
+        book, uniform, step = self.book, self._uniform, self.step
         book.begin_update()
-        step = SIGMA_PER_ORDER * rng.gauss(0.0, 1.0) - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
-        self._log_mid += max(-MAX_LOG_STEP, min(MAX_LOG_STEP, step))
-        self._requote()
-        aggressor_buys = rng.random() < 0.5
+        walk = SIGMA_PER_ORDER * self._gauss() - REVERSION_PER_ORDER * (self._log_mid - self._log_anchor)
+        # max(-cap, min(cap, walk)) as comparisons
+        self._log_mid += MAX_LOG_STEP if walk > MAX_LOG_STEP else -MAX_LOG_STEP if walk < -MAX_LOG_STEP else walk
+        # Requote: makers cancel what the fair value passed, quote near it if the touch is far.
+        fair = _exp(self._log_mid) * self._price_scale
+        # Both change the touch only, at the end of the sorted price lists: book.set_level's work, done here.
+        bids, asks, bid_prices, ask_prices = book.bids, book.asks, book.bid_prices, book.ask_prices
+        changed_bids, changed_asks = book.changed_bids, book.changed_asks
+        while bid_prices and bid_prices[-1] >= fair:
+            price = bid_prices.pop()
+            del bids[price]
+            for tracked in changed_bids:
+                tracked.add(price)
+        while ask_prices and ask_prices[0] <= fair:
+            price = ask_prices.pop(0)
+            del asks[price]
+            for tracked in changed_asks:
+                tracked.add(price)
+        first_ask = (math.floor(fair / step) + 1) * step  # _first_slots
+        first_bid = first_ask - step if first_ask - step < fair else first_ask - 2 * step
+        if first_bid > 0 and (not bid_prices or first_bid - bid_prices[-1] > MAX_TOUCH_GAP_SLOTS * step):
+            bids[first_bid] = self._level_lots(first_bid)  # above every bid: the new best
+            bid_prices.append(first_bid)
+            for tracked in changed_bids:
+                tracked.add(first_bid)
+        if not ask_prices or ask_prices[0] - first_ask > MAX_TOUCH_GAP_SLOTS * step:
+            asks[first_ask] = self._level_lots(first_ask)  # below every ask: the new best
+            ask_prices.insert(0, first_ask)
+            for tracked in changed_asks:
+                tracked.add(first_ask)
+        if not MIN_LEVELS <= len(bid_prices) <= MAX_LEVELS or not MIN_LEVELS <= len(ask_prices) <= MAX_LEVELS:
+            self._keep_depth()
+        # The order: side, then 1 + Geometric fills.
+        aggressor_buys = uniform() < 0.5
         fills = 1
-        while fills < MAX_FILLS and rng.random() < SWEEP_CONTINUE:
+        while fills < MAX_FILLS and uniform() < SWEEP_CONTINUE:
             fills += 1
-        levels = book.asks if aggressor_buys else book.bids
+        if aggressor_buys:
+            levels, prices, touch, changed = asks, ask_prices, 0, changed_asks
+        else:
+            levels, prices, touch, changed = bids, bid_prices, -1, changed_bids
+        price_scale, qty_scale, lots_per_usd = self._price_scale, self._qty_scale, self._lots_per_usd
+        observer, trade_id, buyer_maker = self.fill_observer, self.next_trade_id, not aggressor_buys
         for _ in range(fills):
             # At the touch: a buy lifts the best ask, a sell hits the best bid.
-            price = book.ask_prices[0] if aggressor_buys else book.bid_prices[-1]
+            price = prices[touch]
             resting = levels[price]
-            notional = min(NOTIONAL_CAP_USD, NOTIONAL_MEDIAN_USD * math.exp(NOTIONAL_SIGMA * rng.gauss(0.0, 1.0)))
-            lots = min(resting, max(1, round(notional * self._lots_per_usd / price)))
-            trade = Trade(
-                self.next_trade_id,
-                price / self._price_scale,
-                lots / self._qty_scale,
-                time_ms,
-                not aggressor_buys,
-                price,
-                lots,
-            )
-            if self.fill_observer is not None:
-                self.fill_observer(trade, book.bid_prices[-1], book.ask_prices[0])
-            book.set_level(not aggressor_buys, price, resting - lots)
+            z = self._gauss_next  # _gauss, inlined
+            if z is None:
+                x2pi = uniform() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - uniform()))
+                self._gauss_next = _sin(x2pi) * g2rad
+                z = _cos(x2pi) * g2rad
+            else:
+                self._gauss_next = None
+            # min(cap, notional) and min(resting, max(1, lots)) as comparisons: builtin calls cost more here.
+            notional = NOTIONAL_MEDIAN_USD * _exp(NOTIONAL_SIGMA * z)
+            if notional > NOTIONAL_CAP_USD:
+                notional = NOTIONAL_CAP_USD
+            lots = round(notional * lots_per_usd / price)
+            if lots < 1:
+                lots = 1
+            if lots > resting:
+                lots = resting
+            # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level function.
+            trade = _new_trade(Trade, (trade_id, price / price_scale, lots / qty_scale, time_ms, buyer_maker, price,
+                                       lots))
+            if observer is not None:
+                observer(trade, bid_prices[-1], ask_prices[0])
+            if lots < resting:
+                levels[price] = resting - lots
+            else:
+                del levels[price]
+                del prices[touch]
+            for tracked in changed:
+                tracked.add(price)
             out.append(trade)
-            self.recent.append(trade)
-            self.history.append(trade)
-            self.next_trade_id += 1
-            self.last_price = trade.price
+            trade_id += 1
             if len(levels) <= 1:
                 break  # never empty a side (unreachable with 50+ levels and at most 10 fills)
-        self._keep_depth()
+        self.next_trade_id = trade_id
+        if not MIN_LEVELS <= len(bids) <= MAX_LEVELS or not MIN_LEVELS <= len(asks) <= MAX_LEVELS:
+            self._keep_depth()
 
 
 class MarketSimulator:
