@@ -25,7 +25,7 @@ from trading_platform.analytics.open_candles import OpenCandles
 from trading_platform.exchanges.base import Exchange
 from trading_platform.exchanges.conversions import highest_per_key
 from trading_platform.exchanges.decoded import Action, FetchSnapshot, Reconnect, RecordKind, SendFrames
-from trading_platform.ingestion.frame_archive import ArchivedBatch, write_archive
+from trading_platform.ingestion.frame_archive import archive_wal_span
 from trading_platform.ingestion.lake_writer import WrittenBatch, batch_id_for, write_batch
 from trading_platform.ingestion.normalize import Normalized, TradeNormalizer
 from trading_platform.ingestion.rest import RateLimited, Refused, Rejected, RestResponse, http_get
@@ -531,9 +531,10 @@ class IngestionRunner:
         ))
 
     def _archive(self, sealed: SealedBatch, batch: _OpenBatch, batch_id: str) -> None:
-        records = self.wal.written_records(sealed.first, sealed.last)
-        write_archive(self.store, self.exchange.name, ArchivedBatch(
-            batch_id, records, batch.reference_at_start, batch.exchange_state_at_start))
+        span = self.wal.written_span(sealed.first, sealed.last)
+        if span is not None:
+            archive_wal_span(self.store, self.exchange.name, batch_id, span, batch.reference_at_start,
+                             batch.exchange_state_at_start)
 
     def _reference_after(self, sealed: SealedBatch) -> dict[str, list[float]]:
         later = [p for p in self.wal.checkpoint.pending if p.first > sealed.last]
