@@ -326,8 +326,11 @@ class IngestionRunner:
             if not final:
                 for action in normalized.actions:
                     await self._perform(action)
-        self.wal.sync()
         await self._write_hot_cache()
+        # The fsync after the hot cache, not before: the frames were written to the WAL before they were decoded
+        # (all a kill needs), and the fsync - a machine crash's bound, tens of ms on a busy disk - no longer delays
+        # every tick's Redis write.
+        self.wal.sync()
         # While the store is failing (a sealed batch still waits for its flush), an aged batch keeps growing
         # instead of sealing: the backlog after an outage is a few large files, not hundreds of small ones.
         flush_waiting = self._flushing or (self._sealed is not None and not self._sealed.empty())
