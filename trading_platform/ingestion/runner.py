@@ -34,7 +34,7 @@ from trading_platform.ingestion.wal import SealedBatch, WriteAheadLog
 from trading_platform.quality.rules import SpikeReference
 from trading_platform.schema import BOOK_EVENTS, MARKET_TRADES, ORDERBOOK_SNAPSHOTS, QUARANTINE, Table
 from trading_platform.storage.object_store import ObjectStore
-from trading_platform.storage.redis_cache import LatestBook, LatestTrade, PriceCache
+from trading_platform.storage.redis_cache import CachedCandle, LatestBook, LatestTrade, PriceCache
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +470,7 @@ class IngestionRunner:
             cache = self._price_cache
             trades, books = list(self._latest.values()), list(self._latest_books.values())
             candles = self._open_candles.candles()
-            await asyncio.to_thread(lambda: (cache.write(trades), cache.write_books(books),
-                                             cache.write_candles(candles)))
+            await asyncio.to_thread(self._write_hot, cache, trades, books, candles)
             if self._hot_cache_down:
                 self.on_status(f"{self.exchange.name}: Redis reachable again; hot cache rewritten")
             self._hot_cache_down = False
@@ -481,6 +480,14 @@ class IngestionRunner:
                 self.on_status(f"{self.exchange.name}: Redis hot-cache write failed ({error}); "
                                "ingestion continues, retrying every tick")
             self._hot_cache_down = True
+
+    @staticmethod
+    def _write_hot(cache: PriceCache, trades: list[LatestTrade], books: list[LatestBook],
+                   candles: list[CachedCandle]) -> None:
+        with cache.one_round_trip():
+            cache.write(trades)
+            cache.write_books(books)
+            cache.write_candles(candles)
 
     # --- flush path ------------------------------------------------------------------------------
     async def _flush_worker(self) -> None:

@@ -9,7 +9,6 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 
-
 class ObjectStoreUnavailable(RuntimeError):
     """The object store could not be reached or refused the request; the message names it."""
 
