@@ -11,13 +11,14 @@ spike reference and exchange state at the batch's start) followed by the records
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
 
-from trading_platform.ingestion.wal import decode_records, encode_records
+from trading_platform.ingestion.wal import WrittenSpan, decode_records, encode_records
 from trading_platform.storage.object_store import ObjectStore
 
 PREFIX = "raw/frames/"
@@ -41,12 +42,28 @@ def write_archive(store: ObjectStore, exchange: str, batch: ArchivedBatch) -> st
     """Store one batch's records; returns the key (None: the batch had no records)."""
     if not batch.records:
         return None
-    header = json.dumps({"batch_id": batch.batch_id, "first": batch.records[0][0], "last": batch.records[-1][0],
-                         "reference": batch.reference, "exchange_state": batch.exchange_state})
+    return _store(store, exchange, batch.batch_id, batch.records[0][0], batch.records[-1][0], batch.records[0][1],
+                  batch.reference, batch.exchange_state, [encode_records(batch.records)])
+
+
+def archive_wal_span(store: ObjectStore, exchange: str, batch_id: str, span: WrittenSpan,
+                     reference: dict[str, Any], exchange_state: dict[str, Any]) -> str:
+    """Store a batch's records straight from the WAL files (their framing is the archive's): copied a chunk at a
+    time, so archiving a batch costs neither its records as Python objects nor a copy of its segments."""
+    return _store(store, exchange, batch_id, span.first, span.last, span.first_received_us, reference,
+                  exchange_state, span.chunks())
+
+
+def _store(store: ObjectStore, exchange: str, batch_id: str, first: int, last: int, first_received_us: int,
+           reference: dict[str, Any], exchange_state: dict[str, Any], framed: Iterable[bytes]) -> str:
+    header = json.dumps({"batch_id": batch_id, "first": first, "last": last, "reference": reference,
+                         "exchange_state": exchange_state})
     sink = pa.BufferOutputStream()
     with pa.CompressedOutputStream(sink, "zstd") as stream:
-        stream.write(header.encode() + b"\n" + encode_records(batch.records))
-    key = archive_key(exchange, batch.batch_id, batch.records[0][1])
+        stream.write(header.encode() + b"\n")
+        for chunk in framed:
+            stream.write(chunk)
+    key = archive_key(exchange, batch_id, first_received_us)
     store.put(key, sink.getvalue().to_pybytes())
     return key
 

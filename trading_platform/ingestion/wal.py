@@ -21,6 +21,7 @@ so a machine crash loses at most that window.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import struct
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 _HEADER = struct.Struct("<QqBII")
+# Segments are scanned and copied this much at a time: a batch's archive never holds its whole segment.
+_CHUNK_BYTES = 1 << 20
 _CHECKPOINT = "checkpoint.json"
 
 
@@ -51,6 +54,28 @@ class Checkpoint:
     reference: dict[str, Any] = field(default_factory=dict)  # quality-rule state after flushed_through
     pending: list[SealedBatch] = field(default_factory=list)
     exchange_state: dict[str, Any] = field(default_factory=dict)  # Exchange.export_state() at the last flush
+
+
+@dataclass
+class WrittenSpan:
+    """Records of the WAL files, in order: the byte range of each file that holds some of them."""
+
+    first: int = -1  # offset of the first record
+    last: int = -1  # offset of the last record
+    first_received_us: int = 0
+    parts: list[tuple[Path, int, int]] = field(default_factory=list)  # (segment, start byte, end byte)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The records in the WAL's framing, a chunk of at most ``_CHUNK_BYTES`` at a time."""
+        for path, start, end in self.parts:
+            with path.open("rb", buffering=0) as handle:
+                handle.seek(start)
+                while start < end:
+                    chunk = handle.read(min(_CHUNK_BYTES, end - start))
+                    if not chunk:
+                        raise OSError(f"WAL segment {path.name} ended at byte {start}, before byte {end}")
+                    start += len(chunk)
+                    yield chunk
 
 
 class WriteAheadLog:
@@ -155,12 +180,28 @@ class WriteAheadLog:
                     return
                 yield offset, received_us, kind, payload
 
-    def written_records(self, first: int, last: int) -> list[tuple[int, int, int, bytes]]:
-        """Records ``first..last`` that are already in the files (a sealed batch's), read without writing what
-        is gathered: safe from another thread while the run appends."""
-        return [record for path, seg_first, seg_last in self._segments()
-                if (seg_last is None or seg_last >= first) and seg_first <= last
-                for record in _read_segment(path) if first <= record[0] <= last]
+    def written_span(self, first: int, last: int) -> WrittenSpan | None:
+        """Where records ``first..last`` that are already in the files (a sealed batch's) lie, for copying them
+        verbatim: found a chunk at a time, without holding the files or a Python object per record. Reads
+        without writing what is gathered: safe from another thread while the run appends. None: no record."""
+        span = WrittenSpan()
+        for path, seg_first, seg_last in self._segments():
+            if (seg_last is not None and seg_last < first) or seg_first > last:
+                continue
+            start = end = -1
+            for offset, received_us, record_start, record_end in _scan_segment(path):
+                if offset > last:
+                    break
+                if offset < first:
+                    continue
+                if span.first < 0:
+                    span.first, span.first_received_us = offset, received_us
+                span.last = offset
+                start = record_start if start < 0 else start
+                end = record_end
+            if start >= 0:
+                span.parts.append((path, start, end))
+        return span if span.parts else None
 
     def unflushed_tail_start(self) -> int:
         """First offset after everything flushed or sealed-pending."""
@@ -241,6 +282,43 @@ def encode_records(records: Iterable[tuple[int, int, int, bytes]]) -> bytes:
 
 def _read_segment(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
     return decode_records(path.read_bytes())
+
+
+def _scan_segment(path: Path) -> Iterator[tuple[int, int, int, int]]:
+    """(offset, received_us, start byte, end byte) of a segment's records, up to the first torn or corrupt one
+    (as ``decode_records``), read a chunk at a time."""
+    with path.open("rb", buffering=0) as handle:
+        data, base, position = b"", 0, 0  # data[0] is at file byte ``base``; the next record at data[position]
+        while True:
+            if len(data) - position < _HEADER.size:
+                data, base, position = _refill(handle, data, base, position, _HEADER.size)
+                if len(data) < _HEADER.size:
+                    return
+            offset, received_us, _kind, length, crc = _HEADER.unpack_from(data, position)
+            size = _HEADER.size + length
+            if len(data) - position < size:
+                data, base, position = _refill(handle, data, base, position, size)
+                if len(data) < size:
+                    return  # torn by a crash mid-append
+            payload = position + _HEADER.size
+            if zlib.crc32(memoryview(data)[payload:payload + length]) != crc:
+                return
+            yield offset, received_us, base + position, base + position + size
+            position += size
+
+
+def _refill(handle: io.FileIO, data: bytes, base: int, position: int, needed: int) -> tuple[bytes, int, int]:
+    """Keep ``data[position:]`` and read on until it holds ``needed`` bytes or the file ends; the new
+    (data, base, position)."""
+    parts = [data[position:]]
+    held = len(parts[0])
+    while held < needed:
+        more = handle.read(max(_CHUNK_BYTES, needed - held))
+        if not more:
+            break
+        parts.append(more)
+        held += len(more)
+    return b"".join(parts), base + position, 0
 
 
 def decode_records(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:

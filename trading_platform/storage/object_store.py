@@ -8,10 +8,6 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-import boto3
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
-
 
 class ObjectStoreUnavailable(RuntimeError):
     """The object store could not be reached or refused the request; the message names it."""
@@ -75,6 +71,13 @@ class LocalObjectStore:
 
 class S3ObjectStore:
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
+        # Imported here: boto3 and botocore weigh on every process that imports this module (an ingestion run
+        # with the local lake among them), and only an S3 lake needs them.
+        import boto3
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._errors: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
@@ -91,14 +94,14 @@ class S3ObjectStore:
     def put(self, key: str, data: bytes) -> None:
         try:
             self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
-        except (BotoCoreError, ClientError) as error:
+        except self._errors as error:
             raise self._fail("put", key, error) from error
 
     def get(self, key: str) -> bytes:
         try:
             body = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
             return bytes(body.read())
-        except (BotoCoreError, ClientError) as error:
+        except self._errors as error:
             raise self._fail("get", key, error) from error
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -107,7 +110,7 @@ class S3ObjectStore:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 keys.extend(item["Key"][len(self.prefix):] for item in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as error:
+        except self._errors as error:
             raise self._fail("list", prefix, error) from error
         return sorted(keys)
 
@@ -117,14 +120,14 @@ class S3ObjectStore:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/"):
                 children.extend(item["Prefix"][len(self.prefix):] for item in page.get("CommonPrefixes", []))
-        except (BotoCoreError, ClientError) as error:
+        except self._errors as error:
             raise self._fail("list", prefix, error) from error
         return sorted(children)
 
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-        except (BotoCoreError, ClientError) as error:
+        except self._errors as error:
             raise self._fail("delete", key, error) from error
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trading_platform.ingestion.wal import WriteAheadLog
+from trading_platform.ingestion.wal import WriteAheadLog, encode_records
 
 
 def test_records_survive_reopening(tmp_path: Path) -> None:
@@ -125,3 +125,39 @@ def test_records_gathered_over_a_seal_start_a_segment_named_by_their_first_offse
     assert [p.name for p in sorted(tmp_path.glob("*.wal"))] == ["000000000000.wal", "000000000001.wal"]
     wal.mark_flushed(first, {})
     assert [p for _, _, _, p in wal.records(0)] == [b"y", b"z"]
+
+
+def test_a_written_span_copies_a_sealed_batch_exactly_as_its_records(tmp_path: Path) -> None:
+    """The archive copies a sealed batch's bytes from the files: the same bytes as its records re-encoded, across
+    segments, records larger than a read chunk and records of the next batch sharing its last segment."""
+    wal = WriteAheadLog(tmp_path)
+    payloads = [b"a" * 10, b"b" * (3 << 20), b"c", b"d" * 1000, b"e", b"f"]
+    for i, payload in enumerate(payloads[:3]):
+        wal.append(100 + i, payload)
+    first = wal.seal({})
+    for i, payload in enumerate(payloads[3:]):
+        wal.append(200 + i, payload)
+    second = wal.seal({}, through=4)  # record 5 was written with the batch but belongs to the next one
+    assert first is not None and second is not None
+    for batch in (first, second):
+        span = wal.written_span(batch.first, batch.last)
+        assert span is not None
+        assert (span.first, span.last, span.first_received_us) == (batch.first, batch.last,
+                                                                   next(wal.records(batch.first))[1])
+        assert b"".join(span.chunks()) == encode_records(wal.records(batch.first, batch.last))
+    across = wal.written_span(1, 5)
+    assert across is not None and len(across.parts) == 2
+    assert b"".join(across.chunks()) == encode_records(wal.records(1, 5))
+    assert wal.written_span(6, 9) is None
+
+
+def test_a_written_span_stops_at_a_torn_record(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    for i in range(3):
+        wal.append(i, b"frame-%d" % i)
+    wal.write()
+    segment = next(tmp_path.glob("*.wal"))
+    segment.write_bytes(segment.read_bytes()[:-2])  # the last record torn, as by a crash mid-append
+    span = wal.written_span(0, 2)
+    assert span is not None and (span.first, span.last) == (0, 1)
+    assert b"".join(span.chunks()) == encode_records(wal.records(0, 1))

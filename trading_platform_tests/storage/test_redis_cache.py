@@ -67,3 +67,15 @@ def test_a_candle_is_replaced_only_by_a_newer_or_fuller_one(redis_url: str) -> N
     cache.write_candles([candle(120_000_000, 1, 101.0)])
     stored = cache.read_candle("1m", "binance", "BTC-USDT")
     assert (stored["bucket_us"], stored["close"], stored["vwap"]) == ("120000000", "101.0", "100.0")
+
+
+def test_writes_in_one_round_trip_reach_redis_together_at_its_end(redis_url: str) -> None:
+    cache = PriceCache(connect(redis_url))
+    with cache.one_round_trip():
+        assert cache.write([trade(100.0, 10)]) == 1
+        assert cache.write_candles([candle(60_000_000, 5, 100.5)]) == 1
+        assert cache.read("binance", "BTC-USDT") == {}  # queued, not sent
+    assert cache.read("binance", "BTC-USDT")["price"] == "100.0"
+    assert cache.read_candle("1m", "binance", "BTC-USDT")["close"] == "100.5"
+    cache.write([trade(101.0, 20)])  # after it, a write is its own round trip again
+    assert cache.read("binance", "BTC-USDT")["price"] == "101.0"
