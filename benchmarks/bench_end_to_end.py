@@ -66,10 +66,13 @@ class RunReport:
     flush_seconds: list[float] = field(default_factory=list)
 
 
-def _ingest_child(conn: Connection, url: str, state_dir: str, redis_url: str) -> None:
+def _ingest_child(conn: Connection, replay_port: int, state_dir: str, redis_url: str) -> None:
     """The ingestion run with the platform's default knobs; stops (drains) when the parent says so."""
-    config = Settings(state_dir=Path(state_dir))
+    config = Settings(state_dir=Path(state_dir), feed_mode="replay", replay_port=replay_port)
     exchange = exchange_for(load_exchanges(config.exchanges_file).exchanges[EXCHANGE])
+    # The run's own exchange gives the URL: use_endpoints also points its REST calls (depth snapshots) at the
+    # replay feed, where they would otherwise go to the exchange's live endpoint.
+    url = exchange.use_endpoints(exchange.config.endpoints(config))
     flushes: list[float] = []
 
     def on_flush(report: FlushReport) -> None:
@@ -170,11 +173,9 @@ def _run_at(rate: int, seconds: float, exchanges: ExchangesFile, tmp: Path) -> l
 def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url: str,
             seconds: float) -> tuple[Window, RunReport]:
     exchange = exchange_for(exchanges.exchanges[EXCHANGE])
-    url = exchange.connect_url(exchange.config.endpoints(
-        Settings(feed_mode="replay", replay_host=replay.host, replay_port=replay.port)))
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: its RSS is the run's own
     conn, child_end = context.Pipe()
-    process = context.Process(target=_ingest_child, args=(child_end, url, str(tmp), redis_url), daemon=True)
+    process = context.Process(target=_ingest_child, args=(child_end, replay.port, str(tmp), redis_url), daemon=True)
     process.start()
     child_end.close()
     try:

@@ -246,7 +246,7 @@ def run(quick: bool) -> list[Figure]:
         with running_replay_server(exchanges, rate_per_symbol=trade_rate, book_rate_per_symbol=BOOK_RATE_PER_SYMBOL,
                                    seed=5) as replay:
             exchange = exchange_for(exchanges.exchanges[EXCHANGE])
-            url = exchange.connect_url(exchange.config.endpoints(
+            url = exchange.use_endpoints(exchange.config.endpoints(
                 Settings(feed_mode="replay", replay_host=replay.host, replay_port=replay.port)))
             window, report = _measure(replay, url, seconds)
     finally:

@@ -84,7 +84,7 @@ class FeedResource(dg.ConfigurableResource):
     def exchange(self, name: str) -> tuple[Exchange, str]:
         exchange = exchange_for(self.exchanges().exchanges[name])
         endpoints = Endpoints(ws_url=self.ws_urls[name], rest_url=self.rest_urls.get(name))
-        return exchange, exchange.connect_url(endpoints)
+        return exchange, exchange.use_endpoints(endpoints)
 
 
 class IngestionResource(dg.ConfigurableResource):

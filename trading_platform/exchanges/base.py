@@ -85,7 +85,7 @@ class Exchange(RecordDecoder):
         # checksums_failed, sequence_gaps, snapshots_applied (modules add their own keys freely).
         self.counters: Counter[str] = Counter()
         self.trade_gaps = TradeGaps(self.symbols, self.counters)
-        # REST base URL for history backfills; connect_url() replaces it with the configured endpoint.
+        # REST base URL for history backfills; use_endpoints() replaces it with the configured endpoint.
         self.rest_url = (config.live.rest_url or "").rstrip("/")
         self.books: dict[str, OrderBook] = {s: OrderBook() for s in self.symbols}
         self.synced: dict[str, bool] = dict.fromkeys(self.symbols, False)
@@ -99,9 +99,18 @@ class Exchange(RecordDecoder):
     def native_symbol(symbol: str) -> str:
         """The exchange's spelling of a normalized BASE-QUOTE symbol."""
 
+    def use_endpoints(self, endpoints: Endpoints) -> str:
+        """Point this exchange at ``endpoints``: its REST calls (book snapshots, trade backfills) go to their REST
+        base from now on. Returns the WebSocket URL to open. Call it on the very instance the run decodes with
+        (a second instance would leave the run's REST calls on the default endpoint)."""
+        if endpoints.rest_url:
+            self.rest_url = endpoints.rest_url.rstrip("/")
+        return self.connect_url(endpoints)
+
     @abstractmethod
     def connect_url(self, endpoints: Endpoints) -> str:
-        """The WebSocket URL to open (may already carry the subscriptions)."""
+        """The WebSocket URL to open (may already carry the subscriptions); the protocol's part of
+        ``use_endpoints``."""
 
     @abstractmethod
     def subscribe_frames(self) -> list[str]:

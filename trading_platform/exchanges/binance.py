@@ -151,7 +151,7 @@ class Binance(Exchange):
         if streams > _MAX_STREAMS:
             raise ConfigError(f"exchanges.binance: {streams} streams exceed Binance's {_MAX_STREAMS} per connection "
                               f"(each symbol needs one per channel); configure fewer symbols")
-        # Remembered from connect_url; the offline importer never connects and never performs actions.
+        # Set by use_endpoints; the offline importer never connects and never performs actions.
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
         self._buffers: dict[str, deque[_Diff]] = {s: deque(maxlen=_MAX_BUFFERED) for s in self.symbols}
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
@@ -176,8 +176,6 @@ class Binance(Exchange):
     def connect_url(self, endpoints: Endpoints) -> str:
         # Streams ride on the URL: no SUBSCRIBE frames, so the 5 msg/s inbound limit is not touched
         # at connect (at most 1024 streams, checked at construction).
-        if endpoints.rest_url:
-            self.rest_url = endpoints.rest_url.rstrip("/")
         return f"{endpoints.ws_url}?streams={'/'.join(self._streams())}"
 
     def subscribe_frames(self) -> list[str]:

@@ -218,8 +218,6 @@ class Coinbase(Exchange):
         return symbol
 
     def connect_url(self, endpoints: Endpoints) -> str:
-        if endpoints.rest_url:
-            self.rest_url = endpoints.rest_url.rstrip("/")
         return endpoints.ws_url
 
     def _channels(self) -> list[str]:

@@ -190,8 +190,6 @@ class Kraken(Exchange):
         return symbol.replace("-", "/")
 
     def connect_url(self, endpoints: Endpoints) -> str:
-        if endpoints.rest_url:
-            self.rest_url = endpoints.rest_url.rstrip("/")
         return endpoints.ws_url
 
     def _wants_trades(self) -> bool:

@@ -33,8 +33,8 @@ def settings(tmp_path: Path, redis_url: str, exchanges_config: ExchangesFile) ->
                         redis_url=redis_url)
     config = exchanges_config.exchanges["binance"]
     with running_replay_server(exchanges_config, rate_per_symbol=10.0, seed=8) as replay:
-        exchange = exchange_for(config)  # one instance: its connect URL also points its REST calls at the replay
-        runner = IngestionRunner(exchange, exchange.connect_url(replay_endpoints(config, replay.host, replay.port)),
+        exchange = exchange_for(config)  # one instance: use_endpoints also points its REST calls at the replay
+        runner = IngestionRunner(exchange, exchange.use_endpoints(replay_endpoints(config, replay.host, replay.port)),
                                  LocalObjectStore(tmp_path / "lake"),
                                  settings.model_copy(update={"batch_max_age_s": 1.0, "hot_tick_s": 0.2}))
         stop = threading.Event()

@@ -81,7 +81,7 @@ def test_error_reply_is_kept_as_exchange_error(binance: Binance) -> None:
 
 def test_connect_url_carries_lowercase_combined_streams(binance: Binance, exchanges_config: ExchangesFile) -> None:
     endpoints = exchanges_config.exchanges["binance"].live
-    url = binance.connect_url(endpoints)
+    url = binance.use_endpoints(endpoints)
     assert url.startswith(f"{endpoints.ws_url}?streams=btcusdt@trade/ethusdt@trade/")
     assert binance.subscribe_frames() == []
 

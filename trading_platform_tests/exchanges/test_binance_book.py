@@ -64,7 +64,7 @@ def make(exchanges_config: ExchangesFile, **changes: object) -> Binance:
     for key, value in changes.items():
         setattr(config, key, value)
     exchange = Binance(config)
-    exchange.connect_url(Endpoints(ws_url="ws://127.0.0.1:9/binance/stream", rest_url=REST_URL))
+    exchange.use_endpoints(Endpoints(ws_url="ws://127.0.0.1:9/binance/stream", rest_url=REST_URL))
     return exchange
 
 
@@ -83,7 +83,7 @@ def synced(binance: Binance) -> Binance:
 
 # --- subscription --------------------------------------------------------------------------------
 def test_connect_url_adds_depth_streams_when_book_is_configured(binance: Binance) -> None:
-    url = binance.connect_url(Endpoints(ws_url="ws://127.0.0.1/binance/stream", rest_url=REST_URL))
+    url = binance.use_endpoints(Endpoints(ws_url="ws://127.0.0.1/binance/stream", rest_url=REST_URL))
     streams = url.split("?streams=")[1].split("/")
     assert "btcusdt@trade" in streams and "btcusdt@depth@100ms" in streams and "bnbbtc@depth@100ms" in streams
     assert binance.subscribe_frames() == []
@@ -96,7 +96,7 @@ def test_unsubscribe_covers_the_depth_streams(binance: Binance) -> None:
 
 def test_trades_only_config_has_no_depth_streams(exchanges_config: ExchangesFile) -> None:
     binance = make(exchanges_config, channels=["trades"])
-    assert "@depth" not in binance.connect_url(Endpoints(ws_url="ws://127.0.0.1/stream"))
+    assert "@depth" not in binance.use_endpoints(Endpoints(ws_url="ws://127.0.0.1/stream"))
 
 
 def test_more_than_1024_streams_is_a_config_error(exchanges_config: ExchangesFile) -> None:

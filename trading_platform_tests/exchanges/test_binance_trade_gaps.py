@@ -31,7 +31,7 @@ def ranges(action: FetchSnapshot) -> str:
 @pytest.fixture
 def binance(exchanges_config: ExchangesFile) -> Binance:
     exchange = Binance(exchanges_config.exchanges["binance"])
-    exchange.connect_url(replay_endpoints(exchange.config, "127.0.0.1", 9555))  # REST on loopback, never live
+    exchange.use_endpoints(replay_endpoints(exchange.config, "127.0.0.1", 9555))  # REST on loopback, never live
     return exchange
 
 

@@ -169,7 +169,7 @@ def test_frame_without_client_id_is_accepted(coinbase: Coinbase) -> None:
 # --- subscription --------------------------------------------------------------------------------------------
 def test_subscribe_frames_one_per_channel_data_first(coinbase: Coinbase, exchanges_config: ExchangesFile) -> None:
     live = exchanges_config.exchanges["coinbase"].live
-    assert coinbase.connect_url(live) == live.ws_url
+    assert coinbase.use_endpoints(live) == live.ws_url
     assert [json.loads(frame) for frame in coinbase.subscribe_frames()] == [
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "market_trades"},
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"},

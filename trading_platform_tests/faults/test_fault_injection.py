@@ -126,7 +126,7 @@ def start_fleet(tmp_path: Path, replay: ReplayServer, exchanges_config: Exchange
     runners, threads = {}, {}
     for name in EXCHANGES:
         exchange = exchange_for(exchanges_config.exchanges[name])
-        url = exchange.connect_url(replay_endpoints(exchange.config, replay.host, replay.port))
+        url = exchange.use_endpoints(replay_endpoints(exchange.config, replay.host, replay.port))
         runners[name] = IngestionRunner(
             exchange, url, store, Settings(state_dir=tmp_path, **values),
             price_cache=(lambda: PriceCache(connect(redis_url))) if redis_url else None)

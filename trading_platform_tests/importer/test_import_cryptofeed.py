@@ -76,7 +76,7 @@ def record(folder: Path, exchanges_config: ExchangesFile, name: str) -> Recordin
     with running_replay_server(served, rate_per_symbol=10.0, seed=11, record={name: raw},
                                record_format="cryptofeed") as server:
         exchange = exchange_for(served.exchanges[name])  # type: ignore[index]
-        url = exchange.connect_url(replay_endpoints(exchange.config, server.host, server.port))
+        url = exchange.use_endpoints(replay_endpoints(exchange.config, server.host, server.port))
         live = LocalObjectStore(folder / "live")
         runner = IngestionRunner(exchange, url, live, Settings(state_dir=folder, batch_max_age_s=0.5,
                                                                hot_tick_s=0.2))

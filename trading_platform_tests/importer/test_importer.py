@@ -28,7 +28,7 @@ def live_then_capture(tmp_path: Path, exchanges_config: ExchangesFile, name: str
     with running_replay_server(exchanges_config, rate_per_symbol=5.0, seed=4, record={name: capture},
                                record_format=record_format) as server:
         exchange = exchange_for(exchanges_config.exchanges[name])  # type: ignore[index]
-        url = exchange.connect_url(replay_endpoints(exchange.config, server.host, server.port))
+        url = exchange.use_endpoints(replay_endpoints(exchange.config, server.host, server.port))
         runner = IngestionRunner(exchange, url, LocalObjectStore(tmp_path / "live"),
                                  Settings(state_dir=tmp_path, batch_max_age_s=1.0, hot_tick_s=0.2))
         stop = threading.Event()

@@ -33,7 +33,7 @@ def replay(exchanges_config: ExchangesFile) -> Iterator[ReplayServer]:
 
 def start(tmp_path: Path, replay: ReplayServer, exchange: Exchange) -> tuple[IngestionRunner, threading.Event,
                                                                              threading.Thread]:
-    url = exchange.connect_url(replay_endpoints(exchange.config, replay.host, replay.port))
+    url = exchange.use_endpoints(replay_endpoints(exchange.config, replay.host, replay.port))
     runner = IngestionRunner(exchange, url, LocalObjectStore(tmp_path / "lake"),
                              Settings(state_dir=tmp_path, batch_max_age_s=1.0, hot_tick_s=0.2,
                                       reconnect_initial_s=0.1, reconnect_max_s=1.0))

@@ -100,10 +100,10 @@ def _trades(root: Path, exchange: str) -> pl.DataFrame:
 
 def _runner(replay: ReplayServer, exchanges: ExchangesFile, name: str, root: Path,
             settings: Settings) -> IngestionRunner:
-    """A run of ``name`` into ``root``'s lake, WebSocket and REST on ``replay`` (one exchange instance: its
-    connect URL also points its REST calls at the replay server)."""
+    """A run of ``name`` into ``root``'s lake, WebSocket and REST on ``replay`` (one exchange instance:
+    use_endpoints also points its REST calls at the replay server)."""
     exchange = exchange_for(exchanges.exchanges[name])
-    url = exchange.connect_url(replay_endpoints(exchange.config, replay.host, replay.port))
+    url = exchange.use_endpoints(replay_endpoints(exchange.config, replay.host, replay.port))
     return IngestionRunner(exchange, url, LocalObjectStore(root / "lake"), settings)
 
 

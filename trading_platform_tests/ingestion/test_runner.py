@@ -45,7 +45,7 @@ def config(tmp_path: Path, **overrides: float) -> Settings:
 
 
 def url_for(server: ReplayServer, binance: Binance) -> str:
-    return binance.connect_url(replay_endpoints(binance.config, server.host, server.port))
+    return binance.use_endpoints(replay_endpoints(binance.config, server.host, server.port))
 
 
 def run_in_thread(runner: IngestionRunner, stop: threading.Event) -> threading.Thread:
@@ -164,7 +164,7 @@ def test_an_unreachable_endpoint_is_retried_with_backoff_and_reported(tmp_path: 
                                                                       exchanges_config: ExchangesFile) -> None:
     port = free_port()
     statuses: list[str] = []
-    runner = IngestionRunner(binance, binance.connect_url(replay_endpoints(binance.config, "127.0.0.1", port)),
+    runner = IngestionRunner(binance, binance.use_endpoints(replay_endpoints(binance.config, "127.0.0.1", port)),
                              LocalObjectStore(tmp_path / "lake"), config(tmp_path), on_status=statuses.append)
     stop = threading.Event()
     thread = run_in_thread(runner, stop)
@@ -211,7 +211,7 @@ import threading
 from pathlib import Path
 url, rest_url, root, config_file = sys.argv[1:5]
 binance = Binance(load_exchanges(Path(config_file)).exchanges["binance"])
-runner = IngestionRunner(binance, binance.connect_url(Endpoints(ws_url=url, rest_url=rest_url)),
+runner = IngestionRunner(binance, binance.use_endpoints(Endpoints(ws_url=url, rest_url=rest_url)),
                          LocalObjectStore(Path(root) / "lake"),
                          Settings(state_dir=Path(root), batch_max_age_s=1.0, hot_tick_s=0.2),
                          on_status=lambda m: print(m, flush=True))
