@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.harness import Figure, at_most
+from benchmarks.harness import Figure, SlowConsumerCount, at_most, cpu_seconds
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.dev.valkey import EmbeddedValkey
 from trading_platform.exchanges.registry import exchange_for
@@ -46,7 +46,6 @@ SAMPLE_EVERY_S = 0.1  # Redis sampling cadence
 CONNECT_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
 RSS_TARGET_MB = 300
-SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a client that lags
 
 
 @dataclass
@@ -98,27 +97,12 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (``/proc/<pid>/stat`` utime, stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-class _SlowConsumerCount(logging.Handler):
-    """Counts the replay server's "slow consumer" drops (it logs each one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.drops = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.drops += SLOW_CONSUMER in record.getMessage()
 
 
 @dataclass
@@ -152,7 +136,7 @@ def _sample_redis(redis_url: str, symbols: list[str], seconds: float, window: Wi
 def _run_at(rate: int, seconds: float, exchanges: ExchangesFile, tmp: Path) -> list[Figure]:
     symbols = exchanges.exchanges[EXCHANGE].symbols
     trade_rate = (rate - DEPTH_PER_SYMBOL * len(symbols)) / len(symbols)
-    slow = _SlowConsumerCount()
+    slow = SlowConsumerCount()
     logging.getLogger("trading_platform.replay").addHandler(slow)
     valkey = EmbeddedValkey(_free_port(), tmp / "valkey")
     valkey.start()
@@ -187,12 +171,12 @@ def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url
         time.sleep(1.0)  # past the connect and the first book snapshots: the window measures the steady state
         window = Window()
         sent_before, executed_before = replay.ledger.count(EXCHANGE), _executed(replay)
-        cpu_before, replay_cpu_before = _cpu_seconds(process.pid or 0), _cpu_seconds(os.getpid())
+        cpu_before, replay_cpu_before = cpu_seconds(process.pid or 0), cpu_seconds(os.getpid())
         started = time.monotonic()
         _sample_redis(redis_url, exchange.symbols, seconds, window)
         window.seconds = time.monotonic() - started
-        window.cpu_seconds = _cpu_seconds(process.pid or 0) - cpu_before
-        window.replay_cpu_seconds = _cpu_seconds(os.getpid()) - replay_cpu_before
+        window.cpu_seconds = cpu_seconds(process.pid or 0) - cpu_before
+        window.replay_cpu_seconds = cpu_seconds(os.getpid()) - replay_cpu_before
         window.trades_sent = replay.ledger.count(EXCHANGE) - sent_before
         window.trades_executed = _executed(replay) - executed_before
         conn.send("stop")

@@ -20,14 +20,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from benchmarks.harness import Figure, at_least
+from benchmarks.harness import Figure, SlowConsumerCount, at_least, cpu_seconds
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.exchanges.registry import exchange_for
 from trading_platform.replay import ReplayServer, running_replay_server
@@ -42,7 +41,6 @@ WARMUP_S = 1.0  # past the connect and the first frames: the window measures the
 CHECKPOINT_S = 0.1  # the client notes (time, counts, CPU) this often; the window's ends are interpolated
 CONNECT_TIMEOUT_S = 30.0
 SATURATED_CORES = 0.85  # a side using this much of a core had no headroom left
-SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a client that lags
 
 
 @dataclass
@@ -105,11 +103,6 @@ def _read_frames(conn: Connection, url: str) -> None:
     conn.send(report)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (``/proc/<pid>/stat`` utime, stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def _at(checkpoints: list[Checkpoint], when: float) -> Checkpoint:
     """The client's counts at ``when``, interpolated between its checkpoints."""
@@ -120,16 +113,6 @@ def _at(checkpoints: list[Checkpoint], when: float) -> Checkpoint:
     return Checkpoint(when, round(a.frames + w * (b.frames - a.frames)), round(a.trades + w * (b.trades - a.trades)),
                       a.cpu_seconds + w * (b.cpu_seconds - a.cpu_seconds))
 
-
-class _SlowConsumerCount(logging.Handler):
-    """Counts the replay server's "slow consumer" drops (it logs each one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.drops = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.drops += SLOW_CONSUMER in record.getMessage()
 
 
 @dataclass
@@ -159,11 +142,11 @@ def _measure(replay: ReplayServer, url: str, seconds: float) -> tuple[Window, Cl
         time.sleep(WARMUP_S)
         window = Window()
         sent_before, executed_before = replay.ledger.frames(EXCHANGE), _executed(replay)
-        cpu_before = _cpu_seconds(os.getpid())
+        cpu_before = cpu_seconds(os.getpid())
         window.started = time.monotonic()
         time.sleep(seconds)
         window.seconds = time.monotonic() - window.started
-        window.server_cpu_seconds = _cpu_seconds(os.getpid()) - cpu_before
+        window.server_cpu_seconds = cpu_seconds(os.getpid()) - cpu_before
         window.trades_sent = replay.ledger.frames(EXCHANGE) - sent_before
         window.trades_executed = _executed(replay) - executed_before
         time.sleep(2 * CHECKPOINT_S)  # a client checkpoint past the window's end
@@ -240,7 +223,7 @@ def run(quick: bool) -> list[Figure]:
     symbols = exchanges.exchanges[EXCHANGE].symbols
     trade_rate = (RATE - DEPTH_PER_SYMBOL * len(symbols)) / len(symbols)
     seconds = QUICK_SECONDS if quick else SECONDS
-    slow = _SlowConsumerCount()
+    slow = SlowConsumerCount()
     logging.getLogger("trading_platform.replay").addHandler(slow)
     try:
         with running_replay_server(exchanges, rate_per_symbol=trade_rate, book_rate_per_symbol=BOOK_RATE_PER_SYMBOL,

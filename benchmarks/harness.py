@@ -10,11 +10,16 @@ its min and max. Ratios are taken between medians of the same run.
 
 from __future__ import annotations
 
+import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a client that lags
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,21 @@ def _human(value: float) -> str:
     if abs(value) >= 100 or value == int(value):
         return f"{value:.0f}"
     return f"{value:.3g}"
+
+
+# --- measuring processes (the end-to-end and replay sections) -----------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (``/proc/<pid>/stat`` utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SlowConsumerCount(logging.Handler):
+    """Counts the replay server's "slow consumer" drops (it logs each one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.drops = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.drops += SLOW_CONSUMER in record.getMessage()
