@@ -139,11 +139,12 @@ def test_replay_from_the_lake_serves_the_archived_frames_as_received(tmp_path: P
 
     frames = [b'{"channel":"heartbeat"}', b'{"channel":"status","type":"update","data":[{"system":"online"}]}']
     at_us = int(datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp() * 1_000_000)
-    records = [(0, at_us, RecordKind.CONNECTED, b"ws://x/kraken/v2")] + [
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/kraken/v2"  # the recorded connection: the replay feed, never the internet
+    records = [(0, at_us, RecordKind.CONNECTED, url.encode())] + [
         (n + 1, at_us + n, RecordKind.FRAME, frame) for n, frame in enumerate(frames)]
     write_archive(LocalObjectStore(tmp_path / "lake"), "kraken",
                   ArchivedBatch("kraken-000000000000-000000000002", records, {}, {}))
-    port = free_port()
     env = dict(os.environ, TP_STATE_DIR=str(tmp_path), TP_REPLAY_PORT=str(port))
     server = subprocess.Popen([*CLI, "replay", "--from-lake", "kraken", "2026-12-01", "--speed", "0"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -151,7 +152,7 @@ def test_replay_from_the_lake_serves_the_archived_frames_as_received(tmp_path: P
         deadline = time.monotonic() + 60
         while True:
             try:
-                client = ws_connect(f"ws://127.0.0.1:{port}/kraken/v2")
+                client = ws_connect(url)
                 break
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stderr

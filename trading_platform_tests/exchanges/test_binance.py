@@ -8,6 +8,7 @@ import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges.binance import Binance
+from trading_platform_tests.support import replay_endpoints
 
 DOC_TRADE = (b'{"e": "trade", "E": 1672515782136, "s": "BNBBTC", "t": 12345, "p": "0.001", "q": "100", '
              b'"T": 1672515782136, "m": true, "M": true}')
@@ -80,7 +81,7 @@ def test_error_reply_is_kept_as_exchange_error(binance: Binance) -> None:
 
 
 def test_connect_url_carries_lowercase_combined_streams(binance: Binance, exchanges_config: ExchangesFile) -> None:
-    endpoints = exchanges_config.exchanges["binance"].live
+    endpoints = replay_endpoints(exchanges_config.exchanges["binance"], "127.0.0.1", 9555)
     url = binance.use_endpoints(endpoints)
     assert url.startswith(f"{endpoints.ws_url}?streams=btcusdt@trade/ethusdt@trade/")
     assert binance.subscribe_frames() == []

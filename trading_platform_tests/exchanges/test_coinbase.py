@@ -12,6 +12,7 @@ from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, Coinbase
 from trading_platform.exchanges.decoded import DecodedFrames, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
+from trading_platform_tests.support import replay_endpoints
 
 DOC_L2_SNAPSHOT = b"""{
   "channel": "l2_data", "client_id": "", "timestamp": "2023-02-09T20:32:50.714964855Z", "sequence_num": 0,
@@ -168,8 +169,8 @@ def test_frame_without_client_id_is_accepted(coinbase: Coinbase) -> None:
 
 # --- subscription --------------------------------------------------------------------------------------------
 def test_subscribe_frames_one_per_channel_data_first(coinbase: Coinbase, exchanges_config: ExchangesFile) -> None:
-    live = exchanges_config.exchanges["coinbase"].live
-    assert coinbase.use_endpoints(live) == live.ws_url
+    endpoints = replay_endpoints(exchanges_config.exchanges["coinbase"], "127.0.0.1", 9555)
+    assert coinbase.use_endpoints(endpoints) == endpoints.ws_url
     assert [json.loads(frame) for frame in coinbase.subscribe_frames()] == [
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "market_trades"},
         {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"},
