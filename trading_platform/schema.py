@@ -97,21 +97,27 @@ BATCH_FILES_METADATA = b"trading_platform.batch_files"
 # Dedup by insert token on a plain MergeTree needs a non-zero window (replicated tables have one).
 _DEDUP = {"non_replicated_deduplication_window": "100000"}
 
+# Columns several tables share, declared once.
+_EXCHANGE = Column("exchange", pa.string(), "LowCardinality(String)", "exchange name")
+_SYMBOL = Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol")
+_NATIVE_SYMBOL = Column("native_symbol", pa.string(), "LowCardinality(String)", "the exchange spelling")
+_BATCH_ID = Column("batch_id", pa.string(), "String", "lake batch that carried the row")
+
 MARKET_TRADES = Table(
     name="market_trades",
     dataset="trades",
     description="Normalized trades of every exchange, one row per exchange trade",
     columns=(
         Column("exchange", pa.string(), "LowCardinality(String)", "exchange name, e.g. binance"),
-        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
-        Column("native_symbol", pa.string(), "LowCardinality(String)", "the exchange spelling"),
+        _SYMBOL,
+        _NATIVE_SYMBOL,
         Column("trade_id", pa.string(), "String", "exchange trade id"),
         Column("price", pa.float64(), "Float64", "trade price in quote currency"),
         Column("quantity", pa.float64(), "Float64", "trade size in base currency"),
         Column("side", pa.string(), "LowCardinality(String)", "taker side: buy or sell"),
         Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "exchange trade time"),
         Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received it"),
-        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+        _BATCH_ID,
     ),
     order_by=("exchange", "symbol", "timestamp"),
     partition_by="toYYYYMM(timestamp)",
@@ -124,12 +130,12 @@ QUARANTINE = Table(
     dataset="quarantine",
     description="Frames or rows rejected by parsing or validation, with the raw text",
     columns=(
-        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
+        _EXCHANGE,
         Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received it"),
         Column("reason", pa.string(), "LowCardinality(String)", "rule that rejected it"),
         Column("detail", pa.string(), "String", "human-readable explanation"),
         Column("raw", pa.string(), "String", "the frame exactly as received"),
-        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+        _BATCH_ID,
     ),
     order_by=("exchange", "received_at"),
     partition_by="toYYYYMM(received_at)",
@@ -145,15 +151,15 @@ ORDERBOOK_SNAPSHOTS = Table(
     dataset="orderbook",
     description="Top-N levels of each maintained order book at a fixed cadence; never emitted out of sync",
     columns=(
-        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
-        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
-        Column("native_symbol", pa.string(), "LowCardinality(String)", "the exchange spelling"),
+        _EXCHANGE,
+        _SYMBOL,
+        _NATIVE_SYMBOL,
         Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "exchange time of the last applied update"),
         Column("received_at", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform received that update"),
         Column("sequence", pa.int64(), "Int64", "exchange update id / sequence of the book state (0 if none)"),
         Column("bids", BOOK_LEVELS, "Array(Tuple(Float64, Float64))", "[(price, qty)] best first"),
         Column("asks", BOOK_LEVELS, "Array(Tuple(Float64, Float64))", "[(price, qty)] best first"),
-        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+        _BATCH_ID,
     ),
     order_by=("exchange", "symbol", "timestamp"),
     partition_by="toYYYYMM(timestamp)",
@@ -166,12 +172,12 @@ BOOK_EVENTS = Table(
     dataset="book_events",
     description="Order-book integrity events: sequence gaps, checksum mismatches, resyncs",
     columns=(
-        Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
-        Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
+        _EXCHANGE,
+        _SYMBOL,
         Column("timestamp", UTC_MICROS, "DateTime64(6, 'UTC')", "time the platform detected it"),
         Column("kind", pa.string(), "LowCardinality(String)", "sequence_gap, checksum_mismatch, resync, ..."),
         Column("detail", pa.string(), "String", "expected vs got, ids involved"),
-        Column("batch_id", pa.string(), "String", "lake batch that carried the row"),
+        _BATCH_ID,
     ),
     order_by=("exchange", "symbol", "timestamp"),
     partition_by="toYYYYMM(timestamp)",
@@ -229,9 +235,7 @@ def _per_day(name: str, description: str, keys: tuple[Column, ...], values: tupl
 
 
 def _symbol_keys(what: str) -> tuple[Column, ...]:
-    return (Column("exchange", pa.string(), "LowCardinality(String)", "exchange name"),
-            Column("symbol", pa.string(), "LowCardinality(String)", "normalized BASE-QUOTE symbol"),
-            Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {what} (UTC)"))
+    return (_EXCHANGE, _SYMBOL, Column("bucket", UTC_MICROS, "DateTime64(6, 'UTC')", f"start of the {what} (UTC)"))
 
 
 def _candles(interval: str, description: str) -> Table:
