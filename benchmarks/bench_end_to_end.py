@@ -11,7 +11,6 @@ time up in the lake.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import resource
 import socket
@@ -26,7 +25,15 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.harness import Figure, SlowConsumerCount, at_most, cpu_seconds
+from benchmarks.harness import (
+    Figure,
+    SlowConsumerCount,
+    at_most,
+    cpu_seconds,
+    executed_trades,
+    spawned,
+    stop_child,
+)
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.dev.valkey import EmbeddedValkey
 from trading_platform.exchanges.registry import exchange_for
@@ -157,12 +164,7 @@ def _run_at(rate: int, seconds: float, exchanges: ExchangesFile, tmp: Path) -> l
 def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url: str,
             seconds: float) -> tuple[Window, RunReport]:
     exchange = exchange_for(exchanges.exchanges[EXCHANGE])
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: its RSS is the run's own
-    conn, child_end = context.Pipe()
-    process = context.Process(target=_ingest_child, args=(child_end, replay.port, str(tmp), redis_url), daemon=True)
-    process.start()
-    child_end.close()
-    try:
+    with spawned(_ingest_child, replay.port, str(tmp), redis_url) as (process, conn):
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not replay.connections() or replay.ledger.count(EXCHANGE) == 0:
             if time.monotonic() > deadline or not process.is_alive():
@@ -170,7 +172,7 @@ def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url
             time.sleep(0.1)
         time.sleep(1.0)  # past the connect and the first book snapshots: the window measures the steady state
         window = Window()
-        sent_before, executed_before = replay.ledger.count(EXCHANGE), _executed(replay)
+        sent_before, executed_before = replay.ledger.count(EXCHANGE), executed_trades(replay, EXCHANGE)
         cpu_before, replay_cpu_before = cpu_seconds(process.pid or 0), cpu_seconds(os.getpid())
         started = time.monotonic()
         _sample_redis(redis_url, exchange.symbols, seconds, window)
@@ -178,22 +180,8 @@ def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url
         window.cpu_seconds = cpu_seconds(process.pid or 0) - cpu_before
         window.replay_cpu_seconds = cpu_seconds(os.getpid()) - replay_cpu_before
         window.trades_sent = replay.ledger.count(EXCHANGE) - sent_before
-        window.trades_executed = _executed(replay) - executed_before
-        conn.send("stop")
-        if not conn.poll(DRAIN_TIMEOUT_S):
-            raise RuntimeError(f"the ingestion run did not drain within {DRAIN_TIMEOUT_S:g} s")
-        report = conn.recv()
-        assert isinstance(report, RunReport)
-        return window, report
-    finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-
-
-def _executed(replay: ReplayServer) -> int:
-    # Trade ids step by one per symbol: the newest id is the running count (the kept history is capped).
-    return sum(doc["last_id"] for doc in replay.history(EXCHANGE, with_trades=False).values())
+        window.trades_executed = executed_trades(replay, EXCHANGE) - executed_before
+        return window, stop_child(conn, DRAIN_TIMEOUT_S, RunReport, "the ingestion run (draining)")
 
 
 def _limit(asked: float, window: Window, slow_drops: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import multiprocessing
 import os
 import socket
 import time
@@ -26,7 +25,15 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from benchmarks.harness import Figure, SlowConsumerCount, at_least, cpu_seconds
+from benchmarks.harness import (
+    Figure,
+    SlowConsumerCount,
+    at_least,
+    cpu_seconds,
+    executed_trades,
+    spawned,
+    stop_child,
+)
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.exchanges.registry import exchange_for
 from trading_platform.replay import ReplayServer, running_replay_server
@@ -127,12 +134,7 @@ class Window:
 
 
 def _measure(replay: ReplayServer, url: str, seconds: float) -> tuple[Window, ClientReport]:
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this process's state
-    conn, child_end = context.Pipe()
-    process = context.Process(target=_read_frames, args=(child_end, url), daemon=True)
-    process.start()
-    child_end.close()
-    try:
+    with spawned(_read_frames, url) as (process, conn):
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         # A server that cannot keep up may never get to send: then the window measures that (zero).
         while replay.ledger.frames(EXCHANGE) == 0 and time.monotonic() < deadline:
@@ -141,33 +143,19 @@ def _measure(replay: ReplayServer, url: str, seconds: float) -> tuple[Window, Cl
             time.sleep(0.1)
         time.sleep(WARMUP_S)
         window = Window()
-        sent_before, executed_before = replay.ledger.frames(EXCHANGE), _executed(replay)
+        sent_before, executed_before = replay.ledger.frames(EXCHANGE), executed_trades(replay, EXCHANGE)
         cpu_before = cpu_seconds(os.getpid())
         window.started = time.monotonic()
         time.sleep(seconds)
         window.seconds = time.monotonic() - window.started
         window.server_cpu_seconds = cpu_seconds(os.getpid()) - cpu_before
         window.trades_sent = replay.ledger.frames(EXCHANGE) - sent_before
-        window.trades_executed = _executed(replay) - executed_before
+        window.trades_executed = executed_trades(replay, EXCHANGE) - executed_before
         time.sleep(2 * CHECKPOINT_S)  # a client checkpoint past the window's end
-        conn.send("stop")
-        if not conn.poll(CONNECT_TIMEOUT_S):
-            raise RuntimeError("the client did not report")
-        report = conn.recv()
-        assert isinstance(report, ClientReport)
+        report = stop_child(conn, CONNECT_TIMEOUT_S, ClientReport, "the client")
         if report.error is not None:
             raise RuntimeError(f"the client failed: {report.error}")
         return window, report
-    finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-
-
-def _executed(replay: ReplayServer) -> int:
-    # Trade ids step by one per symbol: the next id is the running count. Read without a trip through the
-    # server's loop (an int attribute read is atomic), which an overloaded server may not run for a while.
-    return sum(market.next_trade_id for market in replay.feeds[EXCHANGE].market.markets.values())
 
 
 def _limit(achieved: float, window: Window, server_cores: float, client_cores: float, slow_drops: int) -> str:

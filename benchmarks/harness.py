@@ -11,14 +11,21 @@ its min and max. Ratios are taken between medians of the same run.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from trading_platform.replay import ReplayServer
+
+_Report = TypeVar("_Report")
 SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a client that lags
 
 
@@ -115,3 +122,37 @@ class SlowConsumerCount(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.drops += SLOW_CONSUMER in record.getMessage()
+
+
+@contextmanager
+def spawned(target: Callable[..., None], *args: Any) -> Iterator[tuple[BaseProcess, Connection]]:
+    """``target(pipe_end, *args)`` in a child with a fresh interpreter (its CPU and RSS are its own, none of
+    this process's state), and this side of the pipe; the child is joined, or killed, when the block ends."""
+    context = multiprocessing.get_context("spawn")
+    conn, child_end = context.Pipe()
+    process = context.Process(target=target, args=(child_end, *args), daemon=True)
+    process.start()
+    child_end.close()
+    try:
+        yield process, conn
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+def stop_child(conn: Connection, timeout_s: float, report_type: type[_Report], what: str) -> _Report:
+    """Tell a :func:`spawned` child to stop and take its report."""
+    conn.send("stop")
+    if not conn.poll(timeout_s):
+        raise RuntimeError(f"{what} did not report within {timeout_s:g} s")
+    report = conn.recv()
+    assert isinstance(report, report_type)
+    return report
+
+
+def executed_trades(replay: ReplayServer, exchange: str) -> int:
+    """Trades ``exchange``'s markets have executed so far, sent or not (the asked rate): trade ids step by one
+    per symbol, so the next ids add up to a running count. Read without a trip through the server's loop (an
+    int attribute read is atomic), which an overloaded server may not run for a while."""
+    return sum(market.next_trade_id for market in replay.feeds[exchange].market.markets.values())
