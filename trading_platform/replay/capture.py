@@ -26,16 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from trading_platform import capture_format
 from trading_platform.capture_format import LineKind
-from trading_platform.replay.connection import ReplayConnection, json_text_response
-from trading_platform.replay.faults import CONNECTION_FAULTS, Fault
-from trading_platform.replay.feed import ExchangeFeed, RequestRejected, Session
-from trading_platform.replay.market import SymbolSpec, Trade
+from trading_platform.replay.connection import ReplayConnection
+from trading_platform.replay.feed import Session
+from trading_platform.replay.recorded import RecordedFeed
 
 MAX_QUEUED = 1000  # frames queued ahead of a slow client before the reader waits
 
@@ -70,12 +67,6 @@ def read_capture(path: Path) -> Iterator[ReplayLine]:
         yield _replay_line(line)
 
 
-def _rest_key(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    symbol = parse_qs(parts.query).get("symbol", [""])[0]
-    return parts.path.rstrip("/").rsplit("/", 1)[-1], symbol
-
-
 class CaptureSession(Session):
     def __init__(self, ws: ReplayConnection, feed: CaptureFeed) -> None:
         super().__init__(ws, feed)
@@ -86,10 +77,8 @@ class CaptureSession(Session):
         return {**super().describe(), "capture_frames": self.frames_sent, "capture_done": self.done}
 
 
-class CaptureFeed(ExchangeFeed):
+class CaptureFeed(RecordedFeed):
     """Serves a capture on ``/<exchange>/...`` in place of the synthetic protocol."""
-
-    supported_faults = CONNECTION_FAULTS
 
     def __init__(self, exchange: str, capture: Path, speed: float, *args: Any, **kwargs: Any) -> None:
         if speed < 0:
@@ -100,19 +89,16 @@ class CaptureFeed(ExchangeFeed):
         super().__init__(*args, **kwargs)
         self.capture = capture
         self.speed = speed
-        self._rest: dict[tuple[str, str], list[str]] = {}
-        self._rest_served: dict[tuple[str, str], int] = {}
         for line in read_capture(capture):
             if line.kind == "rest":
-                self._rest.setdefault(_rest_key(line.url), []).append(line.text)
+                self.add_answer(self.request_key(line.url), 200, line.text)
 
-    def tick(self, now_ms: int) -> None:
-        return None  # no synthetic market
-
-    def parse_ws_target(self, path: str, query: dict[str, list[str]]) -> object:
-        if path != self.path_prefix and not path.startswith(self.path_prefix + "/"):
-            raise RequestRejected(404, f"Not Found: {path}\n")
-        return None
+    def request_key(self, url: str) -> tuple[str, str]:
+        """A REST answer is found by its path's last segment and ``symbol``: the recorded host and prefix are
+        another server's."""
+        parts = urlsplit(url)
+        symbol = parse_qs(parts.query).get("symbol", [""])[0]
+        return parts.path.rstrip("/").rsplit("/", 1)[-1], symbol
 
     async def serve(self, ws: ReplayConnection, target: object) -> None:
         session = CaptureSession(ws, self)
@@ -147,18 +133,3 @@ class CaptureFeed(ExchangeFeed):
             outbox.push_control(line.text)
             session.frames_sent += 1
         session.done = True
-
-    def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
-        key = _rest_key(request.path)
-        bodies = self._rest.get(key)
-        if not bodies:
-            return None
-        served = self._rest_served.get(key, 0)
-        self._rest_served[key] = served + 1
-        return json_text_response(ws, 200, bodies[min(served, len(bodies) - 1)])
-
-    def publish(self, batches: list[tuple[SymbolSpec, list[Trade]]], event_ms: int) -> None:
-        return None
-
-    def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
-        raise ValueError(f"{fault.kind} is not supported while replaying a capture")

@@ -8,7 +8,7 @@ What a client of ``/<exchange>/...`` gets:
 - connections that end where the recorded ones did: at a recorded connection's end the server closes the
   socket (1012, service restart) and the client's next connection continues with the next recorded one, so
   per-connection protocol state (Coinbase's ``sequence_num``, book snapshots) is what it was live;
-- the recorded REST answers: each is indexed by the URL the platform asked it under
+- the recorded REST answers (``recorded.py``): each is filed under the URL the platform asked it under
   (``Exchange.request_url`` inverts the record's header), the n-th request for a URL gets the n-th answer (the
   last repeats); a request refused for good live is refused again (400 with the recorded error); a request the
   recording holds no answer to gets 404, so the client records what it wanted to fill as lost, as it would
@@ -42,9 +42,8 @@ from trading_platform.exchanges.decoded import RecordKind
 from trading_platform.exchanges.registry import exchange_for
 from trading_platform.ingestion.frame_archive import archive_keys, read_archive
 from trading_platform.replay.connection import ReplayConnection, json_text_response
-from trading_platform.replay.faults import CONNECTION_FAULTS, Fault
-from trading_platform.replay.feed import ExchangeFeed, Session
-from trading_platform.replay.market import SymbolSpec, Trade
+from trading_platform.replay.feed import Session
+from trading_platform.replay.recorded import RecordedFeed
 from trading_platform.storage.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -78,12 +77,6 @@ class LakeDays:
         return span if len(self.days) == 1 else f"{span}..{self.days[-1].isoformat()}"
 
 
-def request_key(url: str) -> str:
-    """A request's path and query, the query in a canonical order (what a recorded answer is found by)."""
-    parts = urlsplit(url)
-    return f"{parts.path.rstrip('/')}?{urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)))}"
-
-
 class LakeSession(Session):
     def __init__(self, ws: ReplayConnection, feed: LakeFeed) -> None:
         super().__init__(ws, feed)
@@ -93,10 +86,8 @@ class LakeSession(Session):
         return {**super().describe(), "replayed_frames": self.frames_sent}
 
 
-class LakeFeed(ExchangeFeed):
+class LakeFeed(RecordedFeed):
     """Serves archived days on ``/<exchange>/...`` in place of the synthetic market."""
-
-    supported_faults = CONNECTION_FAULTS
 
     def __init__(self, recording: LakeDays, speed: float, *args: Any, **kwargs: Any) -> None:
         if speed < 0:
@@ -111,11 +102,7 @@ class LakeFeed(ExchangeFeed):
                 f"the lake holds no raw-frame archive of {self.name} for {recording.describe()} "
                 f"(raw/frames/exchange={self.name}/date=...): ingestion runs archive every batch they flush; is "
                 "TP_STORAGE_URL the lake they wrote?")
-        self._answers: dict[str, list[tuple[int, str]]] = {}
-        self._served: dict[str, int] = {}
-        self.recorded_answers = 0  # REST records indexed for serving
         self.unmatched_answers = 0  # REST records whose header names no request (logged)
-        self.answered = 0  # requests given a recorded answer
         self.unanswered: list[str] = []  # requests the recording holds no answer to (logged)
         self._index_answers()
         self._current: LakeSession | None = None
@@ -139,41 +126,24 @@ class LakeFeed(ExchangeFeed):
                 if url is None:
                     self.unmatched_answers += 1
                     continue
-                status = 200 if kind == RecordKind.REST else 400
-                self._answers.setdefault(request_key(url), []).append((status, body.decode("utf-8", "replace")))
-                self.recorded_answers += 1
+                self.add_answer(self.request_key(url), 200 if kind == RecordKind.REST else 400,
+                                body.decode("utf-8", "replace"))
         log.info("replay %s from the lake (%s): %d archived batches, %d recorded REST answers%s", self.name,
                  self.recording.describe(), len(self.keys), self.recorded_answers,
                  f" ({self.unmatched_answers} with a header no request matches, not served)"
                  if self.unmatched_answers else "")
 
-    # -- the protocol: recorded, not synthetic ------------------------------------------------------------
-    def tick(self, now_ms: int) -> None:
-        return None
+    def request_key(self, url: str) -> str:
+        """The path and query, the query in a canonical order: the platform asked this very server's paths."""
+        parts = urlsplit(url)
+        return f"{parts.path.rstrip('/')}?{urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)))}"
 
-    def parse_ws_target(self, path: str, query: dict[str, list[str]]) -> object:
-        return None  # any path under the prefix: the recording answers whatever the client asked live
-
-    def publish(self, batches: list[tuple[SymbolSpec, list[Trade]]], event_ms: int) -> None:
-        return None
-
-    def fault_frames(self, fault: Fault, session: Session, event_ms: int) -> list[str]:
-        raise ValueError(f"{fault.kind} is not supported while replaying from the lake")
-
-    def http_request(self, ws: ServerConnection, request: Request, path: str) -> Response | None:
-        key = request_key(request.path)
-        answers = self._answers.get(key)
-        if not answers:
-            self.unanswered.append(request.path)
-            log.warning("replay %s from the lake: no recorded answer to GET %s (404)", self.name, request.path)
-            return json_text_response(ws, 404, json.dumps(
-                {"error": f"the recording of {self.name} {self.recording.describe()} holds no answer to "
-                          f"GET {request.path}"}))
-        served = self._served.get(key, 0)
-        self._served[key] = served + 1
-        self.answered += 1
-        status, body = answers[min(served, len(answers) - 1)]
-        return json_text_response(ws, status, body)
+    def no_answer(self, ws: ServerConnection, request: Request) -> Response:
+        self.unanswered.append(request.path)
+        log.warning("replay %s from the lake: no recorded answer to GET %s (404)", self.name, request.path)
+        return json_text_response(ws, 404, json.dumps(
+            {"error": f"the recording of {self.name} {self.recording.describe()} holds no answer to "
+                      f"GET {request.path}"}))
 
     # -- connections ----------------------------------------------------------------------------------------
     async def serve(self, ws: ReplayConnection, target: object) -> None:
