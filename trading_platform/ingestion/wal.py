@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _HEADER = struct.Struct("<QqBII")
 # Segments are scanned and copied this much at a time: a batch's archive never holds its whole segment.
@@ -189,16 +189,17 @@ class WriteAheadLog:
             if (seg_last is not None and seg_last < first) or seg_first > last:
                 continue
             start = end = -1
-            for offset, received_us, record_start, record_end in _scan_segment(path):
-                if offset > last:
-                    break
-                if offset < first:
-                    continue
-                if span.first < 0:
-                    span.first, span.first_received_us = offset, received_us
-                span.last = offset
-                start = record_start if start < 0 else start
-                end = record_end
+            with path.open("rb", buffering=0) as handle:
+                for offset, received_us, _kind, payload, record_start in _scan(handle):
+                    if offset > last:
+                        break
+                    if offset < first:
+                        continue
+                    if span.first < 0:
+                        span.first, span.first_received_us = offset, received_us
+                    span.last = offset
+                    start = record_start if start < 0 else start
+                    end = record_start + _HEADER.size + len(payload)
             if start >= 0:
                 span.parts.append((path, start, end))
         return span if span.parts else None
@@ -281,57 +282,52 @@ def encode_records(records: Iterable[tuple[int, int, int, bytes]]) -> bytes:
 
 
 def _read_segment(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
-    return decode_records(path.read_bytes())
-
-
-def _scan_segment(path: Path) -> Iterator[tuple[int, int, int, int]]:
-    """(offset, received_us, start byte, end byte) of a segment's records, up to the first torn or corrupt one
-    (as ``decode_records``), read a chunk at a time."""
     with path.open("rb", buffering=0) as handle:
-        data, base, position = b"", 0, 0  # data[0] is at file byte ``base``; the next record at data[position]
-        while True:
-            if len(data) - position < _HEADER.size:
-                data, base, position = _refill(handle, data, base, position, _HEADER.size)
-                if len(data) < _HEADER.size:
-                    return
-            offset, received_us, _kind, length, crc = _HEADER.unpack_from(data, position)
-            size = _HEADER.size + length
-            if len(data) - position < size:
-                data, base, position = _refill(handle, data, base, position, size)
-                if len(data) < size:
-                    return  # torn by a crash mid-append
-            payload = position + _HEADER.size
-            if zlib.crc32(memoryview(data)[payload:payload + length]) != crc:
+        for offset, received_us, kind, payload, _start in _scan(handle):
+            yield offset, received_us, kind, bytes(payload)
+
+
+def decode_records(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """The records of ``encode_records`` output, up to the first torn or corrupt one."""
+    for offset, received_us, kind, payload, _start in _scan(io.BytesIO(data)):
+        yield offset, received_us, kind, bytes(payload)
+
+
+def _scan(stream: BinaryIO) -> Iterator[tuple[int, int, int, memoryview, int]]:
+    """(offset, received_us, kind, payload, start byte) of the records in ``stream`` (the WAL's framing), up to
+    the first torn or corrupt one - everything before it is intact - read a chunk at a time, so a segment is
+    never held whole."""
+    data, base, position = b"", 0, 0  # data[0] is at stream byte ``base``; the next record at data[position]
+    while True:
+        if len(data) - position < _HEADER.size:
+            data, base, position = _refill(stream, data, base, position, _HEADER.size)
+            if len(data) < _HEADER.size:
                 return
-            yield offset, received_us, base + position, base + position + size
-            position += size
+        offset, received_us, kind, length, crc = _HEADER.unpack_from(data, position)
+        size = _HEADER.size + length
+        if len(data) - position < size:
+            data, base, position = _refill(stream, data, base, position, size)
+            if len(data) < size:
+                return  # torn by a crash mid-append
+        payload = memoryview(data)[position + _HEADER.size:position + size]
+        if zlib.crc32(payload) != crc:
+            return
+        yield offset, received_us, kind, payload, base + position
+        position += size
 
 
-def _refill(handle: io.FileIO, data: bytes, base: int, position: int, needed: int) -> tuple[bytes, int, int]:
-    """Keep ``data[position:]`` and read on until it holds ``needed`` bytes or the file ends; the new
+def _refill(stream: BinaryIO, data: bytes, base: int, position: int, needed: int) -> tuple[bytes, int, int]:
+    """Keep ``data[position:]`` and read on until it holds ``needed`` bytes or the stream ends; the new
     (data, base, position)."""
     parts = [data[position:]]
     held = len(parts[0])
     while held < needed:
-        more = handle.read(max(_CHUNK_BYTES, needed - held))
+        more = stream.read(max(_CHUNK_BYTES, needed - held))
         if not more:
             break
         parts.append(more)
         held += len(more)
     return b"".join(parts), base + position, 0
-
-
-def decode_records(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """The records of ``encode_records`` output, up to the first torn or corrupt one."""
-    position = 0
-    while position + _HEADER.size <= len(data):
-        offset, received_us, kind, length, crc = _HEADER.unpack_from(data, position)
-        start = position + _HEADER.size
-        payload = data[start:start + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            return  # torn by a crash mid-append: everything before it is intact
-        yield offset, received_us, kind, payload
-        position = start + length
 
 
 class WalLocked(RuntimeError):

@@ -27,6 +27,18 @@ def test_a_torn_tail_is_truncated_and_offsets_continue(tmp_path: Path) -> None:
     assert reopened.append(3, b"next") == 1
 
 
+def test_a_record_whose_bytes_changed_ends_the_readable_wal(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    for i in range(3):
+        wal.append(i, b"frame-%d" % i)
+    wal.close()
+    segment = next(tmp_path.glob("*.wal"))
+    data = bytearray(segment.read_bytes())
+    data[data.index(b"frame-1")] ^= 0xFF  # the middle record's payload no longer matches its CRC
+    segment.write_bytes(bytes(data))
+    assert [p for _, _, _, p in WriteAheadLog(tmp_path).records(0)] == [b"frame-0"]
+
+
 def test_sealed_batches_stay_pending_until_flushed(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path)
     for i in range(3):
