@@ -291,7 +291,7 @@ class SymbolMarket:
             return []
         self._last_ms = now_ms
         trades: list[Trade] = []
-        taker_order, arrival = self._taker_order, self._arrival_uniform
+        taker_order = self._taker_order
         order_at, maker_at, switch_at = self._next_order, self._next_maker, self._next_switch
         order_rate = self._order_rate()
         while True:
@@ -309,8 +309,7 @@ class SymbolMarket:
                 if order_at > now_ms:
                     break
                 taker_order(int(order_at), trades)
-                # _expo inlined (once per order); with a zero rate the orders are at infinity, never here.
-                order_at += -_log(1.0 - arrival()) / order_rate
+                order_at += self._expo(order_rate)
             else:
                 if maker_at > now_ms:
                     break
@@ -492,14 +491,7 @@ class SymbolMarket:
             # At the touch: a buy lifts the best ask, a sell hits the best bid.
             price = prices[touch]
             resting = levels[price]
-            z = self._gauss_next  # _gauss, inlined
-            if z is None:
-                x2pi = uniform() * _TWO_PI
-                g2rad = _sqrt(-2.0 * _log(1.0 - uniform()))
-                self._gauss_next = _sin(x2pi) * g2rad
-                z = _cos(x2pi) * g2rad
-            else:
-                self._gauss_next = None
+            z = self._gauss()
             # min(cap, notional) and min(resting, max(1, lots)) as comparisons: builtin calls cost more here.
             notional = NOTIONAL_MEDIAN_USD * _exp(NOTIONAL_SIGMA * z)
             if notional > NOTIONAL_CAP_USD:
