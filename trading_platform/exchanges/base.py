@@ -241,6 +241,7 @@ class Exchange(RecordDecoder):
                 "timestamp": timestamps.fill_null(0) if timestamps.null_count else timestamps,
                 "received_at": micros_timestamps(received_at_us),
                 "frame_index": pa.array(frame_index, pa.int64()),
+                "symbol_code": position,  # null for a symbol not configured (such a row is rejected)
             },
             schema=DECODED_TRADE_SCHEMA,
         ), pc.is_valid(position)

@@ -24,11 +24,15 @@ Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
-# Columns an exchange module produces; batch_id is added when the batch is sealed.
+# Columns an exchange module produces; batch_id is added when the batch is sealed. Two more, internal to the
+# decode (the normalizer drops them): the raw frame of each row, for quarantine, and the row's symbol as its
+# position among the exchange's configured symbols, which the continuity check and the spike rule group by
+# (computed once where the symbol is mapped, not hashed again from the text by each of them).
 DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.name != "batch_id"]).append(
-    pa.field("frame_index", pa.int64(), nullable=False)  # row -> raw frame, for quarantine
-)
+    pa.field("frame_index", pa.int64(), nullable=False)).append(pa.field("symbol_code", pa.int32()))
+INTERNAL_TRADE_COLUMNS = ["frame_index", "symbol_code"]
 REJECT_SCHEMA = pa.schema([f for f in QUARANTINE.arrow_schema if f.name != "batch_id"])
+_EMPTY_REJECTS = REJECT_SCHEMA.empty_table()
 
 # Verdicts on a frame the typed decode refused that are not errors (any other verdict is a reject reason).
 CONTROL = "control"  # replies to our requests, acks, heartbeats: expected traffic
@@ -54,6 +58,8 @@ class Rejects:
         return len(self.reasons)
 
     def to_arrow(self, exchange: str) -> pa.Table:
+        if not self.reasons:  # nearly every batch: no columns to build
+            return _EMPTY_REJECTS
         return pa.table(
             {
                 "exchange": pa.array([exchange] * len(self), pa.string()),

@@ -96,7 +96,6 @@ class TradeGaps:
 
     def __init__(self, symbols: list[str], counters: Counter[str]) -> None:
         self.symbols = list(symbols)
-        self._symbol_array = pa.array(self.symbols, pa.string())
         self.last_id: dict[str, int] = {}
         self.last_us: dict[str, int] = {}
         self.open: dict[str, list[TradeGap]] = {}
@@ -133,7 +132,7 @@ class TradeGaps:
         """
         if not table.num_rows:
             return table, []
-        codes = pc.index_in(table.column("symbol"), value_set=self._symbol_array).to_numpy(zero_copy_only=False)
+        codes = table.column("symbol_code").to_numpy()  # positions in self.symbols, the exchange's order
         times = pc.cast(table.column("timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.max() >= 1 << _KEY_SHIFT or ids.min() < 0):

@@ -12,7 +12,14 @@ from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
-from trading_platform.exchanges.decoded import DECODED_TRADE_SCHEMA, Action, DecodedFrames, RecordKind, Rejects
+from trading_platform.exchanges.decoded import (
+    DECODED_TRADE_SCHEMA,
+    INTERNAL_TRADE_COLUMNS,
+    Action,
+    DecodedFrames,
+    RecordKind,
+    Rejects,
+)
 from trading_platform.exchanges.record_decoder import json_array
 from trading_platform.quality.rules import SpikeReference, validate_trades
 
@@ -66,7 +73,7 @@ class TradeNormalizer:
         snapshots = decoded.book_snapshots
         events = decoded.book_events
         return Normalized(
-            trades=validated.accepted.drop_columns(["frame_index"]),
+            trades=validated.accepted.drop_columns(INTERNAL_TRADE_COLUMNS),
             rejects=rejects.to_arrow(self.exchange.name),
             control_frames=decoded.control_frames,
             book_snapshots=snapshots.to_arrow() if snapshots is not None and len(snapshots) else None,

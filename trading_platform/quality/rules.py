@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 # Spike reference: median of this many previous prices of the same symbol. A median (not the last
 # price) means one bad print is rejected but the normal trade after it is not.
@@ -61,16 +60,22 @@ def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold
         sane = trades.filter(pa.array(~is_bad))
         prices = prices[~is_bad]
     # Only sane rows feed the spike reference; the carried context is the tail of earlier batches.
-    context_symbols = [s for s, recent in reference.recent.items() for _ in recent]
+    batch_codes, names = _symbol_codes(sane)
+    code_of = {name: code for code, name in names.items()}
+    next_code = max(names, default=-1) + 1
+    for name in reference.recent:  # symbols of earlier batches only
+        if name not in code_of:
+            code_of[name] = next_code
+            next_code += 1
+    names = {code: name for name, code in code_of.items()}
+    context_codes = [code_of[s] for s, recent in reference.recent.items() for _ in recent]
     context_prices = [p for recent in reference.recent.values() for p in recent]
-    symbols = pc.dictionary_encode(pa.concat_arrays([pa.array(context_symbols, pa.string()),
-                                                     _string_array(sane.column("symbol"))]))
     history = np.concatenate([np.array(context_prices, np.float64), prices])
     # Each symbol's rows together, in their order (the context first): a row's window is the rows before it
     # in its run.
     # Codes in the narrowest integer type: numpy's stable sort of 8/16-bit integers is a radix sort, ten times
-    # faster than the merge sort it uses for the int32 dictionary indices.
-    all_codes = symbols.indices.to_numpy(zero_copy_only=False).astype(np.min_scalar_type(len(symbols.dictionary)))
+    # faster than the merge sort it uses for wider ones.
+    all_codes = np.concatenate([np.array(context_codes, np.int64), batch_codes]).astype(np.min_scalar_type(next_code))
     order = np.argsort(all_codes, kind="stable")
     codes = all_codes[order]
     ordered = history[order]
@@ -92,7 +97,6 @@ def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold
     # The carried reference holds the last sane prices (spikes included), exactly what the medians saw, so
     # validating a batch in one go or tick by tick gives the same answer; WAL recovery relies on that to
     # rewrite a half-flushed batch identically.
-    names = symbols.dictionary.to_pylist()
     if len(codes):
         for run_start, run_end in zip(run_starts.tolist(), [*run_starts[1:].tolist(), len(codes)], strict=True):
             reference.recent[names[codes[run_start]]] = ordered[max(run_start, run_end - SPIKE_WINDOW):run_end].tolist()
@@ -100,13 +104,22 @@ def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold
     return Validated(accepted, pl.concat(rejected))
 
 
+def _symbol_codes(trades: pa.Table) -> tuple[np.ndarray, dict[int, str]]:
+    """The decoder's ``symbol_code`` of each row (its symbol's position in the exchange's list, mapped once where
+    the rows were built, so not hashed again from the text here), and the symbol of each code present."""
+    codes = np.asarray(trades.column("symbol_code").to_numpy(), np.int64)
+    if not len(codes):
+        return codes, {}
+    some_row = np.zeros(int(codes.max()) + 1, np.int64)
+    some_row[codes] = np.arange(len(codes))  # any row of each code will do: they all carry the same symbol
+    present = np.flatnonzero(np.bincount(codes))
+    symbols = trades.column("symbol").take(pa.array(some_row[present])).to_pylist()
+    return codes, dict(zip(present.tolist(), symbols, strict=True))
+
+
 def _float64(column: pa.ChunkedArray) -> np.ndarray:
     """A float64 column as numpy (a null becomes NaN: not a usable number)."""
     return np.asarray(column.to_numpy(), np.float64)
-
-
-def _string_array(column: pa.ChunkedArray) -> pa.Array:
-    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
 
 
 def _details(rows: pa.Table) -> pl.DataFrame:

@@ -121,7 +121,8 @@ def test_documented_market_trades_snapshot_decodes_to_normalized_columns(coinbas
     decoded = coinbase.decode([DOC_MARKET_TRADES], [1_676_000_000_000_000])
     assert decoded.trades.drop_columns(["timestamp", "received_at"]).to_pylist() == [{
         "exchange": "coinbase", "symbol": "ETH-USD", "native_symbol": "ETH-USD", "trade_id": "000000000",
-        "price": 1260.01, "quantity": 0.3, "side": "sell", "frame_index": 0}]
+        "price": 1260.01, "quantity": 0.3, "side": "sell", "frame_index": 0,
+        "symbol_code": coinbase.symbols.index("ETH-USD")}]
     row = decoded.trades.to_pylist()[0]
     assert row["timestamp"] == at("2019-08-14T20:42:27.265+00:00")
     assert row["received_at"] == datetime.fromtimestamp(1_676_000_000, UTC)

@@ -175,11 +175,11 @@ def test_a_batch_of_trades_becomes_rows_in_the_platform_layout(fakex: Exchange) 
     rows = decoded.trades.drop_columns(["timestamp", "received_at"]).to_pylist()
     assert rows == [
         {"exchange": "fakex", "symbol": "BTC-USD", "native_symbol": "btc_usd", "trade_id": "101", "price": 100.5,
-         "quantity": 0.25, "side": "buy", "frame_index": 0},
+         "quantity": 0.25, "side": "buy", "frame_index": 0, "symbol_code": 0},
         {"exchange": "fakex", "symbol": "ETH-USD", "native_symbol": "eth_usd", "trade_id": "7", "price": 100.5,
-         "quantity": 0.25, "side": "sell", "frame_index": 1},
+         "quantity": 0.25, "side": "sell", "frame_index": 1, "symbol_code": 1},
         {"exchange": "fakex", "symbol": "BTC-USD", "native_symbol": "btc_usd", "trade_id": "102", "price": 100.5,
-         "quantity": 0.25, "side": "buy", "frame_index": 2},
+         "quantity": 0.25, "side": "buy", "frame_index": 2, "symbol_code": 0},
     ]
     assert decoded.trades.column("timestamp")[0].value == (T0_MS + 101) * 1000  # ms -> µs by the template
     assert len(decoded.rejects) == 0 and decoded.control_frames == 0

@@ -297,6 +297,7 @@ def test_documented_trade_decodes_to_normalized_columns(kraken: Kraken) -> None:
         "price": 105944.20, "quantity": 0.00027625, "side": "buy",
         "timestamp": datetime(2023, 10, 6, 17, 35, 55, 440295, tzinfo=UTC),
         "received_at": datetime(2023, 10, 6, 17, 35, 55, 500000, tzinfo=UTC), "frame_index": 0,
+        "symbol_code": kraken.symbols.index("BTC-USD"),
     }]
     assert len(decoded.rejects) == 0 and decoded.control_frames == 0
 

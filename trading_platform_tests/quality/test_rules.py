@@ -5,6 +5,8 @@ import pyarrow as pa
 from trading_platform.exchanges.decoded import DECODED_TRADE_SCHEMA
 from trading_platform.quality.rules import SpikeReference, validate_trades
 
+SYMBOL_CODES = {"BTC-USDT": 0, "DOGE-USDT": 1}  # positions in the exchange's symbol list, as a decoder sets them
+
 
 def trades(prices: list[float], quantities: list[float] | None = None, symbol: str = "BTC-USDT") -> pa.Table:
     n = len(prices)
@@ -13,7 +15,7 @@ def trades(prices: list[float], quantities: list[float] | None = None, symbol: s
         "trade_id": [str(i) for i in range(n)], "price": prices, "quantity": quantities or [1.0] * n,
         "side": ["buy"] * n, "timestamp": pa.array([0] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         "received_at": pa.array([0] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "frame_index": list(range(n)),
+        "frame_index": list(range(n)), "symbol_code": [SYMBOL_CODES[symbol]] * n,
     }, schema=DECODED_TRADE_SCHEMA)
 
 

@@ -141,6 +141,7 @@ def test_documented_v1_trades_decode_to_normalized_columns(config: ExchangeConfi
         "price": 5541.2, "quantity": 0.15850568, "side": "sell",
         "timestamp": datetime(2018, 8, 18, 17, 40, 57, 321597, tzinfo=UTC),
         "received_at": datetime(2018, 8, 18, 17, 40, 57, 400000, tzinfo=UTC), "frame_index": 0,
+        "symbol_code": config.symbols.index("BTC-USD"),
     }
     assert (rows[1]["side"], rows[1]["price"], rows[1]["trade_id"]) == ("buy", 6060.0, "1534614057.324998-1")
     assert len(decoded.rejects) == 0
