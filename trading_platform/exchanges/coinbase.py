@@ -117,11 +117,11 @@ class _SubscriptionsEvent(msgspec.Struct, gc=False):
     subscriptions: dict[str, list[str]] = {}
 
 
-# The envelope; real frames may omit client_id. sequence_num -1: absent, not tracked.
+# The envelope: sequence_num -1 is absent, not tracked. Its other fields (client_id, timestamp) are decoded only
+# where they are read: the book's time is the envelope's on l2_data; a trade carries its own time, so parsing
+# the envelope's for every market_trades frame would cost a datetime per frame for nothing.
 class _Envelope(msgspec.Struct, tag_field="channel", kw_only=True, gc=False):
-    timestamp: datetime
     sequence_num: Int64 = -1
-    client_id: str | None = ""  # live frames carry "", null, or nothing
 
 
 class _MarketTrades(_Envelope, tag="market_trades"):
@@ -129,6 +129,7 @@ class _MarketTrades(_Envelope, tag="market_trades"):
 
 
 class _L2Data(_Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
+    timestamp: datetime
     # Decoded one message at a time (``_l2_events_decoder``), not with the batch: the batch's messages live
     # until it ends, and their event and level lists would be GC-tracked objects enough to set off full
     # collections of the heap; decoded per message they are freed as soon as the message is applied.
