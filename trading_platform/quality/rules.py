@@ -83,7 +83,8 @@ def validate_trades(trades: pa.Table, reference: SpikeReference, spike_threshold
     if len(codes):
         run_starts = np.concatenate([np.zeros(1, run_starts.dtype), run_starts])
     medians = np.empty(len(history))
-    medians[order] = _previous_median(ordered, run_starts)
+    # The context rows' own medians are never read: only the batch's rows are judged.
+    medians[order] = _previous_median(ordered, run_starts, order >= len(context_prices))
     reference_prices = medians[len(context_prices):]
     with np.errstate(invalid="ignore"):
         spike = np.abs(prices / reference_prices - 1) > spike_threshold  # no reference (NaN): no spike
@@ -128,9 +129,9 @@ def _details(rows: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _previous_median(prices: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
-    """For each row of runs (one symbol each, starting at ``run_starts``): the median of the up to SPIKE_WINDOW
-    prices before it in its run (NaN for a run's first row).
+def _previous_median(prices: np.ndarray, run_starts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each ``wanted`` row of runs (one symbol each, starting at ``run_starts``): the median of the up to
+    SPIKE_WINDOW prices before it in its run (NaN for a run's first row); the other rows' values are undefined.
 
     Nearly every row has a full window of finite prices, whose median is its middle value: picked with a
     min/max selection network over the five lagged price columns (a few numpy passes, no sort; the network is
@@ -151,8 +152,10 @@ def _previous_median(prices: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
         low = np.maximum(np.minimum(a, b), np.minimum(c, d))  # neither the least nor the greatest of a-d
         high = np.minimum(np.maximum(a, b), np.maximum(c, d))
         medians[SPIKE_WINDOW:] = np.maximum(np.minimum(e, low), np.minimum(np.maximum(e, low), high))
-    short = np.flatnonzero(position < SPIKE_WINDOW)
-    medians[short] = _window_median(prices, short, position[short])
+    # Steady state, the short windows are those of the carried context (each symbol's first rows), not wanted.
+    short = np.flatnonzero((position < SPIKE_WINDOW) & wanted)
+    if short.size:
+        medians[short] = _window_median(prices, short, position[short])
     return medians
 
 
