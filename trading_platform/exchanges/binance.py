@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
 from trading_platform.exchanges.book import Level, parse_levels
-from trading_platform.exchanges.conversions import millis_timestamps, strings_to_float
+from trading_platform.exchanges.conversions import millis_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 from trading_platform.settings import ConfigError
@@ -28,11 +28,15 @@ from trading_platform.settings import ConfigError
 
 # gc=False: a tick decodes thousands of these at once and they hold no reference cycles, so keeping
 # them out of the cyclic GC doubles decode speed. Fields not listed (E, M) are skipped by msgspec.
+# Prices and quantities are JSON strings; the frame decoders are lax (strict=False) so msgspec reads them as
+# floats in the decode's own pass: its reader takes exactly the JSON number grammar (and nan/inf, which the
+# quality rules reject), correctly rounded as Arrow's text cast was, and a text that is no number fails the
+# frame (quarantined as wrong_type, naming the field). A str per number and an Arrow text column less.
 class _Trade(msgspec.Struct, tag_field="e", tag="trade", gc=False):
     s: str
     t: Int64
-    p: str
-    q: str
+    p: float
+    q: float
     T: Millis
     m: bool
 
@@ -43,8 +47,8 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
 
     s: str
     t: Int64 = msgspec.field(name="a")
-    p: str
-    q: str
+    p: float
+    q: float
     T: Millis
     m: bool
 
@@ -106,9 +110,9 @@ class _Control(msgspec.Struct):
 _TradePayload = _Trade | _AggTrade
 _Payload = _Trade | _AggTrade | _Depth | _Shutdown
 
-_batch_decoder = msgspec.json.Decoder(list[_Combined])
-_any_batch_decoder = msgspec.json.Decoder(list[_AnyCombined])
-_frame_decoder = msgspec.json.Decoder(_AnyCombined)
+_batch_decoder = msgspec.json.Decoder(list[_Combined], strict=False)  # lax: number strings read as floats
+_any_batch_decoder = msgspec.json.Decoder(list[_AnyCombined], strict=False)
+_frame_decoder = msgspec.json.Decoder(_AnyCombined, strict=False)
 _raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
 _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 _levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
@@ -271,8 +275,8 @@ class Binance(Exchange):
             natives=pa.array([t.s for t in trades], pa.string()),
             # @trade: the trade id t; @aggTrade: the aggregate trade id a.
             trade_ids=pc.cast(pa.array([t.t for t in trades], pa.int64()), pa.string()),
-            prices=strings_to_float([t.p for t in trades]),
-            quantities=strings_to_float([t.q for t in trades]),
+            prices=pa.array([t.p for t in trades], pa.float64()),
+            quantities=pa.array([t.q for t in trades], pa.float64()),
             # m: the buyer is the maker, so the aggressor (taker) sold.
             sides=pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
             timestamps=millis_timestamps([t.T for t in trades]),

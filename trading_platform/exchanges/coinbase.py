@@ -60,7 +60,6 @@ from trading_platform.exchanges.conversions import (
     datetime_us,
     highest_per_key,
     rfc3339_timestamps,
-    strings_to_float,
 )
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -81,11 +80,14 @@ TICKER_PAGE = 1000  # market trades per REST page
 
 # --- wire structs -------------------------------------------------------------------------------------------
 # gc=False: a tick decodes thousands of these and they hold no reference cycles. Unlisted fields are skipped.
+# Trade prices and sizes are JSON strings, read as floats by the lax (strict=False) decoders below in the
+# decode's own pass: exactly the JSON number grammar (and nan/inf, which the quality rules reject), correctly
+# rounded; a text that is no number fails its frame (wrong_type, naming the field).
 class _Trade(msgspec.Struct, gc=False):
     trade_id: str
     product_id: str
-    price: str
-    size: str
+    price: float
+    size: float
     side: Literal["BUY", "SELL"]
     time: str  # RFC3339; parsed for the whole batch at once in Arrow (a datetime per trade costs far more)
 
@@ -173,10 +175,10 @@ class _HistoryPage(msgspec.Struct, gc=False):
     trades: list[_Trade]  # REST market trades have the WebSocket's trade fields (plus bid/ask, skipped)
 
 
-_history_decoder = msgspec.json.Decoder(_HistoryPage)
-_batch_decoder = msgspec.json.Decoder(list[_Message])
+_history_decoder = msgspec.json.Decoder(_HistoryPage, strict=False)  # lax: number strings read as floats
+_batch_decoder = msgspec.json.Decoder(list[_Message], strict=False)
 _l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
-_frame_decoder = msgspec.json.Decoder(_Message)
+_frame_decoder = msgspec.json.Decoder(_Message, strict=False)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
 
 
@@ -457,8 +459,8 @@ class Coinbase(Exchange):
         return TradeColumns(
             natives=pa.array([t.product_id for t in trades], pa.string()),
             trade_ids=pa.array([t.trade_id for t in trades], pa.string()),
-            prices=strings_to_float([t.price for t in trades]),
-            quantities=strings_to_float([t.size for t in trades]),
+            prices=pa.array([t.price for t in trades], pa.float64()),
+            quantities=pa.array([t.size for t in trades], pa.float64()),
             sides=_taker_sides([t.side for t in trades]),
             timestamps=rfc3339_timestamps(times),
             time_texts=times,

@@ -68,6 +68,25 @@ def test_wrong_typed_field_is_quarantined_and_names_the_field(binance: Binance) 
     assert "$.data.t" in decoded.rejects.details[0]
 
 
+@pytest.mark.parametrize("text", ["abc", "", " 0.001", "0x1", "1_000"])
+def test_a_price_text_that_is_no_number_is_quarantined_and_names_the_field(binance: Binance, text: str) -> None:
+    """Number texts are read by the decode itself: only the JSON number grammar is a number; the frame is set
+    aside, naming the field, and the others of its batch are kept."""
+    wrong = combined(DOC_TRADE.replace(b'"p": "0.001"', b'"p": "' + text.encode() + b'"'))
+    decoded = binance.decode([wrong, combined(DOC_TRADE)], [0, 1])
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert "$.data.p" in decoded.rejects.details[0]
+    assert decoded.trades.column("price").to_pylist() == [0.001]
+
+
+def test_number_texts_read_exactly_as_their_decimal_text(binance: Binance) -> None:
+    texts = ["0.00000001", "68901.23000000", "1e-8", "123456789.12345678", "0.1", "3.0000000000000004"]
+    frames = [combined(DOC_TRADE.replace(b'"0.001"', f'"{text}"'.encode())
+                       .replace(b'"t": 12345', b'"t": %d' % (12345 + i))) for i, text in enumerate(texts)]
+    decoded = binance.decode(frames, [0] * len(frames))
+    assert decoded.trades.column("price").to_pylist() == [float(text) for text in texts]
+
+
 def test_unknown_symbol_is_quarantined(binance: Binance) -> None:
     unknown = combined(DOC_TRADE.replace(b'"BNBBTC"', b'"FOOBAR"'), "foobar@trade")
     decoded = binance.decode([unknown], [0])

@@ -323,11 +323,19 @@ def test_truncated_frame_is_quarantined_with_its_raw_text(coinbase: Coinbase) ->
     assert decoded.trades.column("frame_index").to_pylist() == [1]
 
 
-def test_wrong_typed_field_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
-    wrong = trades_frame(0, "update", trade("1")).replace(b'"price": "68900.50"', b'"price": 68900.5')
-    decoded = coinbase.decode([wrong], [0])
+def test_a_price_that_is_no_number_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
+    wrong = trades_frame(0, "update", trade("1")).replace(b'"price": "68900.50"', b'"price": "68,900.50"')
+    decoded = coinbase.decode([wrong, trades_frame(1, "update", trade("2"))], [0, 1])
     assert decoded.rejects.reasons == ["wrong_type"]
     assert "$.events[0].trades[0].price" in decoded.rejects.details[0]
+    assert decoded.trades.column("trade_id").to_pylist() == ["2"]
+
+
+def test_wrong_typed_field_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
+    wrong = trades_frame(0, "update", trade("1")).replace(b'"side": "BUY"', b'"side": 1')
+    decoded = coinbase.decode([wrong], [0])
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert "$.events[0].trades[0].side" in decoded.rejects.details[0]
 
 
 def test_wrong_typed_book_field_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
