@@ -211,7 +211,7 @@ class Exchange(RecordDecoder):
         table, known = self.trade_rows(columns, rows, np.asarray(received_us, np.int64)[rows])
         valid = pc.and_(known, pc.is_valid(timestamps)) if timestamps.null_count else known
         self.on_trade_rows(table, valid)
-        if pc.all(valid).as_py() is not False:
+        if not valid.false_count:  # no nulls in valid: every row kept
             return table
         natives = columns.natives
         for row in pc.indices_nonzero(pc.invert(valid)).to_pylist():

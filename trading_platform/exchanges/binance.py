@@ -118,6 +118,7 @@ _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 _levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 _control_decoder = msgspec.json.Decoder(_Control)
 
+_SELL, _BUY = pa.scalar("sell"), pa.scalar("buy")  # made once: a Python str argument is converted per call
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
 _SUBSCRIBE_ID = 1
 _MAX_STREAMS = 1024  # per connection
@@ -278,7 +279,7 @@ class Binance(Exchange):
             prices=pa.array([t.p for t in trades], pa.float64()),
             quantities=pa.array([t.q for t in trades], pa.float64()),
             # m: the buyer is the maker, so the aggressor (taker) sold.
-            sides=pc.if_else(pa.array([t.m for t in trades], pa.bool_()), "sell", "buy"),
+            sides=pc.if_else(pa.array([t.m for t in trades], pa.bool_()), _SELL, _BUY),
             timestamps=millis_timestamps([t.T for t in trades]),
         )
 

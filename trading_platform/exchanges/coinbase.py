@@ -186,11 +186,14 @@ def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
 
+_BUY, _SELL = pa.scalar("buy"), pa.scalar("sell")  # made once: a Python str argument is converted per call
+
+
 def _taker_sides(maker_sides: list[str]) -> pa.Array:
     """Coinbase reports the maker's side (see the module docstring): the taker's, as a column."""
     sides = pa.array(maker_sides, pa.string())
     taker_buys = pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY")
-    return pc.if_else(taker_buys, "buy", "sell")
+    return pc.if_else(taker_buys, _BUY, _SELL)
 
 
 class Coinbase(Exchange):
@@ -473,7 +476,7 @@ class Coinbase(Exchange):
     def _raise_high_water_vectorized(self, table: pa.Table, kept: pa.Array) -> None:
         # Only the two columns read here are filtered, and not at all when every row is kept (nearly always).
         products, trade_ids = table.column("native_symbol"), table.column("trade_id")
-        if not pc.all(kept).as_py():
+        if kept.false_count:  # no nulls in kept
             products, trade_ids = products.filter(kept), trade_ids.filter(kept)
         if not len(products):
             return
