@@ -509,16 +509,8 @@ class Coinbase(Exchange):
         if symbol is None:
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
-        updates = event.updates
         try:
-            # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
-            # one pass per side instead of two, on the hot path of every update.
-            bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                                 for u in updates if u.side == "bid"]
-            asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                                 for u in updates if u.side == "offer"]
-            check_finite(bids)
-            check_finite(asks)
+            bids, asks = _book_levels(event.updates)
         except ValueError as error:  # not a number, or not a finite one
             detail = f"level2 level of {event.product_id}: {error}"
             out.rejects.add(received, "wrong_type", detail, frame)
@@ -564,6 +556,38 @@ class Coinbase(Exchange):
         book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
+
+
+def _book_levels(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
+    """An event's bids and asks as book.Level tuples, built straight from the wire levels (as parse_levels builds
+    them from text pairs) in one pass over both sides, each number checked as it is made. Raises ValueError for a
+    level that is not a finite number, with the error ``_levels_as_reported`` gives."""
+    bids: list[Level] = []
+    asks: list[Level] = []
+    finite = True
+    try:
+        for update in updates:
+            price_text, quantity_text = update.price_level, update.new_quantity
+            price, quantity = float(price_text), float(quantity_text)
+            if price - price or quantity - quantity:  # 0.0 for a finite number, else NaN
+                finite = False
+            (bids if update.side == "bid" else asks).append((price, quantity, price_text, quantity_text, ""))
+    except ValueError:
+        finite = False
+    return (bids, asks) if finite else _levels_as_reported(updates)
+
+
+def _levels_as_reported(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
+    """The error a faulty event has always been quarantined with (the detail quotes it): a text that is no number
+    among the bids, then among the asks, then a non-finite bid, then a non-finite ask; only called for an event
+    ``_book_levels`` refused, so it raises."""
+    bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                         for u in updates if u.side == "bid"]
+    asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                         for u in updates if u.side == "offer"]
+    check_finite(bids)
+    check_finite(asks)
+    return bids, asks
 
 
 def _at_or_below(trade_id: str | int, mark: int | str | None) -> bool:
