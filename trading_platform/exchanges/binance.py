@@ -315,7 +315,7 @@ class Binance(Exchange):
         elif not self.wants_books:
             out.control += 1  # a stream we did not ask for (e.g. an archive): not data for us
         else:
-            if type(payload) is _Depth:
+            if isinstance(payload, _Depth):
                 bids, asks = payload.b, payload.a
             else:
                 try:

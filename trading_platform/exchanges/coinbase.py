@@ -186,7 +186,7 @@ class _HistoryPage(msgspec.Struct, gc=False):
 
 _history_decoder = msgspec.json.Decoder(_HistoryPage)
 _batch_decoder = msgspec.json.Decoder(list[_Message])
-_book_batch_decoder = msgspec.json.Decoder(list[_BookMessage])
+_book_batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[_BookMessage])
 _l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)

@@ -106,7 +106,8 @@ class _Status(msgspec.Struct, tag_field="channel", tag="status"):
 
 _Message = _TradeMessage | _RawBookMessage | _Heartbeat | _Status
 _batch_decoder = msgspec.json.Decoder(list[_Message])
-_book_batch_decoder = msgspec.json.Decoder(list[_TradeMessage | _BookMessage | _Heartbeat | _Status])
+_book_batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+    list[_TradeMessage | _BookMessage | _Heartbeat | _Status])
 _frame_decoder = msgspec.json.Decoder(_Message)
 _book_data_decoder = msgspec.json.Decoder(list[_Book])
 _untyped_decoder = msgspec.json.Decoder()
@@ -366,7 +367,7 @@ class Kraken(Exchange):
     def _book_message(self, message: _BookMessage | _RawBookMessage, frame: bytes, received_us: int,
                       out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
-        if type(message) is _BookMessage:
+        if isinstance(message, _BookMessage):
             entries: list[_Book] | None = message.data
         else:
             entries = self.decode_field(_book_data_decoder, message.data, "data", received_us, frame, out.rejects)
