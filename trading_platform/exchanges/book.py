@@ -34,6 +34,7 @@ Side = Literal["bid", "ask"]
 # frames: this dict + sorted price list applies and reads the top ~5x faster than sortedcontainers.SortedDict.)
 Level = tuple[float, float, str, str, str]
 _UTC_US = pa.timestamp("us", tz="UTC")
+_NOT_FINITE = "level {!r} {!r} is not a finite number"
 
 
 def parse_levels(pairs: Iterable[tuple[str, str]]) -> list[Level]:
@@ -42,8 +43,19 @@ def parse_levels(pairs: Iterable[tuple[str, str]]) -> list[Level]:
     Raises ValueError for a value that is not a finite number: NaN or infinity would break the sorted price
     order (and mean nothing on a book).
     """
-    levels = [(float(price), float(quantity), price, quantity, "") for price, quantity in pairs]
-    check_finite(levels)
+    # One pass, each number checked as it is made (a comprehension then a check_finite loop walked the levels
+    # twice: ~30% more instructions on the bench levels). The first non-finite level is reported only after every
+    # text converted, so a text that is no number at all still wins, as it always has.
+    levels: list[Level] = []
+    append = levels.append
+    non_finite: tuple[str, str] | None = None
+    for price_text, quantity_text in pairs:
+        price, quantity = float(price_text), float(quantity_text)
+        if (price - price or quantity - quantity) and non_finite is None:  # 0.0 for a finite number, else NaN
+            non_finite = price_text, quantity_text
+        append((price, quantity, price_text, quantity_text, ""))
+    if non_finite is not None:
+        raise ValueError(_NOT_FINITE.format(*non_finite))
     return levels
 
 
@@ -51,7 +63,8 @@ def check_finite(levels: Sequence[Level]) -> None:
     """Raise ValueError if a level's price or quantity is NaN or infinite."""
     for price, quantity, price_text, quantity_text, _ in levels:
         if price - price or quantity - quantity:  # 0.0 for every finite number, NaN otherwise
-            raise ValueError(f"level {price_text!r} {quantity_text!r} is not a finite number")
+            raise ValueError(_NOT_FINITE.format(price_text, quantity_text))
+
 
 
 class OrderBook:

@@ -131,10 +131,22 @@ class _MarketTrades(_Envelope, tag="market_trades"):
 
 
 class _L2Data(_Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
+    """What the batch decode of a book subscriber reads: the events typed in the same pass as the envelope. (Kept
+    as raw JSON and decoded per message, the batch decode scanned each events text once to skip it and the
+    per-message decode again: ~12% of a book update. The batch's event and level lists no longer set off
+    collections of the heap: the cyclic GC is held off while a batch is decoded, ``record_decoder.paused_gc``.)"""
+
+    timestamp: datetime  # the book's time (see _Envelope)
+    events: list[_L2Event]
+
+
+class _RawL2Data(_Envelope, tag="l2_data"):
+    """The same message with its events left as raw JSON, decoded per message (``_l2_events_decoder``): the
+    frame-by-frame fallback reads this one, so a frame whose events are wrong-typed (which failed the typed batch)
+    still consumes its sequence number and is quarantined by ``decode_field`` naming the field's full path, exactly
+    as a batch with no such frame treats it; a trades-only subscriber never decodes book events at all."""
+
     timestamp: datetime
-    # Decoded one message at a time (``_l2_events_decoder``), not with the batch: the batch's messages live
-    # until it ends, and their event and level lists would be GC-tracked objects enough to set off full
-    # collections of the heap; decoded per message they are freed as soon as the message is applied.
     events: msgspec.Raw
 
 
@@ -146,7 +158,8 @@ class _Subscriptions(_Envelope, tag="subscriptions"):
     events: list[_SubscriptionsEvent] = []
 
 
-_Message = _MarketTrades | _L2Data | _Heartbeats | _Subscriptions
+_Message = _MarketTrades | _RawL2Data | _Heartbeats | _Subscriptions
+_BookMessage = _MarketTrades | _L2Data | _Heartbeats | _Subscriptions  # the batch decode of a book subscriber
 
 
 class _AckProbe(msgspec.Struct):
@@ -177,6 +190,7 @@ class _HistoryPage(msgspec.Struct, gc=False):
 
 _history_decoder = msgspec.json.Decoder(_HistoryPage, strict=False)  # lax: number strings read as floats
 _batch_decoder = msgspec.json.Decoder(list[_Message], strict=False)
+_book_batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[_BookMessage], strict=False)
 _l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
 _frame_decoder = msgspec.json.Decoder(_Message, strict=False)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
@@ -217,6 +231,8 @@ class Coinbase(Exchange):
         # Trades collected this call from position _unflushed on have not raised the high-water marks yet
         # (see _flush_high_water); reset once the call's rows are built.
         self._unflushed = 0
+        if self.wants_books:
+            self.batch_decoder = _book_batch_decoder
 
     # --- connection ------------------------------------------------------------------------------------------
     @staticmethod
@@ -329,7 +345,7 @@ class Coinbase(Exchange):
         # (a gap, a duplicate, a snapshot, books, control) takes the general path.
         expected = self._expected_sequence
         trades, trade_frames = out.trades, out.trade_frames
-        decoded: list[_Message | _Skipped] = messages
+        decoded: list[_Message | _BookMessage | _Skipped] = messages
         for message, index in zip(decoded, indices, strict=True):
             if message.sequence_num == expected:
                 expected += 1
@@ -359,11 +375,15 @@ class Coinbase(Exchange):
             self._apply(message, index, received_us[index], frames[index], out)
         self._expected_sequence = expected
 
-    def _apply(self, message: _Message, index: int, received: int, frame: bytes, out: DecodeOutput) -> None:
+    def _apply(self, message: _Message | _BookMessage, index: int, received: int, frame: bytes,
+               out: DecodeOutput) -> None:
         """A frame already checked for sequence."""
         if isinstance(message, _MarketTrades):
             self._trades(message, index, out)
-        elif isinstance(message, _L2Data):
+        elif type(message) is _L2Data:  # events typed by the batch decode
+            for event in message.events:
+                self._l2_event(event, message, received, frame, out)
+        elif isinstance(message, _RawL2Data):
             if not self.wants_books:
                 out.control += 1
                 return
@@ -490,21 +510,14 @@ class Coinbase(Exchange):
             self._raise_high_water(product, trade_id)
 
     # --- books -----------------------------------------------------------------------------------------------
-    def _l2_event(self, event: _L2Event, message: _L2Data, received: int, frame: bytes, out: DecodeOutput) -> None:
+    def _l2_event(self, event: _L2Event, message: _L2Data | _RawL2Data, received: int, frame: bytes,
+                  out: DecodeOutput) -> None:
         symbol = self.native_to_symbol.get(event.product_id)
         if symbol is None:
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
-        updates = event.updates
         try:
-            # book.Level tuples built straight from the wire levels (as parse_levels builds them from text pairs):
-            # one pass per side instead of two, on the hot path of every update.
-            bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                                 for u in updates if u.side == "bid"]
-            asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                                 for u in updates if u.side == "offer"]
-            check_finite(bids)
-            check_finite(asks)
+            bids, asks = _book_levels(event.updates)
         except ValueError as error:  # not a number, or not a finite one
             detail = f"level2 level of {event.product_id}: {error}"
             out.rejects.add(received, "wrong_type", detail, frame)
@@ -521,7 +534,7 @@ class Coinbase(Exchange):
                                     message.sequence_num, out)
 
     @staticmethod
-    def _update_time(event: _L2Event, message: _L2Data) -> int:
+    def _update_time(event: _L2Event, message: _L2Data | _RawL2Data) -> int:
         last = event.updates[-1].event_time if event.updates else None
         event_us = datetime_us(last) if last is not None else 0
         return event_us if event_us > 0 else datetime_us(message.timestamp)
@@ -550,6 +563,38 @@ class Coinbase(Exchange):
         book.apply(bids, asks)
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
+
+
+def _book_levels(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
+    """An event's bids and asks as book.Level tuples, built straight from the wire levels (as parse_levels builds
+    them from text pairs) in one pass over both sides, each number checked as it is made. Raises ValueError for a
+    level that is not a finite number, with the error ``_levels_as_reported`` gives."""
+    bids: list[Level] = []
+    asks: list[Level] = []
+    finite = True
+    try:
+        for update in updates:
+            price_text, quantity_text = update.price_level, update.new_quantity
+            price, quantity = float(price_text), float(quantity_text)
+            if price - price or quantity - quantity:  # 0.0 for a finite number, else NaN
+                finite = False
+            (bids if update.side == "bid" else asks).append((price, quantity, price_text, quantity_text, ""))
+    except ValueError:
+        finite = False
+    return (bids, asks) if finite else _levels_as_reported(updates)
+
+
+def _levels_as_reported(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
+    """The error a faulty event has always been quarantined with (the detail quotes it): a text that is no number
+    among the bids, then among the asks, then a non-finite bid, then a non-finite ask; only called for an event
+    ``_book_levels`` refused, so it raises."""
+    bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                         for u in updates if u.side == "bid"]
+    asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
+                         for u in updates if u.side == "offer"]
+    check_finite(bids)
+    check_finite(asks)
+    return bids, asks
 
 
 def _at_or_below(trade_id: str | int, mark: int | str | None) -> bool:

@@ -305,6 +305,17 @@ def test_level_that_is_not_a_pair_of_strings_is_quarantined(synced: Binance) -> 
     assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
 
 
+def test_wrong_typed_levels_in_a_batch_are_quarantined_as_depth_levels_and_the_rest_applied(synced: Binance) -> None:
+    # The batch decode types the levels; the frame it refuses sends the batch frame by frame, where its levels
+    # are decoded on their own: the same reject as ever, and the frames around it applied.
+    wrong = (RecordKind.FRAME, combined(b'{"e":"depthUpdate","E":1,"s":"BNBBTC","U":13,"u":13,'
+                                        b'"b":[[100.0,5]],"a":[]}', "bnbbtc@depth@100ms"))
+    decoded = feed(synced, depth(12, 12, bids=[["100.0", "7"]]), wrong)
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert decoded.rejects.details == ["depth levels: Expected `str`, got `float` - at `$[0][0]`"]
+    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "7")] and synced.books["BNB-BTC"].sequence == 12
+
+
 def test_non_finite_level_is_quarantined(synced: Binance) -> None:
     decoded = feed(synced, depth(12, 12, bids=[["100.0", "NaN"]]), depth(12, 12, asks=[["inf", "1"]]))
     assert decoded.rejects.reasons == ["wrong_type", "wrong_type"]

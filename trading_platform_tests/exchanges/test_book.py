@@ -66,6 +66,16 @@ def test_a_level_that_is_not_a_finite_number_is_refused(pair: tuple[str, str]) -
         parse_levels([("1", "2"), pair])
 
 
+def test_a_text_that_is_no_number_is_reported_before_an_earlier_non_finite_level() -> None:
+    with pytest.raises(ValueError, match="could not convert string to float: 'abc'"):
+        parse_levels([("nan", "1"), ("1", "2"), ("abc", "1")])
+
+
+def test_the_first_non_finite_level_is_the_one_reported() -> None:
+    with pytest.raises(ValueError, match=r"level '1' 'inf' is not a finite number"):
+        parse_levels([("2", "1"), ("1", "inf"), ("nan", "1")])
+
+
 def test_snapshot_rows_become_price_level_lists_best_first() -> None:
     book = OrderBook()
     book.apply(parse_levels([("99", "2"), ("100", "1"), ("98", "3")]), [])

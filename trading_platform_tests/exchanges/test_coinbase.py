@@ -348,6 +348,42 @@ def test_wrong_typed_book_field_is_quarantined_and_names_the_field(coinbase: Coi
     assert coinbase.books["BTC-USD"].top_text("bid", 2) == [("68900.00", "1.0"), ("68899.00", "3.0")]
 
 
+@pytest.mark.parametrize(("levels", "named"), [
+    # A text that is no number among the bids wins over one among the offers, wherever each stands.
+    ([level("offer", "abc", "1.0"), level("bid", "68898.00", "xyz")], "'xyz'"),
+    # Then one among the offers, over a non-finite bid before it.
+    ([level("bid", "68898.00", "NaN"), level("offer", "abc", "1.0")], "'abc'"),
+    # Then the first non-finite bid, over a non-finite offer before it.
+    ([level("offer", "inf", "1.0"), level("bid", "68898.00", "NaN")], "level '68898.00' 'NaN'"),
+])
+def test_a_level2_event_with_several_faults_is_quarantined_naming_the_same_one_as_ever(
+        coinbase: Coinbase, levels: list[dict[str, str]], named: str) -> None:
+    decoded = decode(coinbase, CONNECTED, book_snapshot(0), l2_frame(1, "update", levels))
+    assert decoded.rejects.reasons == ["wrong_type"] and named in decoded.rejects.details[0]
+
+
+def test_a_wrong_typed_book_field_leaves_the_rest_of_its_batch_as_if_decoded_alone(
+        coinbase: Coinbase, exchanges_config: ExchangesFile) -> None:
+    # The batch decode types the level2 events; a frame it refuses sends the batch frame by frame, where the
+    # events are decoded per message: the same rows, rejects and books as a batch without that frame.
+    wrong = bid_update(2, "2.0", "2026-04-07T14:30:02Z").replace(b'"price_level": "68899.00"',
+                                                                 b'"price_level": 68899.0')
+    records = [book_snapshot(0), bid_update(1, "5", "2026-04-07T14:30:01.1Z"), wrong,
+               trades_frame(3, "update", trade("7")), bid_update(4, "6", "2026-04-07T14:30:03.1Z")]
+    batched = decode(coinbase, CONNECTED, *records)
+    alone = Coinbase(config_for(exchanges_config, ["trades", "book"]))
+    one_by_one = [decode(alone, CONNECTED, records[0])] + [decode(alone, r) for r in records[1:]]
+    assert batched.rejects.details == [d for one in one_by_one for d in one.rejects.details]
+    def books(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:  # received_at is per call here
+        return [(row["timestamp"], row["sequence"], row["bids"], row["asks"]) for row in rows]
+
+    assert books(snapshot_rows(batched)) == books([row for one in one_by_one if one.book_snapshots
+                                                   for row in snapshot_rows(one)])
+    assert batched.trades.column("trade_id").to_pylist() == ["7"]
+    assert coinbase.books["BTC-USD"].top_text("bid", 2) == alone.books["BTC-USD"].top_text("bid", 2)
+    assert coinbase.books["BTC-USD"].top_text("bid", 2) == [("68900.00", "1.0"), ("68899.00", "6")]
+
+
 def test_a_channel_we_did_not_subscribe_is_ignored_and_keeps_its_sequence_number(coinbase: Coinbase) -> None:
     decoded = decode(coinbase, CONNECTED, trades_frame(0, "update", trade("1")),
                      envelope("ticker", 1, [{"type": "update", "tickers": []}]), trades_frame(2, "update", trade("2")))

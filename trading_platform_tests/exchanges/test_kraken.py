@@ -439,6 +439,19 @@ def test_the_registry_finds_exactly_the_v2_exchange() -> None:
     assert exchange_class("kraken") is Kraken
 
 
+def test_a_wrong_typed_book_field_leaves_the_rest_of_its_batch_as_if_decoded_alone(synced: Kraken) -> None:
+    # The batch decode types the book entries; a frame it refuses sends the batch frame by frame, where the
+    # entries are decoded per message: the same reject, and the updates around it applied and verified.
+    frames = updates_for([(56, 100000), (56, 200000), (57, 300000)], synced)
+    wrong = frames[1].replace(b'"checksum":', b'"checksum":"').replace(b',"timestamp"', b'","timestamp"')
+    decoded = synced.decode([frames[0], wrong, frames[2]], [us(56, 1), us(56, 2), us(57, 3)])
+    assert decoded.rejects.reasons == ["wrong_type"] and "$.data[0].checksum" in decoded.rejects.details[0]
+    # Each update sets the same level absolutely, so the one after the refused one verifies.
+    assert decoded.book_events is not None and decoded.book_events.kinds == []
+    assert synced.counters["checksums_passed"] == 3  # the snapshot, the first and the last update
+    assert synced.books["BTC-USD"].top_text("bid", 10)[-1] == ("45276.6", "0.30000000")
+
+
 def test_wrong_typed_book_field_is_quarantined_and_names_the_field(synced: Kraken) -> None:
     wrong = DOC_UPDATE.replace(b'"checksum":2114181697', b'"checksum":"2114181697"')
     decoded = synced.decode([wrong], [0])
