@@ -37,6 +37,7 @@ from benchmarks.harness import (
 from trading_platform.config import ExchangesFile, load_exchanges
 from trading_platform.dev.valkey import EmbeddedValkey
 from trading_platform.exchanges.registry import exchange_for
+from trading_platform.ingestion.process import prepare_ingestion_process
 from trading_platform.ingestion.runner import FlushReport, IngestionRunner
 from trading_platform.replay import ReplayServer, running_replay_server
 from trading_platform.schema import MARKET_TRADES
@@ -74,6 +75,7 @@ class RunReport:
 
 def _ingest_child(conn: Connection, replay_port: int, state_dir: str, redis_url: str) -> None:
     """The ingestion run with the platform's default knobs; stops (drains) when the parent says so."""
+    prepare_ingestion_process()  # as the Dagster op does, before the exchange is built
     config = Settings(state_dir=Path(state_dir), feed_mode="replay", replay_port=replay_port)
     exchange = exchange_for(load_exchanges(config.exchanges_file).exchanges[EXCHANGE])
     # The run's own exchange gives the URL: use_endpoints also points its REST calls (depth snapshots) at the

@@ -6,6 +6,7 @@ import dagster as dg
 
 from trading_platform.defs.ingestion.events import flush_check_evaluations, flush_materializations
 from trading_platform.defs.resources import FeedResource, IngestionResource, LakeResource, RedisResource
+from trading_platform.ingestion.process import prepare_ingestion_process
 from trading_platform.ingestion.runner import FeedRefused, FlushReport, IngestionRunner, RunSummary, stop_on_signals
 
 INGESTION_TAG = "tp/ingestion"
@@ -23,6 +24,7 @@ def build_ingestion_job(exchange: str) -> dg.JobDefinition:
     @dg.op(name=f"ingest_{exchange}_feed", description=f"Hold the {exchange} feed session and flush the lake.")
     def ingest(context: dg.OpExecutionContext, config: IngestionRunConfig, feed: FeedResource,
                ingestion: IngestionResource, lake: LakeResource, redis: RedisResource) -> None:
+        prepare_ingestion_process()  # this run's process (Dagster's run worker) is the run's alone
         venue, url = feed.exchange(exchange)
         context.log.info(f"{exchange}: {feed.feed_mode} feed at {url.split('?')[0]} for {len(venue.symbols)} symbols")
 
