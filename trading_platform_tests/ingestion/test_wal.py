@@ -27,12 +27,18 @@ def test_a_torn_tail_is_truncated_and_offsets_continue(tmp_path: Path) -> None:
     assert reopened.append(3, b"next") == 1
 
 
-def test_a_record_whose_bytes_changed_ends_the_readable_wal(tmp_path: Path) -> None:
+def written_wal(tmp_path: Path) -> tuple[WriteAheadLog, Path]:
+    """A log of three frames (``frame-0`` .. ``frame-2``) written to its segment file, and that file."""
     wal = WriteAheadLog(tmp_path)
     for i in range(3):
         wal.append(i, b"frame-%d" % i)
+    wal.write()
+    return wal, next(tmp_path.glob("*.wal"))
+
+
+def test_a_record_whose_bytes_changed_ends_the_readable_wal(tmp_path: Path) -> None:
+    wal, segment = written_wal(tmp_path)
     wal.close()
-    segment = next(tmp_path.glob("*.wal"))
     data = bytearray(segment.read_bytes())
     data[data.index(b"frame-1")] ^= 0xFF  # the middle record's payload no longer matches its CRC
     segment.write_bytes(bytes(data))
@@ -164,11 +170,7 @@ def test_a_written_span_copies_a_sealed_batch_exactly_as_its_records(tmp_path: P
 
 
 def test_a_written_span_stops_at_a_torn_record(tmp_path: Path) -> None:
-    wal = WriteAheadLog(tmp_path)
-    for i in range(3):
-        wal.append(i, b"frame-%d" % i)
-    wal.write()
-    segment = next(tmp_path.glob("*.wal"))
+    wal, segment = written_wal(tmp_path)
     segment.write_bytes(segment.read_bytes()[:-2])  # the last record torn, as by a crash mid-append
     span = wal.written_span(0, 2)
     assert span is not None and (span.first, span.last) == (0, 1)
