@@ -130,23 +130,27 @@ class _MarketTrades(_Envelope, tag="market_trades"):
     events: list[_TradesEvent]
 
 
-class _L2Data(_Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
+class _L2Envelope(_Envelope):
+    """An ``l2_data`` message's fields but its events, which the two shapes below read differently."""
+
+    timestamp: datetime  # the book's time (see _Envelope)
+
+
+class _L2Data(_L2Envelope, tag="l2_data"):  # subscribed as "level2", delivered as "l2_data"
     """What the batch decode of a book subscriber reads: the events typed in the same pass as the envelope. (Kept
     as raw JSON and decoded per message, the batch decode scanned each events text once to skip it and the
     per-message decode again: ~12% of a book update. The batch's event and level lists no longer set off
     collections of the heap: the cyclic GC is held off while a batch is decoded, ``record_decoder.paused_gc``.)"""
 
-    timestamp: datetime  # the book's time (see _Envelope)
     events: list[_L2Event]
 
 
-class _RawL2Data(_Envelope, tag="l2_data"):
+class _RawL2Data(_L2Envelope, tag="l2_data"):
     """The same message with its events left as raw JSON, decoded per message (``_l2_events_decoder``): the
     frame-by-frame fallback reads this one, so a frame whose events are wrong-typed (which failed the typed batch)
     still consumes its sequence number and is quarantined by ``decode_field`` naming the field's full path, exactly
     as a batch with no such frame treats it; a trades-only subscriber never decodes book events at all."""
 
-    timestamp: datetime
     events: msgspec.Raw
 
 
@@ -510,7 +514,7 @@ class Coinbase(Exchange):
             self._raise_high_water(product, trade_id)
 
     # --- books -----------------------------------------------------------------------------------------------
-    def _l2_event(self, event: _L2Event, message: _L2Data | _RawL2Data, received: int, frame: bytes,
+    def _l2_event(self, event: _L2Event, message: _L2Envelope, received: int, frame: bytes,
                   out: DecodeOutput) -> None:
         symbol = self.native_to_symbol.get(event.product_id)
         if symbol is None:
@@ -534,7 +538,7 @@ class Coinbase(Exchange):
                                     message.sequence_num, out)
 
     @staticmethod
-    def _update_time(event: _L2Event, message: _L2Data | _RawL2Data) -> int:
+    def _update_time(event: _L2Event, message: _L2Envelope) -> int:
         last = event.updates[-1].event_time if event.updates else None
         event_us = datetime_us(last) if last is not None else 0
         return event_us if event_us > 0 else datetime_us(message.timestamp)
