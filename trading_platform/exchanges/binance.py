@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
 from trading_platform.exchanges.book import Level, parse_levels
-from trading_platform.exchanges.conversions import millis_timestamps
+from trading_platform.exchanges.conversions import millis_timestamps, taker_sides
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 from trading_platform.settings import ConfigError
@@ -141,7 +141,6 @@ _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 _levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 _control_decoder = msgspec.json.Decoder(_Control)
 
-_SELL, _BUY = pa.scalar("sell"), pa.scalar("buy")  # made once: a Python str argument is converted per call
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
 _SUBSCRIBE_ID = 1
 _MAX_STREAMS = 1024  # per connection
@@ -302,7 +301,7 @@ class Binance(Exchange):
             prices=pa.array([t.p for t in trades], pa.float64()),
             quantities=pa.array([t.q for t in trades], pa.float64()),
             # m: the buyer is the maker, so the aggressor (taker) sold.
-            sides=pc.if_else(pa.array([t.m for t in trades], pa.bool_()), _SELL, _BUY),
+            sides=taker_sides(pa.array([t.m for t in trades], pa.bool_())),
             timestamps=millis_timestamps([t.T for t in trades]),
         )
 

@@ -60,6 +60,7 @@ from trading_platform.exchanges.conversions import (
     datetime_us,
     highest_per_key,
     rfc3339_timestamps,
+    taker_sides,
 )
 from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -204,14 +205,10 @@ def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
 
-_BUY, _SELL = pa.scalar("buy"), pa.scalar("sell")  # made once: a Python str argument is converted per call
-
-
 def _taker_sides(maker_sides: list[str]) -> pa.Array:
     """Coinbase reports the maker's side (see the module docstring): the taker's, as a column."""
     sides = pa.array(maker_sides, pa.string())
-    taker_buys = pc.equal(sides, "SELL" if MARKET_TRADES_SIDE_IS_MAKER else "BUY")
-    return pc.if_else(taker_buys, _BUY, _SELL)
+    return taker_sides(pc.equal(sides, "BUY" if MARKET_TRADES_SIDE_IS_MAKER else "SELL"))  # a resting buy was hit
 
 
 class Coinbase(Exchange):

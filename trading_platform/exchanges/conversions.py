@@ -4,6 +4,7 @@ reduction the hot path uses to keep one value per symbol out of a batch."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,20 @@ _UTC_NS = pa.timestamp("ns", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _datetime_decoder = msgspec.json.Decoder(datetime)
+
+
+@functools.cache
+def _side_labels() -> tuple[pa.Scalar, pa.Scalar]:
+    """("sell", "buy") as Arrow scalars: made once (a Python str argument is converted on every call), and not at
+    import, since making any Arrow value from Python objects runs pyarrow's one-time pandas probe, which imports
+    pandas into the process (an ingestion run keeps it out: ingestion/process.py)."""
+    return pa.scalar("sell", pa.string()), pa.scalar("buy", pa.string())
+
+
+def taker_sides(sells: pa.Array) -> pa.Array:
+    """The taker's side column, "sell" where ``sells`` (a boolean column) is true, else "buy"."""
+    sell, buy = _side_labels()
+    return pc.if_else(sells, sell, buy)
 
 
 def strings_to_float(values: list[str]) -> pa.Array:

@@ -32,7 +32,9 @@ DECODED_TRADE_SCHEMA = pa.schema([f for f in MARKET_TRADES.arrow_schema if f.nam
     pa.field("frame_index", pa.int64(), nullable=False)).append(pa.field("symbol_code", pa.int32()))
 INTERNAL_TRADE_COLUMNS = ["frame_index", "symbol_code"]
 REJECT_SCHEMA = pa.schema([f for f in QUARANTINE.arrow_schema if f.name != "batch_id"])
-_EMPTY_REJECTS = REJECT_SCHEMA.empty_table()
+# Built from no batches: Schema.empty_table() would run pyarrow's one-time "is pandas importable?" probe at import,
+# which imports pandas into every process that imports this module (an ingestion run keeps pandas out, process.py).
+_EMPTY_REJECTS = pa.Table.from_batches([], schema=REJECT_SCHEMA)
 
 # Verdicts on a frame the typed decode refused that are not errors (any other verdict is a reject reason).
 CONTROL = "control"  # replies to our requests, acks, heartbeats: expected traffic

@@ -48,3 +48,14 @@ def test_a_prepared_run_has_no_transparent_huge_pages() -> None:
     # prctl is Linux's, as is every machine this project installs on (make's apt step, the Debian services).
     assert _python("import ctypes, ctypes.util; print(ctypes.CDLL(ctypes.util.find_library('c')).prctl(42, 0, 0, 0, 0))"
                    ) == "1"  # PR_GET_THP_DISABLE
+
+
+def test_importing_the_definitions_leaves_pandas_out() -> None:
+    """A Dagster run worker imports every definition before the ingestion op prepares its process: a module that
+    made an Arrow value from Python objects at import would run pyarrow's pandas probe, and pandas would be in
+    every run whatever the op does."""
+    done = subprocess.run([sys.executable, "-c", "import sys, trading_platform.definitions; "
+                                                 "print('pandas' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
