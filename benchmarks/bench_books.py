@@ -70,8 +70,8 @@ def _exchange(name: str, config: ExchangeConfig, book: frames.BookFrames, rounds
         for symbol in market.books:
             bids, asks = market.top(symbol)
             assert exchange.synced[symbol], f"{name} {symbol}: book not in sync"
-            held = exchange.books[symbol].top_text("bid", 10), exchange.books[symbol].top_text("ask", 10)
-            assert held == (market.texts(symbol, bids[:10]), market.texts(symbol, asks[:10])), f"{name} {symbol}"
+            held = exchange.books[symbol].top("bid", 10), exchange.books[symbol].top("ask", 10)
+            assert held == (market.values(symbol, bids[:10]), market.values(symbol, asks[:10])), f"{name} {symbol}"
         assert not exchange.counters["checksums_failed"], f"{name}: {exchange.counters}"
 
     contenders: dict[str, Run] = {

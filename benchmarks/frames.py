@@ -193,6 +193,10 @@ class BookMarket:
         spec = self.specs[symbol]
         return [(spec.price_text(p), spec.qty_text(q)) for p, q in levels]
 
+    def values(self, symbol: str, levels: Levels) -> list[tuple[float, float]]:
+        """The levels as a client reads them off the wire: the floats of their texts."""
+        return [(float(price), float(qty)) for price, qty in self.texts(symbol, levels)]
+
 
 @dataclass
 class BookFrames:

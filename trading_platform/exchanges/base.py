@@ -46,6 +46,7 @@ from trading_platform.exchanges.trade_gaps import (
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 T = TypeVar("T")
+_untyped_decoder = msgspec.json.Decoder()
 
 
 class TradeColumns(NamedTuple):
@@ -167,6 +168,22 @@ class Exchange(RecordDecoder):
     def reject_unknown_symbol(self, native: str, received_us: int, frame: bytes, rejects: Rejects) -> None:
         rejects.add(received_us, "unknown_symbol",
                     f"{self.symbol_noun} {native!r} is not configured for {self.name}", frame)
+
+    def entries_naming(self, raw: bytes, key: str) -> list[tuple[str, dict[str, Any]]]:
+        """(symbol, entry) for each entry of a refused JSON array (``decode_field`` said None) that names a
+        configured symbol under ``key``: the books whose changes were lost with it. Empty when it names none or is
+        no array of objects."""
+        try:
+            entries = _untyped_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return []
+        named = []
+        for entry in entries if isinstance(entries, list) else ():
+            native = entry.get(key) if isinstance(entry, dict) else None
+            symbol = self.native_to_symbol.get(native) if isinstance(native, str) else None
+            if symbol is not None:
+                named.append((symbol, entry))
+        return named
 
     def decode_field(self, decoder: msgspec.json.Decoder[T], raw: bytes, field: str, received_us: int, frame: bytes,
                      rejects: Rejects) -> T | None:

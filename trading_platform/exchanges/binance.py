@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Level, parse_levels
+from trading_platform.exchanges.book import PriceLevel, check_finite, parse_levels
 from trading_platform.exchanges.conversions import millis_timestamps, taker_sides
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -63,19 +63,22 @@ class _DepthEvent(msgspec.Struct, tag_field="e", gc=False):
 
 
 class _Depth(_DepthEvent, tag="depthUpdate"):
-    """What the batch decode of a book subscriber reads: the levels typed in the same pass as the event. (Kept as
-    raw JSON and decoded per event, each event paid two more decoder calls, ~6.5k instructions: an eighth of a
-    book update. The batch's level lists no longer set off collections of the heap: the cyclic GC is held off
-    while a batch is decoded, ``record_decoder.paused_gc``.)"""
+    """What the batch decode of a book subscriber reads: the levels typed in the same pass as the event, their
+    number texts read as floats by the lax decoder (as the trades' are), so each level is the book's own
+    (price, quantity) tuple as msgspec built it. (Kept as raw JSON and decoded per event, each event paid two more
+    decoder calls, ~6.5k instructions: an eighth of a book update; decoded as texts, a float() per text and a
+    second tuple per level were a third of a book update. The batch's level lists no longer set off collections of
+    the heap: the cyclic GC is held off while a batch is decoded, ``record_decoder.paused_gc``.)"""
 
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
+    b: list[PriceLevel]
+    a: list[PriceLevel]
 
 
 class _RawDepth(_DepthEvent, tag="depthUpdate"):
     """The same event with its levels left as JSON text, decoded when it is handled (``_levels_decoder``): the
     frame-by-frame fallback reads this one, so an event whose levels are wrong-typed (which failed the typed batch)
-    is quarantined as ``depth levels: ...`` exactly as before; a trades-only subscriber never decodes levels."""
+    is quarantined as ``depth levels: ...``, and one whose number text is no number as ``depth level is not a
+    number``, whatever frames share its batch; a trades-only subscriber never decodes levels."""
 
     b: msgspec.Raw
     a: msgspec.Raw
@@ -87,8 +90,8 @@ class _Diff(NamedTuple):
     time_ms: int  # E
     first: int  # U
     last: int  # u
-    bids: list[Level]
-    asks: list[Level]
+    bids: list[PriceLevel]
+    asks: list[PriceLevel]
 
 
 class _Shutdown(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
@@ -120,8 +123,8 @@ class _BookCombined(msgspec.Struct, gc=False):
 
 class _Snapshot(msgspec.Struct):
     lastUpdateId: Int64
-    bids: list[tuple[str, str]]
-    asks: list[tuple[str, str]]
+    bids: list[PriceLevel]  # read as floats by the lax decoder, as the depth events' levels
+    asks: list[PriceLevel]
 
 
 class _Control(msgspec.Struct):
@@ -137,8 +140,10 @@ _batch_decoder = msgspec.json.Decoder(list[_Combined], strict=False)  # lax: num
 _book_batch_decoder = msgspec.json.Decoder(list[_BookCombined], strict=False)
 _frame_decoder = msgspec.json.Decoder(_AnyCombined, strict=False)
 _raw_shutdown_decoder = msgspec.json.Decoder(_RawShutdown)
-_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
-_levels_decoder = msgspec.json.Decoder(list[tuple[str, str]])
+_snapshot_decoder = msgspec.json.Decoder(_Snapshot, strict=False)
+# The fallback's levels: texts (or numbers, as the lax batch decode accepts them), converted by parse_levels, which
+# tells a text that is no number from a wrong-typed level.
+_levels_decoder = msgspec.json.Decoder(list[tuple[str | float, str | float]])
 _control_decoder = msgspec.json.Decoder(_Control)
 
 _UNSUBSCRIBE_ID = 0x7FFF_0001  # reserved request id: its reply ends a drain
@@ -320,18 +325,20 @@ class Binance(Exchange):
         elif not self.wants_books:
             out.control += 1  # a stream we did not ask for (e.g. an archive): not data for us
         else:
-            if isinstance(payload, _Depth):
-                bids, asks = payload.b, payload.a
-            else:
-                try:
-                    bids, asks = _levels_decoder.decode(payload.b), _levels_decoder.decode(payload.a)
-                except msgspec.DecodeError as error:
-                    # Dropped like a lost frame (as every reject): the next event's U shows the hole and the book
-                    # resyncs.
-                    out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
-                    return
             try:
-                bid_levels, ask_levels = parse_levels(bids), parse_levels(asks)
+                if isinstance(payload, _Depth):
+                    bid_levels, ask_levels = payload.b, payload.a
+                    check_finite(bid_levels)
+                    check_finite(ask_levels)
+                else:
+                    try:
+                        bid_levels = parse_levels(_levels_decoder.decode(payload.b))
+                        ask_levels = parse_levels(_levels_decoder.decode(payload.a))
+                    except msgspec.DecodeError as error:
+                        # Dropped like a lost frame (as every reject): the next event's U shows the hole and the
+                        # book resyncs.
+                        out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
+                        return
             except ValueError:
                 out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
                 return
@@ -345,7 +352,8 @@ class Binance(Exchange):
             self._buffers[symbol].clear()
             self._pending[symbol] = False
 
-    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[PriceLevel],
+                  asks: list[PriceLevel],
                   received_us: int, out: DecodeOutput) -> None:
         """Buffer one diff event (E, U, u and its levels) while unsynced (asking for a snapshot once), else
         apply it (step 6). The event's fields come one by one, not as an object: in sync, nothing is kept."""
@@ -388,7 +396,9 @@ class Binance(Exchange):
         events = out.events
         try:
             snapshot = _snapshot_decoder.decode(body)
-            bids, asks = parse_levels(snapshot.bids), parse_levels(snapshot.asks)
+            bids, asks = snapshot.bids, snapshot.asks
+            check_finite(bids)
+            check_finite(asks)
         except (msgspec.DecodeError, ValueError) as error:
             out.rejects.add(received_us, "bad_snapshot", f"not a depth snapshot: {error}", payload)
             out.actions.append(FetchSnapshot(symbol, self.snapshot_url(symbol)))

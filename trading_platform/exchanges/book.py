@@ -1,8 +1,8 @@
 """One L2 order book, and the columnar collectors exchange modules fill while decoding.
 
-Levels keep the exchange's own price/quantity text next to the floats, because some checksums (Kraken)
-are computed over the text with its full precision; such a book also keeps each level's checksum text, made
-once when the level is set rather than re-formatted for every verification.
+A level is its price and quantity as floats, as the decoders read them off the wire; a book whose checksum is
+computed over the exchange's text (Kraken) keeps each level's checksum text beside them, made once when the level is
+set rather than re-formatted for every verification.
 
 Layout: per side a plain list of its prices kept sorted with ``bisect`` (a C-level search and one memmove per
 price that appears or vanishes) and, aligned with it, the list of its levels. A change finds its price by
@@ -29,42 +29,43 @@ import pyarrow as pa
 from trading_platform.schema import BOOK_EVENTS, BOOK_LEVELS, ORDERBOOK_SNAPSHOTS
 
 Side = Literal["bid", "ask"]
-# (price, quantity, price text, quantity text, checksum text): one tuple per level, built once when the exchange
-# sends it and stored as is. The checksum text is "" for books that verify none. (Measured on the Binance bench
-# frames: this dict + sorted price list applies and reads the top ~5x faster than sortedcontainers.SortedDict.)
-Level = tuple[float, float, str, str, str]
+# (price, quantity[, checksum text]): one tuple per level, stored as the decoder made it. The Binance and Coinbase
+# decoders read the levels' number texts as floats in their own pass (lax msgspec decoders), so a level there is the
+# very (float, float) tuple msgspec built: no str per number, no float() per text, no second tuple. (Measured on the
+# Binance bench frames: this sorted price list applies and reads the top ~5x faster than sortedcontainers.SortedDict.)
+PriceLevel = tuple[float, float]
+ChecksumLevel = tuple[float, float, str]
+Level = PriceLevel | ChecksumLevel
 _UTC_US = pa.timestamp("us", tz="UTC")
 _NOT_FINITE = "level {!r} {!r} is not a finite number"
 
 
-def parse_levels(pairs: Iterable[tuple[str, str]]) -> list[Level]:
-    """Levels from the exchange's (price text, quantity text) pairs, in order.
+def parse_levels(pairs: Iterable[tuple[str | float, str | float]]) -> list[PriceLevel]:
+    """Levels from the exchange's (price, quantity) pairs, texts or numbers, in order.
 
     Raises ValueError for a value that is not a finite number: NaN or infinity would break the sorted price
     order (and mean nothing on a book).
     """
-    # One pass, each number checked as it is made (a comprehension then a check_finite loop walked the levels
-    # twice: ~30% more instructions on the bench levels). The first non-finite level is reported only after every
-    # text converted, so a text that is no number at all still wins, as it always has.
-    levels: list[Level] = []
+    # One pass, each number checked as it is made. The first non-finite level is reported only after every text
+    # converted, so a text that is no number at all still wins, as it always has.
+    levels: list[PriceLevel] = []
     append = levels.append
-    non_finite: tuple[str, str] | None = None
+    non_finite: tuple[str | float, str | float] | None = None
     for price_text, quantity_text in pairs:
         price, quantity = float(price_text), float(quantity_text)
         if (price - price or quantity - quantity) and non_finite is None:  # 0.0 for a finite number, else NaN
             non_finite = price_text, quantity_text
-        append((price, quantity, price_text, quantity_text, ""))
+        append((price, quantity))
     if non_finite is not None:
         raise ValueError(_NOT_FINITE.format(*non_finite))
     return levels
 
 
-def check_finite(levels: Sequence[Level]) -> None:
-    """Raise ValueError if a level's price or quantity is NaN or infinite."""
-    for price, quantity, price_text, quantity_text, _ in levels:
+def check_finite(levels: Iterable[PriceLevel]) -> None:
+    """Raise ValueError if a level's price or quantity is NaN or infinite (a lax decoder reads "nan" and "inf")."""
+    for price, quantity in levels:
         if price - price or quantity - quantity:  # 0.0 for every finite number, NaN otherwise
-            raise ValueError(_NOT_FINITE.format(price_text, quantity_text))
-
+            raise ValueError(_NOT_FINITE.format(price, quantity))
 
 
 class OrderBook:
@@ -95,7 +96,7 @@ class OrderBook:
 
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
         """One absolute quantity at a price; zero removes the level."""
-        levels = parse_levels(((price_text, quantity_text),))
+        levels: list[Level] = list(parse_levels(((price_text, quantity_text),)))
         if side == "bid":
             self.apply(levels, [])
         else:
@@ -112,11 +113,9 @@ class OrderBook:
             return self.bids[:-n - 1:-1] if n > 0 else []
         return self.asks[:n]
 
-    def top(self, side: Side, n: int) -> list[tuple[float, float]]:
-        return [level[:2] for level in self.best_levels(side, n)]
-
-    def top_text(self, side: Side, n: int) -> list[tuple[str, str]]:
-        return [level[2:4] for level in self.best_levels(side, n)]
+    def top(self, side: Side, n: int) -> list[PriceLevel]:
+        """The best ``n`` (price, quantity), best first."""
+        return [(level[0], level[1]) for level in self.best_levels(side, n)]
 
     def checksum_text(self, n: int) -> str:
         """The checksum texts of the best ``n`` asks then the best ``n`` bids, best first, joined (Kraken's order)."""
@@ -137,7 +136,7 @@ class OrderBook:
 
 
 _QUANTITY = itemgetter(1)
-_CHECKSUM_TEXT = itemgetter(4)
+_CHECKSUM_TEXT = itemgetter(2)
 
 
 def _apply_side(prices: list[float], held: list[Level], levels: Sequence[Level]) -> None:

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Level, check_finite
+from trading_platform.exchanges.book import PriceLevel, check_finite
 from trading_platform.exchanges.conversions import (
     datetime_us,
     highest_per_key,
@@ -100,8 +100,10 @@ class _TradesEvent(msgspec.Struct, gc=False):
 
 class _Level(msgspec.Struct, gc=False):
     side: Literal["bid", "offer"]
-    price_level: str
-    new_quantity: str
+    # Number texts read as floats by the lax decoders, as the trades' are: the book's (price, quantity) tuple is
+    # made from them with no float() per text. A text that is no number fails the events (wrong_type, naming it).
+    price_level: float
+    new_quantity: float
     event_time: datetime | None = None
 
 
@@ -149,8 +151,9 @@ class _L2Data(_L2Envelope, tag="l2_data"):  # subscribed as "level2", delivered 
 class _RawL2Data(_L2Envelope, tag="l2_data"):
     """The same message with its events left as raw JSON, decoded per message (``_l2_events_decoder``): the
     frame-by-frame fallback reads this one, so a frame whose events are wrong-typed (which failed the typed batch)
-    still consumes its sequence number and is quarantined by ``decode_field`` naming the field's full path, exactly
-    as a batch with no such frame treats it; a trades-only subscriber never decodes book events at all."""
+    still consumes its sequence number and is quarantined by ``decode_field`` naming the field's full path, and the
+    books it names are resynced, exactly as a batch with no such frame treats it; a trades-only subscriber never
+    decodes book events at all."""
 
     events: msgspec.Raw
 
@@ -196,7 +199,7 @@ class _HistoryPage(msgspec.Struct, gc=False):
 _history_decoder = msgspec.json.Decoder(_HistoryPage, strict=False)  # lax: number strings read as floats
 _batch_decoder = msgspec.json.Decoder(list[_Message], strict=False)
 _book_batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[_BookMessage], strict=False)
-_l2_events_decoder = msgspec.json.Decoder(list[_L2Event])
+_l2_events_decoder = msgspec.json.Decoder(list[_L2Event], strict=False)
 _frame_decoder = msgspec.json.Decoder(_Message, strict=False)
 _ack_decoder = msgspec.json.Decoder(_AckProbe)
 
@@ -371,6 +374,10 @@ class Coinbase(Exchange):
                             trades += event.trades
                             trade_frames += [index] * count
                             continue
+            elif type(message) is _L2Data:  # events typed by the batch decode
+                for l2_event in message.events:
+                    self._l2_event(l2_event, message, received_us[index], frames[index], out)
+                continue
             elif isinstance(message, _Skipped):
                 continue
             self._apply(message, index, received_us[index], frames[index], out)
@@ -381,15 +388,15 @@ class Coinbase(Exchange):
         """A frame already checked for sequence."""
         if isinstance(message, _MarketTrades):
             self._trades(message, index, out)
-        elif type(message) is _L2Data:  # events typed by the batch decode
-            for event in message.events:
-                self._l2_event(event, message, received, frame, out)
         elif isinstance(message, _RawL2Data):
             if not self.wants_books:
                 out.control += 1
                 return
             events = self.decode_field(_l2_events_decoder, message.events, "events", received, frame, out.rejects)
             if events is None:
+                # Its changes are lost, so the books they were for are untrusted until a fresh snapshot.
+                for kind, symbols in self._books_named(message.events).items():
+                    self._lose_books(symbols, f"{kind}_rejected", out.rejects.details[-1], received, out)
                 return
             for event in events:
                 self._l2_event(event, message, received, frame, out)
@@ -425,6 +432,20 @@ class Coinbase(Exchange):
         detail = f"sequence_num expected {expected} got {sequence} ({sequence - expected} messages missing)"
         self._lose_books(self.symbols, "sequence_gap", detail, received, out)
         return True
+
+    def _books_named(self, raw_events: bytes) -> dict[str, list[str]]:
+        """The books a refused ``events`` text was for, which must resync, by the kind of event that was lost
+        ("snapshot" or "update"): those its events name that are in sync or that it held a snapshot for (a lost
+        snapshot leaves its book waiting); every book in sync if it names no configured product."""
+        lost: dict[str, str] = {}  # symbol -> "snapshot" if any of its events was one, else "update"
+        for symbol, event in self.entries_naming(raw_events, "product_id"):
+            if lost.get(symbol) != "snapshot":
+                lost[symbol] = "snapshot" if event.get("type") == "snapshot" else "update"
+        by_kind: dict[str, list[str]] = {}
+        for symbol, kind in (lost or dict.fromkeys(self.symbols, "update")).items():
+            if kind == "snapshot" or self.synced[symbol]:
+                by_kind.setdefault(kind, []).append(symbol)
+        return by_kind
 
     def _lose_books(self, symbols: list[str], kind: str, detail: str, received: int, out: DecodeOutput) -> None:
         """Messages or updates of these books were lost (a ``kind`` event each): untrusted until a fresh snapshot,
@@ -519,7 +540,7 @@ class Coinbase(Exchange):
             return
         try:
             bids, asks = _book_levels(event.updates)
-        except ValueError as error:  # not a number, or not a finite one
+        except ValueError as error:  # not a finite number
             detail = f"level2 level of {event.product_id}: {error}"
             out.rejects.add(received, "wrong_type", detail, frame)
             # The event is lost (none of its levels applied): the book is untrusted until a fresh snapshot.
@@ -530,17 +551,14 @@ class Coinbase(Exchange):
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
             self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,
                                      message.sequence_num, out)
-        else:
-            self.apply_book_changes(symbol, bids, asks, self._update_time(event, message), received,
-                                    message.sequence_num, out)
+        elif self.synced[symbol]:  # else ignored until the next snapshot
+            # The change's time is its last level's (the envelope's when it has none, or the epoch).
+            last = event.updates[-1].event_time if event.updates else None
+            event_us = datetime_us(last) if last is not None else 0
+            self.apply_book_changes(symbol, bids, asks, event_us if event_us > 0 else datetime_us(message.timestamp),
+                                    received, message.sequence_num, out)
 
-    @staticmethod
-    def _update_time(event: _L2Event, message: _L2Envelope) -> int:
-        last = event.updates[-1].event_time if event.updates else None
-        event_us = datetime_us(last) if last is not None else 0
-        return event_us if event_us > 0 else datetime_us(message.timestamp)
-
-    def apply_book_snapshot(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int | None,
+    def apply_book_snapshot(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int | None,
                             received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Replace the book with a full snapshot; it is in sync from here. ``event_us`` None: the snapshot
         carries no exchange time, so emission waits for the next timed change."""
@@ -555,7 +573,7 @@ class Coinbase(Exchange):
         if event_us is not None:
             self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
-    def apply_book_changes(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int,
+    def apply_book_changes(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int,
                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         """Absolute quantities per level ("0" removes); ignored while the book awaits a snapshot."""
         if not self.synced[symbol]:
@@ -566,35 +584,21 @@ class Coinbase(Exchange):
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
 
-def _book_levels(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
-    """An event's bids and asks as book.Level tuples, built straight from the wire levels (as parse_levels builds
-    them from text pairs) in one pass over both sides, each number checked as it is made. Raises ValueError for a
-    level that is not a finite number, with the error ``_levels_as_reported`` gives."""
-    bids: list[Level] = []
-    asks: list[Level] = []
+def _book_levels(updates: list[_Level]) -> tuple[list[PriceLevel], list[PriceLevel]]:
+    """An event's bids and asks as the book's (price, quantity) tuples, in one pass over both sides. Raises
+    ValueError for a level that is not a finite number (the lax decode reads "nan" and "inf"): the first bid, else
+    the first offer."""
+    bids: list[PriceLevel] = []
+    asks: list[PriceLevel] = []
     finite = True
-    try:
-        for update in updates:
-            price_text, quantity_text = update.price_level, update.new_quantity
-            price, quantity = float(price_text), float(quantity_text)
-            if price - price or quantity - quantity:  # 0.0 for a finite number, else NaN
-                finite = False
-            (bids if update.side == "bid" else asks).append((price, quantity, price_text, quantity_text, ""))
-    except ValueError:
-        finite = False
-    return (bids, asks) if finite else _levels_as_reported(updates)
-
-
-def _levels_as_reported(updates: list[_Level]) -> tuple[list[Level], list[Level]]:
-    """The error a faulty event has always been quarantined with (the detail quotes it): a text that is no number
-    among the bids, then among the asks, then a non-finite bid, then a non-finite ask; only called for an event
-    ``_book_levels`` refused, so it raises."""
-    bids: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                         for u in updates if u.side == "bid"]
-    asks: list[Level] = [(float(u.price_level), float(u.new_quantity), u.price_level, u.new_quantity, "")
-                         for u in updates if u.side == "offer"]
-    check_finite(bids)
-    check_finite(asks)
+    for update in updates:
+        price, quantity = update.price_level, update.new_quantity
+        if price - price or quantity - quantity:  # 0.0 for a finite number, else NaN
+            finite = False
+        (bids if update.side == "bid" else asks).append((price, quantity))
+    if not finite:
+        check_finite(bids)  # raises, naming the first such bid, else
+        check_finite(asks)  # the first such offer
     return bids, asks
 
 

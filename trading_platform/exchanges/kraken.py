@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import Level, OrderBook, check_finite
+from trading_platform.exchanges.book import ChecksumLevel, OrderBook, check_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -129,18 +129,20 @@ def kraken_checksum(asks_text: Sequence[tuple[str, str]], bids_text: Sequence[tu
     exact text the exchange sent; only the first 10 of each count.
     """
     levels = checksum_levels([*asks_text[:CHECKSUM_LEVELS], *bids_text[:CHECKSUM_LEVELS]])
-    return zlib.crc32("".join([level[4] for level in levels]).encode("ascii")) & 0xFFFF_FFFF
+    return zlib.crc32("".join([level[2] for level in levels]).encode("ascii")) & 0xFFFF_FFFF
 
 
-def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[Level]:
+def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[ChecksumLevel]:
     """Book levels from (price text, quantity text) pairs, each with its checksum text made once, here: the
     price's then the quantity's digits, decimal point removed, leading zeros stripped.
 
     Raises ValueError for a value that is not a finite number."""
     # Spelled out inline, not a helper per number: this runs for every level of every update.
-    levels = [(float(price), float(qty), price, qty,
-               price.replace(".", "").lstrip("0") + qty.replace(".", "").lstrip("0")) for price, qty in pairs]
-    check_finite(levels)
+    levels = [(float(price), float(qty), price.replace(".", "").lstrip("0") + qty.replace(".", "").lstrip("0"))
+              for price, qty in pairs]
+    for price, qty, _ in levels:
+        if price - price or qty - qty:  # 0.0 for a finite number, else NaN
+            check_finite([(price, qty)])  # raises, worded as every book's
     return levels
 
 
@@ -167,7 +169,7 @@ def _number_text(raw: msgspec.Raw | bytes) -> str:
     return text
 
 
-def _wire_sides(asks: list[_Level], bids: list[_Level]) -> tuple[list[Level], list[Level]]:
+def _wire_sides(asks: list[_Level], bids: list[_Level]) -> tuple[list[ChecksumLevel], list[ChecksumLevel]]:
     """``checksum_levels`` of a book entry's asks and of its bids, with each number's own text."""
     pairs = [(str(level.price, "utf-8"), str(level.qty, "utf-8")) for level in asks + bids]
     # One check for them all instead of one call per number: JSON text made of digits, "." and "-" only is a plain
@@ -368,11 +370,18 @@ class Kraken(Exchange):
                       out: DecodeOutput) -> None:
         is_snapshot = message.type == "snapshot"
         if isinstance(message, _BookMessage):
-            entries: list[_Book] | None = message.data
+            entries: list[_Book] = message.data
         else:
-            entries = self.decode_field(_book_data_decoder, message.data, "data", received_us, frame, out.rejects)
-        if entries is None:
-            return
+            decoded = self.decode_field(_book_data_decoder, message.data, "data", received_us, frame, out.rejects)
+            if decoded is None:
+                # Its changes are lost: the books it names resync, as for a refused level below (a lost change
+                # can hide below the checksummed top 10).
+                for lost in dict.fromkeys(named for named, _ in self.entries_naming(message.data, "symbol")):
+                    if self.synced[lost] or is_snapshot:
+                        self.lose_sync(lost, received_us, f"{message.type}_rejected", out.rejects.details[-1], out)
+                        self._request_resync(lost, received_us, out)
+                return
+            entries = decoded
         for entry in entries:
             symbol = self.native_to_symbol.get(entry.symbol)
             if symbol is None:
@@ -404,8 +413,8 @@ class Kraken(Exchange):
                            "the book stays unsynced until the next connection")
 
     # --- the one book code path (v2 here, v1 archives in legacy/kraken.py) ---------------------
-    def apply_book(self, symbol: str, asks: list[Level], bids: list[Level], checksum: int | None, is_snapshot: bool,
-                   depth: int, event_us: int, received_us: int, out: DecodeOutput) -> bool:
+    def apply_book(self, symbol: str, asks: list[ChecksumLevel], bids: list[ChecksumLevel], checksum: int | None,
+                   is_snapshot: bool, depth: int, event_us: int, received_us: int, out: DecodeOutput) -> bool:
         """Apply one book message (levels from ``checksum_levels``) and verify it; False on a checksum mismatch.
 
         Snapshot: replace the book. Update: ignored while the book awaits a snapshot (after a connect or

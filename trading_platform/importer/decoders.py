@@ -7,7 +7,7 @@ from collections import Counter
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.binance import Binance
-from trading_platform.exchanges.book import Level
+from trading_platform.exchanges.book import PriceLevel
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.decoded import DecodeOutput
 from trading_platform.exchanges.legacy.coinbase import CoinbaseExchangeFeedDecoder
@@ -20,8 +20,8 @@ class _CountingBinance(Binance):
     """Binance counting the depth events it applies. The live module keeps no such total (only Kraken's does),
     so it is counted here, at the one method every diff event goes through."""
 
-    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[Level], asks: list[Level],
-                  received_us: int, out: DecodeOutput) -> None:
+    def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[PriceLevel],
+                  asks: list[PriceLevel], received_us: int, out: DecodeOutput) -> None:
         was_synced, sequence = self.synced[symbol], self.books[symbol].sequence
         super()._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
         # Applied: the book was in sync, the event was not already contained in it and no gap unsynced it.
@@ -33,7 +33,7 @@ class _CountingBinance(Binance):
 class _CountingCoinbase(Coinbase):
     """Coinbase counting the level2 updates it applies (both feeds' books go through this method)."""
 
-    def apply_book_changes(self, symbol: str, bids: list[Level], asks: list[Level], event_us: int,
+    def apply_book_changes(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int,
                            received_us: int, sequence: int, out: DecodeOutput) -> None:
         if self.synced[symbol]:  # else ignored until the next snapshot, as the method itself does
             self.counters["book_updates_applied"] += 1

@@ -117,8 +117,8 @@ def test_documented_event_straddling_the_snapshot_is_applied(binance: Binance) -
     book = binance.books["BNB-BTC"]
     assert binance.synced["BNB-BTC"]
     assert book.sequence == 160
-    assert book.top_text("bid", 5) == [("0.0024", "10"), ("0.0023", "5")]
-    assert book.top_text("ask", 5) == [("0.0026", "100"), ("0.0027", "7")]
+    assert book.top("bid", 5) == [(0.0024, 10.0), (0.0023, 5.0)]
+    assert book.top("ask", 5) == [(0.0026, 100.0), (0.0027, 7.0)]
 
 
 def test_documented_snapshot_sets_the_book(binance: Binance) -> None:
@@ -160,7 +160,7 @@ def test_qty_zero_removes_the_level(synced: Binance) -> None:
     feed(synced, depth(12, 12, bids=[["99.0", "0.00000000"]], asks=[["103.0", "4"]]))
     book = synced.books["BNB-BTC"]
     assert 99.0 not in book.bids
-    assert book.top_text("ask", 3) == [("101.0", "1"), ("102.0", "2"), ("103.0", "4")]
+    assert book.top("ask", 3) == [(101.0, 1.0), (102.0, 2.0), (103.0, 4.0)]
 
 
 def test_event_already_in_the_book_is_ignored(synced: Binance) -> None:
@@ -242,7 +242,7 @@ def test_recorded_2021_nknusdt_frame_applies_to_its_book(binance: Binance) -> No
          snapshot(499869751, [["0.35120000", "100.00000000"]], [["0.35200000", "50.00000000"]], "NKN-USDT"))
     book = binance.books["NKN-USDT"]
     assert binance.synced["NKN-USDT"] and book.sequence == 499869752
-    assert book.top_text("bid", 2) == [("0.35130000", "6195.00000000"), ("0.35120000", "100.00000000")]
+    assert book.top("bid", 2) == [(0.3513, 6195.0), (0.3512, 100.0)]
     decoded = feed(binance, depth(499869753, 499869753, 1633998513000, native="NKNUSDT"))
     assert decoded.book_snapshots is not None and decoded.book_snapshots.symbols == ["NKN-USDT"]
     assert decoded.book_snapshots.natives == ["NKNUSDT"]
@@ -298,33 +298,49 @@ def test_non_numeric_level_is_quarantined_and_its_hole_is_a_gap(synced: Binance)
     assert not synced.synced["BNB-BTC"]
 
 
-def test_level_that_is_not_a_pair_of_strings_is_quarantined(synced: Binance) -> None:
+def test_level_that_is_not_a_pair_of_numbers_is_quarantined(synced: Binance) -> None:
+    decoded = feed(synced, (RecordKind.FRAME, combined(b'{"e":"depthUpdate","E":1,"s":"BNBBTC","U":12,"u":12,'
+                                                       b'"b":[[true,"5"]],"a":[]}', "bnbbtc@depth@100ms")))
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 1.0)]
+
+
+def test_a_level_sent_as_json_numbers_is_read_as_those_numbers(synced: Binance) -> None:
+    # The lax rule of every number the decoders read: a JSON number where Binance sends a string is that number.
     decoded = feed(synced, (RecordKind.FRAME, combined(b'{"e":"depthUpdate","E":1,"s":"BNBBTC","U":12,"u":12,'
                                                        b'"b":[[100.0,5]],"a":[]}', "bnbbtc@depth@100ms")))
-    assert decoded.rejects.reasons == ["wrong_type"]
-    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+    assert decoded.rejects.reasons == []
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 5.0)] and synced.books["BNB-BTC"].sequence == 12
 
 
 def test_wrong_typed_levels_in_a_batch_are_quarantined_as_depth_levels_and_the_rest_applied(synced: Binance) -> None:
     # The batch decode types the levels; the frame it refuses sends the batch frame by frame, where its levels
     # are decoded on their own: the same reject as ever, and the frames around it applied.
     wrong = (RecordKind.FRAME, combined(b'{"e":"depthUpdate","E":1,"s":"BNBBTC","U":13,"u":13,'
-                                        b'"b":[[100.0,5]],"a":[]}', "bnbbtc@depth@100ms"))
+                                        b'"b":[[true,"5"]],"a":[]}', "bnbbtc@depth@100ms"))
     decoded = feed(synced, depth(12, 12, bids=[["100.0", "7"]]), wrong)
     assert decoded.rejects.reasons == ["wrong_type"]
-    assert decoded.rejects.details == ["depth levels: Expected `str`, got `float` - at `$[0][0]`"]
-    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "7")] and synced.books["BNB-BTC"].sequence == 12
+    assert decoded.rejects.details == ["depth levels: Expected `float | str`, got `bool` - at `$[0][0]`"]
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 7.0)] and synced.books["BNB-BTC"].sequence == 12
+
+
+def test_a_non_numeric_level_in_a_batch_is_quarantined_as_ever_and_the_rest_applied(synced: Binance) -> None:
+    # A text that is no number fails the lax batch decode too: frame by frame, it is the same reject as alone.
+    decoded = feed(synced, depth(12, 12, bids=[["100.0", "7"]]), depth(13, 13, bids=[["abc", "1"]]))
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert decoded.rejects.details == ["depth level is not a number"]
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 7.0)] and synced.books["BNB-BTC"].sequence == 12
 
 
 def test_non_finite_level_is_quarantined(synced: Binance) -> None:
     decoded = feed(synced, depth(12, 12, bids=[["100.0", "NaN"]]), depth(12, 12, asks=[["inf", "1"]]))
     assert decoded.rejects.reasons == ["wrong_type", "wrong_type"]
-    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 1.0)]
 
 
 def test_bad_level_on_one_side_leaves_the_other_side_unapplied(synced: Binance) -> None:
     feed(synced, depth(12, 12, bids=[["100.0", "5"]], asks=[["abc", "1"]]))
-    assert synced.books["BNB-BTC"].top_text("bid", 1) == [("100.0", "1")]
+    assert synced.books["BNB-BTC"].top("bid", 1) == [(100.0, 1.0)]
 
 
 def test_snapshot_with_a_non_numeric_level_is_bad(binance: Binance) -> None:

@@ -11,15 +11,15 @@ from trading_platform.exchanges.book import BookSnapshots, OrderBook, parse_leve
 from trading_platform.ingestion.normalize import _merge
 
 
-def oracle_top(levels: dict[float, tuple[str, str]], best_first_descending: bool, n: int) -> list[tuple[str, str]]:
-    return [levels[p] for p in sorted(levels, reverse=best_first_descending)[:n]]
+def oracle_top(levels: dict[float, float], best_first_descending: bool, n: int) -> list[tuple[float, float]]:
+    return [(price, levels[price]) for price in sorted(levels, reverse=best_first_descending)[:n]]
 
 
 def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
     rng = random.Random(7)
     book = OrderBook()
-    bids: dict[float, tuple[str, str]] = {}
-    asks: dict[float, tuple[str, str]] = {}
+    bids: dict[float, float] = {}
+    asks: dict[float, float] = {}
     for step in range(3_000):
         side, levels = ("bid", bids) if rng.random() < 0.5 else ("ask", asks)
         changes = []
@@ -28,7 +28,7 @@ def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
             quantity = "0" if rng.random() < 0.4 else f"{rng.randint(1, 999)}.5"
             changes.append((price, quantity))
             if float(quantity):
-                levels[float(price)] = (price, quantity)
+                levels[float(price)] = float(quantity)
             else:
                 levels.pop(float(price), None)
         levels = parse_levels(changes)
@@ -38,8 +38,8 @@ def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
             for kept, descending in ((bids, True), (asks, False)):
                 for price in sorted(kept, reverse=descending)[12:]:
                     del kept[price]
-        assert book.top_text("bid", 10) == oracle_top(bids, True, 10)
-        assert book.top_text("ask", 10) == oracle_top(asks, False, 10)
+        assert book.top("bid", 10) == oracle_top(bids, True, 10)
+        assert book.top("ask", 10) == oracle_top(asks, False, 10)
     assert len(book.bids) == len(bids) and len(book.asks) == len(asks)
 
 

@@ -224,13 +224,18 @@ def test_sequence_gap_records_events_asks_for_one_reconnect_and_stops_emission(c
     assert not coinbase.synced["BTC-USD"] and not coinbase.synced["ETH-USD"]
 
 
-@pytest.mark.parametrize("bad", ["abc", "NaN", "1e400"])
+@pytest.mark.parametrize(("bad", "named"), [
+    # No number: refused by the decode, naming the field. A number, not a finite one: refused by the book.
+    ("abc", "Expected `float`, got `str` - at `$.events[0].updates[1].price_level`"),
+    ("NaN", "level nan 2.0 is not a finite number"),
+    ("1e400", "Number out of range - at `$.events[0].updates[1].price_level`"),
+])
 def test_a_level2_level_that_is_no_finite_number_is_quarantined_and_resyncs_that_book(coinbase: Coinbase,
-                                                                                      bad: str) -> None:
+                                                                                      bad: str, named: str) -> None:
     broken = l2_frame(2, "update", [level("bid", "68898.00", "1.0"), level("offer", bad, "2.0")])
     decoded = decode(coinbase, CONNECTED, book_snapshot(0), bid_update(1, "5", "2026-04-07T14:30:01.1Z"), broken,
                      trades_frame(3, "update", trade("7")), bid_update(4, "6", "2026-04-07T14:30:03.1Z"))
-    assert decoded.rejects.reasons == ["wrong_type"] and bad in decoded.rejects.details[0]
+    assert decoded.rejects.reasons == ["wrong_type"] and named in decoded.rejects.details[0]
     assert decoded.rejects.raws == [broken.decode()]
     assert [row["trade_id"] for row in decoded.trades.to_pylist()] == ["7"]  # the batch decoded, nothing lost
     assert [(symbol, kind) for symbol, kind, _ in event_rows(decoded)] == [("BTC-USD", "update_rejected")]
@@ -338,25 +343,53 @@ def test_wrong_typed_field_is_quarantined_and_names_the_field(coinbase: Coinbase
     assert "$.events[0].trades[0].side" in decoded.rejects.details[0]
 
 
-def test_wrong_typed_book_field_is_quarantined_and_names_the_field(coinbase: Coinbase) -> None:
-    wrong = bid_update(1, "2.0", "2026-04-07T14:30:01.000000Z").replace(b'"price_level": "68899.00"',
-                                                                         b'"price_level": 68899.0')
+def test_wrong_typed_book_field_is_quarantined_names_the_field_and_resyncs_that_book(coinbase: Coinbase) -> None:
+    wrong = bid_update(1, "2.0", "2026-04-07T14:30:01.000000Z").replace(b'"new_quantity": "2.0"',
+                                                                         b'"new_quantity": true')
     decoded = decode(coinbase, CONNECTED, book_snapshot(0), wrong, bid_update(2, "3.0", "2026-04-07T14:30:02Z"))
     assert decoded.rejects.reasons == ["wrong_type"]
-    assert "$.events[0].updates[0].price_level" in decoded.rejects.details[0]
-    assert event_rows(decoded) == []  # its sequence number was counted: no gap
-    assert coinbase.books["BTC-USD"].top_text("bid", 2) == [("68900.00", "1.0"), ("68899.00", "3.0")]
+    assert "$.events[0].updates[0].new_quantity" in decoded.rejects.details[0]
+    # Its sequence number was counted (no gap), but its change is lost: that book waits for a fresh snapshot.
+    assert [(symbol, kind) for symbol, kind, _ in event_rows(decoded)] == [("BTC-USD", "update_rejected")]
+    assert [type(action) for action in decoded.actions] == [Reconnect]
+    assert not coinbase.synced["BTC-USD"]
+    assert coinbase.books["BTC-USD"].top("bid", 2) == [(68900.0, 1.0), (68899.0, 3.0)]  # the later change ignored
+
+
+def test_a_refused_snapshot_leaves_its_book_waiting_for_a_fresh_one(coinbase: Coinbase) -> None:
+    wrong = book_snapshot(0).replace(b'"new_quantity": "0.5"', b'"new_quantity": null')
+    decoded = decode(coinbase, CONNECTED, wrong)
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert [(symbol, kind) for symbol, kind, _ in event_rows(decoded)] == [("BTC-USD", "snapshot_rejected")]
+    assert [type(action) for action in decoded.actions] == [Reconnect]
+
+
+def test_refused_events_that_name_no_product_resync_every_book_in_sync(coinbase: Coinbase) -> None:
+    decode(coinbase, CONNECTED, book_snapshot(0), book_snapshot(1).replace(b'"BTC-USD"', b'"ETH-USD"'))
+    wrong = envelope("l2_data", 2, [{"type": "update", "updates": []}])  # no product_id
+    decoded = decode(coinbase, wrong)
+    assert decoded.rejects.reasons == ["wrong_type"]
+    assert sorted(symbol for symbol, _, _ in event_rows(decoded)) == ["BTC-USD", "ETH-USD"]
+    assert not coinbase.synced["BTC-USD"] and not coinbase.synced["ETH-USD"]
+
+
+def test_a_level_sent_as_json_numbers_is_read_as_those_numbers(coinbase: Coinbase) -> None:
+    # The lax rule of every number the decoders read: a JSON number where Coinbase sends a string is that number.
+    numbers = bid_update(1, "2.0", "2026-04-07T14:30:01.000000Z").replace(b'"price_level": "68899.00"',
+                                                                           b'"price_level": 68899.0')
+    decoded = decode(coinbase, CONNECTED, book_snapshot(0), numbers)
+    assert decoded.rejects.reasons == [] and event_rows(decoded) == []
+    assert coinbase.books["BTC-USD"].top("bid", 2) == [(68900.0, 1.0), (68899.0, 2.0)]
 
 
 @pytest.mark.parametrize(("levels", "named"), [
-    # A text that is no number among the bids wins over one among the offers, wherever each stands.
-    ([level("offer", "abc", "1.0"), level("bid", "68898.00", "xyz")], "'xyz'"),
-    # Then one among the offers, over a non-finite bid before it.
-    ([level("bid", "68898.00", "NaN"), level("offer", "abc", "1.0")], "'abc'"),
-    # Then the first non-finite bid, over a non-finite offer before it.
-    ([level("offer", "inf", "1.0"), level("bid", "68898.00", "NaN")], "level '68898.00' 'NaN'"),
+    # A text that is no number fails the decode, which names the first such field in the frame.
+    ([level("offer", "abc", "1.0"), level("bid", "68898.00", "xyz")], "updates[0].price_level"),
+    ([level("bid", "68898.00", "NaN"), level("offer", "abc", "1.0")], "updates[1].price_level"),
+    # Numbers all, the first non-finite bid is named, over a non-finite offer before it.
+    ([level("offer", "inf", "1.0"), level("bid", "68898.00", "NaN")], "level 68898.0 nan"),
 ])
-def test_a_level2_event_with_several_faults_is_quarantined_naming_the_same_one_as_ever(
+def test_a_level2_event_with_several_faults_is_quarantined_naming_the_first(
         coinbase: Coinbase, levels: list[dict[str, str]], named: str) -> None:
     decoded = decode(coinbase, CONNECTED, book_snapshot(0), l2_frame(1, "update", levels))
     assert decoded.rejects.reasons == ["wrong_type"] and named in decoded.rejects.details[0]
@@ -366,8 +399,7 @@ def test_a_wrong_typed_book_field_leaves_the_rest_of_its_batch_as_if_decoded_alo
         coinbase: Coinbase, exchanges_config: ExchangesFile) -> None:
     # The batch decode types the level2 events; a frame it refuses sends the batch frame by frame, where the
     # events are decoded per message: the same rows, rejects and books as a batch without that frame.
-    wrong = bid_update(2, "2.0", "2026-04-07T14:30:02Z").replace(b'"price_level": "68899.00"',
-                                                                 b'"price_level": 68899.0')
+    wrong = bid_update(2, "2.0", "2026-04-07T14:30:02Z").replace(b'"new_quantity": "2.0"', b'"new_quantity": true')
     records = [book_snapshot(0), bid_update(1, "5", "2026-04-07T14:30:01.1Z"), wrong,
                trades_frame(3, "update", trade("7")), bid_update(4, "6", "2026-04-07T14:30:03.1Z")]
     batched = decode(coinbase, CONNECTED, *records)
@@ -380,8 +412,8 @@ def test_a_wrong_typed_book_field_leaves_the_rest_of_its_batch_as_if_decoded_alo
     assert books(snapshot_rows(batched)) == books([row for one in one_by_one if one.book_snapshots
                                                    for row in snapshot_rows(one)])
     assert batched.trades.column("trade_id").to_pylist() == ["7"]
-    assert coinbase.books["BTC-USD"].top_text("bid", 2) == alone.books["BTC-USD"].top_text("bid", 2)
-    assert coinbase.books["BTC-USD"].top_text("bid", 2) == [("68900.00", "1.0"), ("68899.00", "6")]
+    assert coinbase.books["BTC-USD"].top("bid", 2) == alone.books["BTC-USD"].top("bid", 2)
+    assert coinbase.books["BTC-USD"].top("bid", 2) == [(68900.0, 1.0), (68899.0, 5.0)]  # resyncing after it
 
 
 def test_a_channel_we_did_not_subscribe_is_ignored_and_keeps_its_sequence_number(coinbase: Coinbase) -> None:

@@ -41,6 +41,11 @@ DOC_TRADE = (b'{"channel":"trade","type":"update","data":[\n  {"symbol":"BTC/USD
 Levels = list[tuple[str, str]]
 
 
+def floats(levels: Levels) -> list[tuple[float, float]]:
+    """Levels as the book holds them: the numbers of their texts."""
+    return [(float(price), float(qty)) for price, qty in levels]
+
+
 def doc_checksum(asks: Levels, bids: Levels) -> int:
     """The documented algorithm, spelled independently of the module under test."""
     text = ""
@@ -116,9 +121,11 @@ def test_float_parsing_would_give_the_wrong_checksum_and_the_decoder_keeps_the_t
     as_floats = [[(str(level["price"]), str(level["qty"])) for level in data[side]] for side in ("asks", "bids")]
     assert kraken_checksum(*as_floats) == 1604409348
     book = synced.books["BTC-USD"]
-    assert book.top_text("bid", 1) == [("45283.5", "0.10000000")]
-    assert book.top_text("ask", 10) == DOC_ASKS
-    assert book.top_text("bid", 10) == DOC_BIDS
+    assert book.top("bid", 1) == [(45283.5, 0.1)]
+    assert book.top("ask", 10) == floats(DOC_ASKS) and book.top("bid", 10) == floats(DOC_BIDS)
+    # What the book verifies each update against: the documented text, trailing zeros included.
+    assert book.checksum_text(10) == "".join(str(int(price.replace(".", ""))) + str(int(qty.replace(".", "")))
+                                             for price, qty in DOC_ASKS + DOC_BIDS)
 
 
 def test_snapshot_is_verified_and_emitted(kraken: Kraken) -> None:
@@ -147,7 +154,7 @@ def test_update_is_applied_then_checksummed(synced: Kraken) -> None:
     decoded = synced.decode([DOC_UPDATE.replace(b"2114181697", str(expected).encode())], [us(56, 200000)])
     assert decoded.book_events is not None and len(decoded.book_events) == 0
     assert decoded.actions == []
-    assert synced.books["BTC-USD"].top_text("bid", 10) == bids
+    assert synced.books["BTC-USD"].top("bid", 10) == floats(bids)
     assert synced.synced["BTC-USD"]
 
 
@@ -187,7 +194,7 @@ def test_tampered_update_records_mismatch_resubscribes_and_waits_for_the_snapsho
     assert decoded.book_events is not None and decoded.book_events.kinds == ["resync"]
     assert decoded.book_snapshots is not None and len(decoded.book_snapshots) == 1
     assert synced.synced["BTC-USD"]
-    assert synced.books["BTC-USD"].top_text("bid", 10) == DOC_BIDS
+    assert synced.books["BTC-USD"].top("bid", 10) == floats(DOC_BIDS)
 
 
 def test_exponent_notation_is_expanded_to_plain_digits(kraken: Kraken) -> None:
@@ -196,7 +203,7 @@ def test_exponent_notation_is_expanded_to_plain_digits(kraken: Kraken) -> None:
     frame = book_frame("snapshot", bids, asks, doc_checksum(asks, [("45283.5", "0.00001")]), ts(55))
     decoded = kraken.decode([frame], [0])
     assert decoded.book_events is not None and len(decoded.book_events) == 0
-    assert kraken.books["BTC-USD"].top_text("bid", 1) == [("45283.5", "0.00001")]
+    assert kraken.books["BTC-USD"].top("bid", 1) == [(45283.5, 1e-05)]
 
 
 def test_levels_pushed_beyond_the_depth_are_dropped_without_a_delete(synced: Kraken) -> None:
@@ -211,7 +218,7 @@ def test_levels_pushed_beyond_the_depth_are_dropped_without_a_delete(synced: Kra
     assert decoded.book_events is not None and len(decoded.book_events) == 0
     book = synced.books["BTC-USD"]
     assert len(book.bids) == len(book.asks) == 10
-    assert book.top_text("bid", 20) == bids and book.top_text("ask", 20) == asks
+    assert book.top("bid", 20) == floats(bids) and book.top("ask", 20) == floats(asks)
 
 
 def test_several_updates_in_one_frame_are_applied_in_order(synced: Kraken) -> None:
@@ -223,7 +230,7 @@ def test_several_updates_in_one_frame_are_applied_in_order(synced: Kraken) -> No
     frame = one[:-2] + b"," + two[two.index(b"[") + 1:]
     decoded = synced.decode([frame], [us(56, 1)])
     assert decoded.book_events is not None and len(decoded.book_events) == 0
-    assert synced.books["BTC-USD"].top_text("bid", 1) == [("45283.5", "0.20000000")]
+    assert synced.books["BTC-USD"].top("bid", 1) == [(45283.5, 0.2)]
 
 
 # --- emission cadence ------------------------------------------------------------------------
@@ -360,7 +367,7 @@ def test_wrong_typed_book_level_is_quarantined(synced: Kraken) -> None:
     wrong = DOC_UPDATE.replace(b'"qty":0.00000000', b'"qty":"0.00000000"')
     decoded = synced.decode([wrong], [0])
     assert decoded.rejects.reasons == ["wrong_type"]
-    assert synced.books["BTC-USD"].top_text("bid", 1) == [("45283.5", "0.10000000")]  # not applied
+    assert synced.books["BTC-USD"].top("bid", 1) == [(45283.5, 0.1)]  # not applied
     # The book missed an update, so it is no longer trusted: recorded, and resynced.
     assert decoded.book_events is not None and decoded.book_events.kinds == ["update_rejected"]
     assert not synced.synced["BTC-USD"]
@@ -441,15 +448,16 @@ def test_the_registry_finds_exactly_the_v2_exchange() -> None:
 
 def test_a_wrong_typed_book_field_leaves_the_rest_of_its_batch_as_if_decoded_alone(synced: Kraken) -> None:
     # The batch decode types the book entries; a frame it refuses sends the batch frame by frame, where the
-    # entries are decoded per message: the same reject, and the updates around it applied and verified.
+    # entries are decoded per message: the same reject, the update before it applied and verified, and the book
+    # resynced from there, as for that frame alone.
     frames = updates_for([(56, 100000), (56, 200000), (57, 300000)], synced)
     wrong = frames[1].replace(b'"checksum":', b'"checksum":"').replace(b',"timestamp"', b'","timestamp"')
     decoded = synced.decode([frames[0], wrong, frames[2]], [us(56, 1), us(56, 2), us(57, 3)])
     assert decoded.rejects.reasons == ["wrong_type"] and "$.data[0].checksum" in decoded.rejects.details[0]
-    # Each update sets the same level absolutely, so the one after the refused one verifies.
-    assert decoded.book_events is not None and decoded.book_events.kinds == []
-    assert synced.counters["checksums_passed"] == 3  # the snapshot, the first and the last update
-    assert synced.books["BTC-USD"].top_text("bid", 10)[-1] == ("45276.6", "0.30000000")
+    assert decoded.book_events is not None and decoded.book_events.kinds == ["update_rejected"]
+    assert synced.counters["checksums_passed"] == 2  # the snapshot and the first update; the last awaits a snapshot
+    assert synced.books["BTC-USD"].top("bid", 10)[-1] == (45276.6, 0.1)  # as the first update set it
+    assert not synced.synced["BTC-USD"] and len(decoded.actions) == 1
 
 
 def test_wrong_typed_book_field_is_quarantined_and_names_the_field(synced: Kraken) -> None:
@@ -457,7 +465,10 @@ def test_wrong_typed_book_field_is_quarantined_and_names_the_field(synced: Krake
     decoded = synced.decode([wrong], [0])
     assert decoded.rejects.reasons == ["wrong_type"]
     assert "$.data[0].checksum" in decoded.rejects.details[0]
-    assert synced.books["BTC-USD"].top_text("bid", 1) == [("45283.5", "0.10000000")]  # not applied
+    assert synced.books["BTC-USD"].top("bid", 1) == [(45283.5, 0.1)]  # not applied
+    # The book missed an update, so it is no longer trusted: recorded, and resynced.
+    assert decoded.book_events is not None and decoded.book_events.kinds == ["update_rejected"]
+    assert not synced.synced["BTC-USD"] and len(decoded.actions) == 1
 
 
 def test_book_level_beyond_a_float_is_quarantined_and_resynced(synced: Kraken) -> None:

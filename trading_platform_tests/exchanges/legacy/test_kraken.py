@@ -73,8 +73,8 @@ def test_update_with_the_right_checksum_verifies(decoder: KrakenV1Decoder) -> No
     decoded = decoder.decode([update(str(AFTER_UPDATE_CHECKSUM))], [1])
     assert decoded.book_events is not None and len(decoded.book_events) == 0
     book = decoder.kraken.books["BTC-USD"]
-    assert book.top_text("ask", 10) == [("5290.90000", "4.49956524"), ("5291.70000", "1.00000000")]
-    assert book.top_text("bid", 1) == [("5290.20000", "0.50000000")]
+    assert book.top("ask", 10) == [(5290.9, 4.49956524), (5291.7, 1.0)]
+    assert book.top("bid", 1) == [(5290.2, 0.5)]
     assert decoder.kraken.synced["BTC-USD"]
 
 
@@ -104,7 +104,7 @@ def test_a_malformed_update_makes_the_book_untrusted(decoder: KrakenV1Decoder) -
 def test_update_without_a_checksum_is_applied_unverified(decoder: KrakenV1Decoder) -> None:
     decoded = decoder.decode([update(None)], [1])  # archives from before Kraken added "c"
     assert decoded.book_events is not None and len(decoded.book_events) == 0
-    assert decoder.kraken.books["BTC-USD"].top_text("bid", 1) == [("5290.20000", "0.50000000")]
+    assert decoder.kraken.books["BTC-USD"].top("bid", 1) == [(5290.2, 0.5)]
 
 
 def test_levels_beyond_the_channel_depth_are_dropped(config: ExchangeConfig) -> None:
