@@ -332,13 +332,13 @@ class Binance(Exchange):
                     check_finite(ask_levels)
                 else:
                     try:
-                        bid_levels = parse_levels(_levels_decoder.decode(payload.b))
-                        ask_levels = parse_levels(_levels_decoder.decode(payload.a))
+                        bids, asks = _levels_decoder.decode(payload.b), _levels_decoder.decode(payload.a)
                     except msgspec.DecodeError as error:
                         # Dropped like a lost frame (as every reject): the next event's U shows the hole and the
                         # book resyncs.
                         out.rejects.add(received_us[index], "wrong_type", f"depth levels: {error}", frames[index])
                         return
+                    bid_levels, ask_levels = parse_levels(bids), parse_levels(asks)
             except ValueError:
                 out.rejects.add(received_us[index], "wrong_type", "depth level is not a number", frames[index])
                 return
