@@ -353,8 +353,7 @@ class Binance(Exchange):
             self._pending[symbol] = False
 
     def _on_depth(self, symbol: str, time_ms: int, first: int, last: int, bids: list[PriceLevel],
-                  asks: list[PriceLevel],
-                  received_us: int, out: DecodeOutput) -> None:
+                  asks: list[PriceLevel], received_us: int, out: DecodeOutput) -> None:
         """Buffer one diff event (E, U, u and its levels) while unsynced (asking for a snapshot once), else
         apply it (step 6). The event's fields come one by one, not as an object: in sync, nothing is kept."""
         if not self.synced[symbol]:

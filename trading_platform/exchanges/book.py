@@ -39,7 +39,6 @@ PriceLevel = tuple[float, float]
 ChecksumLevel = tuple[float, float, str]
 Level = PriceLevel | ChecksumLevel
 _UTC_US = pa.timestamp("us", tz="UTC")
-_NOT_FINITE = "level {!r} {!r} is not a finite number"
 
 
 def parse_levels(pairs: Iterable[tuple[str | float, str | float]]) -> list[PriceLevel]:
@@ -59,7 +58,7 @@ def parse_levels(pairs: Iterable[tuple[str | float, str | float]]) -> list[Price
             non_finite = price_text, quantity_text
         append((price, quantity))
     if non_finite is not None:
-        raise ValueError(_NOT_FINITE.format(*non_finite))
+        raise not_finite(*non_finite)
     return levels
 
 
@@ -67,7 +66,12 @@ def check_finite(levels: Iterable[PriceLevel]) -> None:
     """Raise ValueError if a level's price or quantity is NaN or infinite (a lax decoder reads "nan" and "inf")."""
     for price, quantity in levels:
         if price - price or quantity - quantity:  # 0.0 for every finite number, NaN otherwise
-            raise ValueError(_NOT_FINITE.format(price, quantity))
+            raise not_finite(price, quantity)
+
+
+def not_finite(price: str | float, quantity: str | float) -> ValueError:
+    """The error of a level that is no finite number, worded alike wherever a book refuses one."""
+    return ValueError(f"level {price!r} {quantity!r} is not a finite number")
 
 
 class OrderBook:
@@ -98,7 +102,7 @@ class OrderBook:
 
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
         """One absolute quantity at a price; zero removes the level."""
-        levels: list[Level] = list(parse_levels(((price_text, quantity_text),)))
+        levels = parse_levels(((price_text, quantity_text),))
         if side == "bid":
             self.apply(levels, [])
         else:

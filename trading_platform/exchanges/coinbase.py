@@ -395,8 +395,8 @@ class Coinbase(Exchange):
             events = self.decode_field(_l2_events_decoder, message.events, "events", received, frame, out.rejects)
             if events is None:
                 # Its changes are lost, so the books they were for are untrusted until a fresh snapshot.
-                for kind, symbols in self._books_named(message.events).items():
-                    self._lose_books(symbols, f"{kind}_rejected", out.rejects.details[-1], received, out)
+                for symbol, kind in self._books_named(message.events).items():
+                    self._book_refused(symbol, kind, out.rejects.details[-1], received, out)
                 return
             for event in events:
                 self._l2_event(event, message, received, frame, out)
@@ -433,19 +433,21 @@ class Coinbase(Exchange):
         self._lose_books(self.symbols, "sequence_gap", detail, received, out)
         return True
 
-    def _books_named(self, raw_events: bytes) -> dict[str, list[str]]:
-        """The books a refused ``events`` text was for, which must resync, by the kind of event that was lost
-        ("snapshot" or "update"): those its events name that are in sync or that it held a snapshot for (a lost
-        snapshot leaves its book waiting); every book in sync if it names no configured product."""
-        lost: dict[str, str] = {}  # symbol -> "snapshot" if any of its events was one, else "update"
+    def _books_named(self, raw_events: bytes) -> dict[str, str]:
+        """The books a refused ``events`` text was for, each with the kind of event lost ("snapshot" if any of its
+        events was one, else "update"); every book, as "update", if it names no configured product."""
+        lost: dict[str, str] = {}
         for symbol, event in self.entries_naming(raw_events, "product_id"):
             if lost.get(symbol) != "snapshot":
                 lost[symbol] = "snapshot" if event.get("type") == "snapshot" else "update"
-        by_kind: dict[str, list[str]] = {}
-        for symbol, kind in (lost or dict.fromkeys(self.symbols, "update")).items():
-            if kind == "snapshot" or self.synced[symbol]:
-                by_kind.setdefault(kind, []).append(symbol)
-        return by_kind
+        return lost or dict.fromkeys(self.symbols, "update")
+
+    def _book_refused(self, symbol: str, kind: str, detail: str, received: int, out: DecodeOutput) -> None:
+        """A ``kind`` ("snapshot" or "update") event of ``symbol``'s book was refused, none of its levels applied:
+        a book in sync is untrusted until a fresh snapshot, and so is one whose snapshot was lost (it would wait
+        forever)."""
+        if self.synced[symbol] or kind == "snapshot":
+            self._lose_books([symbol], f"{kind}_rejected", detail, received, out)
 
     def _lose_books(self, symbols: list[str], kind: str, detail: str, received: int, out: DecodeOutput) -> None:
         """Messages or updates of these books were lost (a ``kind`` event each): untrusted until a fresh snapshot,
@@ -543,9 +545,7 @@ class Coinbase(Exchange):
         except ValueError as error:  # not a finite number
             detail = f"level2 level of {event.product_id}: {error}"
             out.rejects.add(received, "wrong_type", detail, frame)
-            # The event is lost (none of its levels applied): the book is untrusted until a fresh snapshot.
-            if self.synced[symbol] or event.type == "snapshot":
-                self._lose_books([symbol], f"{event.type}_rejected", detail, received, out)
+            self._book_refused(symbol, event.type, detail, received, out)
             return
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.

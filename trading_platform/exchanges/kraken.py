@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import ChecksumLevel, OrderBook, check_finite
+from trading_platform.exchanges.book import ChecksumLevel, OrderBook, not_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
@@ -142,7 +142,7 @@ def checksum_levels(pairs: Sequence[tuple[str, str]]) -> list[ChecksumLevel]:
               for price, qty in pairs]
     for price, qty, _ in levels:
         if price - price or qty - qty:  # 0.0 for a finite number, else NaN
-            check_finite([(price, qty)])  # raises, worded as every book's
+            raise not_finite(price, qty)
     return levels
 
 
@@ -374,12 +374,9 @@ class Kraken(Exchange):
         else:
             decoded = self.decode_field(_book_data_decoder, message.data, "data", received_us, frame, out.rejects)
             if decoded is None:
-                # Its changes are lost: the books it names resync, as for a refused level below (a lost change
-                # can hide below the checksummed top 10).
+                # Its changes are lost: the books it names resync, as for a refused level below.
                 for lost in dict.fromkeys(named for named, _ in self.entries_naming(message.data, "symbol")):
-                    if self.synced[lost] or is_snapshot:
-                        self.lose_sync(lost, received_us, f"{message.type}_rejected", out.rejects.details[-1], out)
-                        self._request_resync(lost, received_us, out)
+                    self._book_refused(lost, message.type, out.rejects.details[-1], received_us, out)
                 return
             entries = decoded
         for entry in entries:
@@ -392,16 +389,20 @@ class Kraken(Exchange):
             except ValueError as error:  # not a number, or not a finite one
                 detail = f"book level of {entry.symbol}: {error}"
                 out.rejects.add(received_us, "wrong_type", detail, frame)
-                # A lost update could hide below the checksummed top 10, and a lost snapshot would leave
-                # the book waiting forever: resync rather than guess.
-                if self.synced[symbol] or is_snapshot:
-                    self.lose_sync(symbol, received_us, f"{message.type}_rejected", detail, out)
-                    self._request_resync(symbol, received_us, out)
+                self._book_refused(symbol, message.type, detail, received_us, out)
                 continue
             event_us = received_us if entry.timestamp is None else datetime_us(entry.timestamp)
             if not self.apply_book(symbol, asks, bids, entry.checksum, is_snapshot, self.depth,
                                    event_us, received_us, out):
                 self._request_resync(symbol, received_us, out)
+
+    def _book_refused(self, symbol: str, kind: str, detail: str, received_us: int, out: DecodeOutput) -> None:
+        """A ``kind`` ("snapshot" or "update") book message of ``symbol`` was refused. A lost update could hide below
+        the checksummed top 10, and a lost snapshot would leave the book waiting forever: resync rather than
+        guess."""
+        if self.synced[symbol] or kind == "snapshot":
+            self.lose_sync(symbol, received_us, f"{kind}_rejected", detail, out)
+            self._request_resync(symbol, received_us, out)
 
     def _request_resync(self, symbol: str, received_us: int, out: DecodeOutput) -> None:
         self._resubscribes[symbol] += 1
