@@ -208,10 +208,12 @@ def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
 
-def _taker_sides(maker_sides: list[str]) -> pa.Array:
-    """Coinbase reports the maker's side (see the module docstring): the taker's, as a column."""
-    sides = pa.array(maker_sides, pa.string())
-    return taker_sides(pc.equal(sides, "BUY" if MARKET_TRADES_SIDE_IS_MAKER else "SELL"))  # a resting buy was hit
+def _taker_sides(trades: list[_Trade]) -> pa.Array:
+    """Coinbase reports the maker's side (see the module docstring): the taker's, as a column. Compared in Python
+    into booleans (the decoder hands out its one copy of each literal side), which Arrow takes without copying a
+    text per trade: a third cheaper than a text column compared in Arrow."""
+    taker_sold = "BUY" if MARKET_TRADES_SIDE_IS_MAKER else "SELL"  # a resting buy was hit
+    return taker_sides(pa.array([t.side == taker_sold for t in trades], pa.bool_()))
 
 
 class Coinbase(Exchange):
@@ -508,7 +510,7 @@ class Coinbase(Exchange):
             trade_ids=pa.array([t.trade_id for t in trades], pa.string()),
             prices=pa.array([t.price for t in trades], pa.float64()),
             quantities=pa.array([t.size for t in trades], pa.float64()),
-            sides=_taker_sides([t.side for t in trades]),
+            sides=_taker_sides(trades),
             timestamps=rfc3339_timestamps(times),
             time_texts=times,
         )
