@@ -367,7 +367,7 @@ class Binance(Exchange):
             return  # already contained in the book
         expected = book.sequence + 1
         if first > expected:
-            self._gap(symbol, time_ms * 1000, f"expected U={expected}, got U={first} u={last}", out)
+            self._gap(symbol, received_us, f"expected U={expected}, got U={first} u={last}", out)
             # Buffered: the first event of the resync.
             self._on_depth(symbol, time_ms, first, last, bids, asks, received_us, out)
             return
@@ -375,8 +375,11 @@ class Binance(Exchange):
         book.sequence = last
         self.emit_if_due(symbol, time_ms * 1000, received_us, out.snapshots)
 
-    def _gap(self, symbol: str, event_us: int, detail: str, out: DecodeOutput) -> None:
-        out.events.add(symbol, event_us, "sequence_gap", detail)
+    def _gap(self, symbol: str, received_us: int, detail: str, out: DecodeOutput) -> None:
+        """Stamped with the time the platform detected the gap (``received_us``: of the frame or REST answer that
+        showed it), as every book event is; the exchange's event time would date it before frames still
+        received and emitted in sync."""
+        out.events.add(symbol, received_us, "sequence_gap", detail)
         self.books[symbol].clear()
         self.synced[symbol] = False
         self._buffers[symbol].clear()
@@ -414,8 +417,8 @@ class Binance(Exchange):
         self._pending[symbol] = False
         if remaining and remaining[0].first > last + 1:
             first = remaining[0]
-            self._gap(symbol, first.time_ms * 1000, f"snapshot lastUpdateId={last}: expected U<={last + 1}, "
-                                                    f"got U={first.first} u={first.last}", out)
+            self._gap(symbol, received_us, f"snapshot lastUpdateId={last}: expected U<={last + 1}, "
+                                           f"got U={first.first} u={first.last}", out)
         else:
             book = self.books[symbol]
             book.clear()

@@ -152,6 +152,7 @@ def test_gap_between_snapshot_and_buffered_events_restarts(binance: Binance) -> 
     assert decoded.book_events is not None
     assert decoded.book_events.kinds == ["sequence_gap"]
     assert decoded.book_events.details == ["snapshot lastUpdateId=30: expected U<=31, got U=32 u=45"]
+    assert decoded.book_events.timestamps_us == [2_000]  # when the snapshot showed it (third record)
     assert decoded.actions == [fetch(), fetch()]
     assert not binance.synced["BNB-BTC"]
 
@@ -174,10 +175,17 @@ def test_gap_after_sync_records_event_unsyncs_and_asks_again(synced: Binance) ->
     assert decoded.book_events is not None
     assert decoded.book_events.kinds == ["sequence_gap"]
     assert decoded.book_events.details == ["expected U=12, got U=15 u=16"]
-    assert decoded.book_events.timestamps_us == [(T0_MS + 1000) * 1000]
     assert not synced.synced["BNB-BTC"] and not synced.books["BNB-BTC"].bids
     assert decoded.actions == [fetch()]
     assert decoded.book_snapshots is not None and len(decoded.book_snapshots) == 0
+
+
+def test_a_gap_is_stamped_with_the_time_it_was_received_not_the_exchange_time(synced: Binance) -> None:
+    # Event time E is 0.25 s before the frame arrived: the book was emitted (in sync as far as anyone could know)
+    # until then, so the gap is dated when the frame that showed it was received, as every book event is.
+    received_us = (T0_MS + 1250) * 1000
+    decoded = synced.decode([depth(15, 16, T0_MS + 1000)[1]], [received_us])
+    assert decoded.book_events is not None and decoded.book_events.timestamps_us == [received_us]
 
 
 def test_one_missing_update_id_is_a_gap(synced: Binance) -> None:
