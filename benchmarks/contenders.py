@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import orjson
 
-from benchmarks.harness import Figure, Rate, at_least
+from benchmarks.harness import Figure, Rate, at_least, paired_ratio
 from trading_platform.exchanges.base import Exchange
 from trading_platform.exchanges.decoded import RecordKind
 from trading_platform.ingestion.normalize import TradeNormalizer
@@ -138,8 +138,8 @@ def cryptofeed(exchange: str, channel: str, symbols: dict[str, str], frames: lis
 def figures(section: str, rates: dict[str, Rate], unit: str, ours: str, not_run: str | None, target: float,
             detail: dict[str, Any]) -> list[Figure]:
     """Each contender's median rate (the detail carries every median, min and max), then platform / cryptofeed
-    on the same frames: ``ours`` names the platform's contender; ``not_run`` says why cryptofeed could not run
-    (its figures stay in the table, with the reason)."""
+    on the same frames, round by round (``paired_ratio``): ``ours`` names the platform's contender; ``not_run``
+    says why cryptofeed could not run (its figures stay in the table, with the reason)."""
     rates_detail = {name: asdict(rate) for name, rate in rates.items()}
     out = [Figure(section, name, rate.median, unit, detail=rates_detail) for name, rate in rates.items()]
     versus = f"{ours} / {CRYPTOFEED}"
@@ -147,4 +147,5 @@ def figures(section: str, rates: dict[str, Rate], unit: str, ours: str, not_run:
         reason = {"not_run": not_run, **detail}
         return [*out, Figure(section, "cryptofeed", 0, f"{unit} (not run)", detail=reason),
                 Figure(section, versus, 0, "x (not run)", f">= {target:g} x", None, reason)]
-    return [*out, at_least(section, versus, rates[ours].median / rates["cryptofeed"].median, "x", target, detail)]
+    ratio = paired_ratio(rates[ours], rates["cryptofeed"])
+    return [*out, at_least(section, versus, ratio.median, "x", target, {**detail, "ratio_per_round": asdict(ratio)})]

@@ -5,7 +5,10 @@ runs every section, prints one table (figure, value, target, holds) and writes `
 
 Comparisons are only meaningful on the same messages in the same run: :func:`alternate` times the contenders
 in turns, round after round, so a noisy neighbour slows all of them alike, and reports each one's median with
-its min and max. Ratios are taken between medians of the same run.
+its min and max. A ratio between contenders is taken round by round (:func:`paired_ratio`: the two ran back to
+back, under the same load) and reported as the median of those ratios with their min and max: on a host whose
+speed drifts by tens of percent within a run, a ratio of two medians can pair a fast round of one contender with
+a slow round of the other.
 """
 
 from __future__ import annotations
@@ -31,14 +34,30 @@ SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a c
 
 @dataclass(frozen=True)
 class Rate:
-    """Items per second over the rounds of one contender."""
+    """Items per second over the rounds of one contender (``rounds``: each round's, in the order they ran)."""
+
+    median: float
+    low: float
+    high: float
+    rounds: tuple[float, ...] = ()
+
+    def text(self) -> str:
+        return f"{_human(self.median)}/s ({_human(self.low)}-{_human(self.high)})"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One contender's rate over another's, per round: the median and the range over the rounds."""
 
     median: float
     low: float
     high: float
 
-    def text(self) -> str:
-        return f"{_human(self.median)}/s ({_human(self.low)}-{_human(self.high)})"
+
+def paired_ratio(ours: Rate, *theirs: Rate) -> Ratio:
+    """``ours`` over ``theirs`` round by round (several ``theirs``: the fastest of them in that round)."""
+    ratios = [mine / max(others) for mine, *others in zip(ours.rounds, *(t.rounds for t in theirs), strict=True)]
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios))
 
 
 @dataclass
@@ -67,7 +86,8 @@ def alternate(contenders: dict[str, Callable[[], object]], items: int, rounds: i
             started = time.perf_counter()
             func()
             seconds[name].append(time.perf_counter() - started)
-    return {name: Rate(items / statistics.median(times), items / max(times), items / min(times))
+    return {name: Rate(items / statistics.median(times), items / max(times), items / min(times),
+                       tuple(items / t for t in times))
             for name, times in seconds.items()}
 
 
