@@ -82,10 +82,12 @@ def test_drop_connections_closes_without_handshake(replay: ReplayServer) -> None
 
 
 def test_refuse_connections_resets_then_recovers(replay: ReplayServer) -> None:
-    replay.inject(Fault(FaultKind.REFUSE_CONNECTIONS, seconds=0.5))
+    # Long enough that the first attempt lands inside the window on a loaded host (0.5 s did not).
+    replay.inject(Fault(FaultKind.REFUSE_CONNECTIONS, seconds=2.0))
+    refused_at = time.monotonic()
     with pytest.raises((InvalidHandshake, OSError)):
         connect(combined_url(replay, "btcusdt@trade"), open_timeout=2)
-    time.sleep(0.6)
+    time.sleep(max(0.0, refused_at + 2.1 - time.monotonic()))
     with connect(combined_url(replay, "btcusdt@trade")) as ws:
         assert recv_json(ws)["data"]["s"] == "BTCUSDT"
     assert replay.faults.get(FaultKind.REFUSE_CONNECTIONS) == 1
