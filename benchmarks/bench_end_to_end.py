@@ -71,6 +71,11 @@ class RunReport:
     cpu_seconds: float
     run_seconds: float
     flush_seconds: list[float] = field(default_factory=list)
+    # Where trades the lake lacks can still be: batches left in the WAL for the next run, and gaps in the trade
+    # ids still waiting for their REST backfill when the run stopped (how many ids they span).
+    unflushed_batches: int = 0
+    open_trade_gaps: int = 0
+    open_gap_trades: int = 0
 
 
 def _ingest_child(conn: Connection, replay_port: int, state_dir: str, redis_url: str) -> None:
@@ -94,9 +99,11 @@ def _ingest_child(conn: Connection, replay_port: int, state_dir: str, redis_url:
     started = time.monotonic()
     summary = runner.run(stop)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    open_gaps = exchange.trade_gaps.open_gaps()
     conn.send(RunReport(summary.frames_received, summary.trades_flushed, summary.batches, summary.connects,
                         summary.disconnects, summary.drained_cleanly, summary.errors, _vm_hwm_kb(os.getpid()),
-                        usage.ru_utime + usage.ru_stime, time.monotonic() - started, flushes))
+                        usage.ru_utime + usage.ru_stime, time.monotonic() - started, flushes,
+                        summary.unflushed_batches_left_in_wal, len(open_gaps), sum(g.size for g in open_gaps)))
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -260,6 +267,8 @@ def _figures(rate: int, trade_rate: float, seconds: float, window: Window, repor
                                                                                report.run_seconds),
         "connects": report.connects, "disconnects": report.disconnects, "slow_consumer_drops": slow_drops,
         "drained_cleanly": report.drained_cleanly, "batches": report.batches, "errors": report.errors[-3:],
+        "unflushed_batches_left_in_wal": report.unflushed_batches, "open_trade_gaps": report.open_trade_gaps,
+        "trade_ids_in_open_gaps": report.open_gap_trades,
         "flush_seconds_max": max(report.flush_seconds, default=0.0),
         "run_cpu_seconds_whole_run": round(report.cpu_seconds, 1), "run_seconds": round(report.run_seconds, 1),
         "redis_samples": len(window.redis_samples), "redis_samples_matched": int(redis_ages.size),
