@@ -190,7 +190,10 @@ def _check_status(platform: Platform, assets: tuple[str, ...]) -> dict[str, str 
             for n in nodes for c in n["assetChecksOrError"]["checks"]}
 
 
-def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform) -> None:
+# Its own waits (checks passing within 3 min, then up to 90 s per asset's checks tab) are its budget, not the suite's
+# 300 s default, which a slow host passes before the last tab is read.
+@pytest.mark.timeout(600)
+def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform, request: pytest.FixtureRequest) -> None:
     """Within 3 minutes of the UI answering, every check of the lake, warehouse and cache assets users look at
     has passed on the asset's latest materialization, as the browser shows it. Screenshots: test-artifacts/ui."""
     # make test installs Debian's chromium (as root, with apt); without it this test fails and says so.
@@ -213,6 +216,12 @@ def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform) ->
         raise AssertionError(f"{error}; never seen passing: {sorted(set(seen) - passed)}; last: {seen}") from None
     assert {key.split(":")[0] for key in status} == set(UI_ASSETS) and len(status) == 7, status
 
+    # The browser must see the latest materialization's checks as they ended: with the load automation running, a
+    # new load each minute shows them as running again, and on a slow host loads fill most of every minute. It is
+    # paused while the pages are read (a load already running finishes), and resumed for the tests after this one.
+    automation = {**SUPERVISOR, "sensorName": "load_automation"}
+    platform.graphql(STOP_SENSOR, id=platform.graphql(SENSOR_QUERY, selector=automation)["sensorOrError"]["id"])
+    request.addfinalizer(lambda: platform.graphql(START_SENSOR, selector=automation))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -242,7 +251,7 @@ def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform) ->
                     text = page.inner_text("body")
                     shown.update(n for n in names if re.search(rf"{n}\s+{n}\s+Succeeded", text))
                     return shown == set(names)
-                # A load run (about 30 s a minute) shows its checks as running meanwhile.
+                # A load still running when the automation was paused shows its checks as running meanwhile.
                 wait_for(all_shown_passing, 90, f"the {asset} checks tab to show {checks} succeeded", interval_s=2)
                 page.screenshot(path=ARTIFACTS / f"{asset}-checks.png")
         finally:
