@@ -71,10 +71,10 @@ def _exchange(name: str, config: ExchangeConfig, ticks: frames.Ticks,
     if not isinstance(theirs, str):
         assert theirs[1]() == trades, f"cryptofeed {name}: {theirs[1]()} trade callbacks of {trades}"
     section = f"{name} trades"
-    bare = paired_ratio(rates["platform"], rates["bare orjson"], rates["bare msgspec"])
+    versus_bare = paired_ratio(rates["platform"], rates["bare orjson"], rates["bare msgspec"])
     ours = "platform @aggTrade" if "platform @aggTrade" in rates else "platform"
     return [
         *figures(section, rates, "msgs/s", ours, theirs if isinstance(theirs, str) else None, 3, detail),
-        at_least(section, "platform / fastest bare decode", bare.median, "x", 0.5,
-                 {**detail, "ratio_per_round": asdict(bare)}),
+        at_least(section, "platform / fastest bare decode", versus_bare.median, "x", 0.5,
+                 {**detail, "ratio_per_round": asdict(versus_bare)}),
     ]
