@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -54,6 +54,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             super()._assign_work_unit(node)
 
     return ScenarioModulesWhole(config, log)
+
+
+FAILED_CALL = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # Lets a fixture's teardown tell whether its test failed (the end-to-end module then explains the
+    # platform's state: runs, pool claims, daemon warnings).
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED_CALL] = report.failed
+    return report
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ automation fills ClickHouse, and the lake, ClickHouse and Redis agree with what 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute
-import pyarrow.parquet as pq
 import pytest
 import redis
 from dagster_graphql import DagsterGraphQLClient
@@ -36,7 +34,7 @@ from trading_platform.settings import PROJECT_ROOT
 from trading_platform.storage.clickhouse import open_clickhouse
 from trading_platform.storage.object_store import LocalObjectStore
 from trading_platform.storage.redis_cache import PriceCache, connect
-from trading_platform_tests.conftest import free_port
+from trading_platform_tests.conftest import FAILED_CALL, free_port
 from trading_platform_tests.support import (
     account,
     lake_trade_ids,
@@ -85,6 +83,27 @@ class Platform:
     def runs(self, job: str) -> list[dict]:
         return self.graphql(RUNS_QUERY, job=job)["runsOrError"]["results"]
 
+    def diagnosis(self) -> str:
+        """The state a failed wait needs explaining by: the newest runs, who holds or waits for the ClickHouse
+        pool, and the daemon's latest warnings and errors."""
+        instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        now = time.time()
+        lines = ["runs (newest first): created s ago, status, job, id, tags"]
+        for record in instance.get_run_records(limit=25):
+            run = record.dagster_run
+            tags = {k: v for k, v in run.tags.items() if k.startswith(("tp/", "dagster/partition"))}
+            lines.append(f"  {now - record.create_timestamp.timestamp():6.0f} {run.status.value:9} {run.job_name} "
+                         f"{run.run_id[:8]} {tags}")
+        for key in instance.event_log_storage.get_concurrency_keys():
+            info = instance.event_log_storage.get_concurrency_info(key)
+            lines.append(f"pool {key}: limit {info.slot_count}, claimed by "
+                         f"{[(c.run_id[:8], c.step_key) for c in info.claimed_slots]}, pending "
+                         f"{[(c.run_id[:8], c.step_key) for c in info.pending_steps]}")
+        daemon = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text()).splitlines()
+                  if re.search(r"dagster\.daemon\.\w+ - (WARNING|ERROR)|blocked by", line)]
+        lines += ["daemon warnings and errors (latest 15):", *(f"  {line[:300]}" for line in daemon[-15:])]
+        return "\n".join(lines)
+
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: ExchangesFile,
@@ -130,10 +149,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
                 process.wait()
 
 
-def _lake_rows(state_dir: Path) -> int:
-    store = LocalObjectStore(state_dir / "lake")
-    return sum(pq.read_metadata(io.BytesIO(store.get(k))).num_rows
-               for k in store.list_keys("raw/trades/") if k.endswith(".parquet"))
+@pytest.fixture(autouse=True)
+def explain_a_failure(platform: Platform, request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test here prints what the platform was doing, for a failure on a host nobody can look at."""
+    yield
+    if request.node.stash.get(FAILED_CALL, False):
+        print(platform.diagnosis(), file=sys.stderr)
 
 
 def _clickhouse_rows(url: str) -> int:
@@ -292,7 +313,7 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
     # Every trade the markets executed meanwhile is in the lake and in ClickHouse, exactly once, with its
     # content.
     lake_rows = len(lake_trade_ids(lake))
-    _account_lake_and_clickhouse(platform, window_start, window_end, load_now=True)
+    _account_lake_and_clickhouse(platform, window_start, window_end)
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60) as ch:
         per_pair = ch.query_arrow("SELECT exchange, native_symbol, count() AS n, uniqExact(trade_id) AS u "
                                   "FROM trading.market_trades GROUP BY exchange, native_symbol").to_pylist()
@@ -341,20 +362,21 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
 
 
 def _account_lake_and_clickhouse(platform: Platform, window_start: dict[str, dict[str, int]],
-                                 window_end: dict[str, dict[str, int]],
-                                 load_now: bool = False) -> dict[str, dict[str, int]]:
-    """Wait for the loads, then per exchange: every trade the market executed in the window is in the lake and
-    in ClickHouse exactly once with its price, quantity, side and time; nothing stored that never happened.
+                                 window_end: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Load, then per exchange: every trade the market executed in the window is in the lake and in ClickHouse
+    exactly once with its price, quantity, side and time; nothing stored that never happened.
 
-    ``load_now``: materialize the warehouse and cache as the UI's Materialize button does, instead of
-    waiting up to a minute for the load automation's next tick (the UI test shows the automation's loads:
-    their checks pass on every latest materialization)."""
+    The warehouse and cache are materialized as the UI's Materialize button does, instead of waiting up to a
+    minute for the load automation's next tick (the UI test shows the automation's loads: their checks pass
+    on every latest materialization). The ingestion runs have ended, so that load sees the whole lake."""
     lake = LocalObjectStore(platform.state_dir / "lake")
     trades = read_dataset(lake, "trades")
-    if load_now:
-        platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[[a] for a in LOADED_ASSETS])
-    wait_for(lambda: _clickhouse_rows(platform.clickhouse_url) == trades.num_rows, 180,
-             f"ClickHouse to hold the lake's {trades.num_rows} rows", interval_s=3)
+    load = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[[a] for a in LOADED_ASSETS])
+    # It may queue behind an automation load for the ClickHouse pool: its end, not a count, is waited for.
+    status = wait_for(lambda: (st := platform.client.get_run_status(load)).value in ("SUCCESS", "FAILURE", "CANCELED")
+                      and st, 300, f"the load run {load[:8]} to end", interval_s=2)
+    assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
+    assert _clickhouse_rows(platform.clickhouse_url) == trades.num_rows
     events = read_dataset(lake, "book_events")
     figures = {}
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60) as ch:
@@ -382,6 +404,12 @@ def _books_loaded(url: str) -> int:
                        .column("n")[0].as_py())
         except Exception:
             return -1
+
+
+def _failure_messages(home: Path, run_id: str) -> list[str]:
+    instance = dg.DagsterInstance.from_config(str(home))
+    return [entry.message for entry in instance.all_logs(run_id)
+            if entry.dagster_event is not None and entry.dagster_event.is_failure][-3:]
 
 
 def _run_pid(home: Path, run_id: str) -> int:
@@ -445,7 +473,7 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
         finally:
             wal.close()
 
-    figures = _account_lake_and_clickhouse(platform, window_start, window_end, load_now=True)
+    figures = _account_lake_and_clickhouse(platform, window_start, window_end)
     for exchange in EXCHANGES:
         assert figures[exchange]["trade_gaps"] > 0, f"{exchange}: the kill left no gap; recovery was not exercised"
     from trading_platform_tests.faults.test_fault_injection import record
