@@ -49,14 +49,15 @@ class LocalObjectStore:
         return (self.root / key).read_bytes()
 
     def list_keys(self, prefix: str) -> list[str]:
-        base = self.root / prefix
-        if not base.exists():
-            return []
-        return sorted(
-            str(path.relative_to(self.root))
-            for path in base.rglob("*")
-            if path.is_file() and not path.name.startswith(".tmp-")
-        )
+        # os.walk's directory entries tell files from folders without a stat per file; pathlib's rglob with
+        # is_file() and relative_to() cost ~300 us a file, most of a load's listing of a day's partition.
+        root = str(self.root)
+        keys: list[str] = []
+        for folder, _, names in os.walk(self.root / prefix):
+            relative = folder[len(root) + 1:].replace(os.sep, "/")
+            keys.extend(f"{relative}/{name}" if relative else name
+                        for name in names if not name.startswith(".tmp-"))
+        return sorted(keys)
 
     def list_children(self, prefix: str) -> list[str]:
         """Immediate sub-folders of ``prefix`` as prefixes ending in '/' (Hive partitions)."""
