@@ -1,5 +1,5 @@
-"""The Dagster instance `make run` uses (the project's dagster.yaml) keeps the ClickHouse pool usable when a
-load dies without freeing its slot."""
+"""The Dagster instance `make run` uses (the project's dagster.yaml) keeps loading when a load's process dies:
+its run is failed after the max runtime, and the ClickHouse pool slot it held is freed once it has ended."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from types import SimpleNamespace
 
 import dagster as dg
 import pytest
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import RunRecord
 from dagster._daemon.monitoring import concurrency as slot_monitoring
+from dagster._daemon.monitoring import run_monitoring
 from dagster._time import get_current_datetime
 
+from trading_platform.defs.ingestion.jobs import build_ingestion_job
 from trading_platform.defs.warehouse.assets import CLICKHOUSE_POOL
 from trading_platform.settings import PROJECT_ROOT
 
@@ -52,3 +56,35 @@ def test_a_slot_held_by_a_load_that_died_mid_step_is_freed_after_the_run_ended(
                                                              logging.getLogger(__name__)))
 
     assert _claim(instance, waiting, "market_trades")  # the next load gets the pool
+
+
+def _started_at(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunRecord:
+    instance.report_dagster_event(dg.DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name),
+                                  run.run_id)
+    return instance.get_run_record_by_id(run.run_id)
+
+
+def _monitor_long_after(instance: dg.DagsterInstance, record: RunRecord, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's run monitoring pass, once a run has run longer than the instance's max runtime."""
+    later = get_current_datetime().timestamp() + instance.run_monitoring_max_runtime_seconds + 1
+    monkeypatch.setattr(run_monitoring, "get_current_timestamp", lambda: later)
+    run_monitoring.check_run_timeout(instance, record, logging.getLogger(__name__),
+                                     float(instance.run_monitoring_max_runtime_seconds))
+
+
+def test_a_load_whose_process_died_is_failed_after_the_max_runtime(instance: dg.DagsterInstance,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default run launcher cannot see a run process that died: without a runtime limit the run would stay
+    # STARTED, and the load automation (which waits while a load is in progress) would never load again.
+    load = _started_load(instance)
+    _monitor_long_after(instance, _started_at(instance, load), monkeypatch)
+    assert instance.get_run_by_id(load.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_an_ingestion_run_is_never_failed_for_its_runtime(instance: dg.DagsterInstance,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    job = build_ingestion_job("binance")
+    run = instance.add_run(dg.DagsterRun(job_name=job.name, run_id=str(uuid.uuid4()), tags=job.tags,
+                                         status=dg.DagsterRunStatus.STARTED))
+    _monitor_long_after(instance, _started_at(instance, run), monkeypatch)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED

@@ -65,8 +65,9 @@ def build_ingestion_job(exchange: str) -> dg.JobDefinition:
         name=f"ingest_{exchange}",
         description=f"Long-running {exchange} ingestion: WebSocket -> WAL -> Parquet lake + Redis hot cache.",
         executor_def=dg.in_process_executor,
-        # The supervisor sensor relaunches with backoff; Dagster's own run retries would race it.
-        tags={INGESTION_TAG: exchange, "dagster/max_retries": "0"},
+        # The supervisor sensor relaunches with backoff; Dagster's own run retries would race it. It also replaces
+        # a run whose process died, so the instance's max runtime (for loads, see dagster.yaml) is off: "0".
+        tags={INGESTION_TAG: exchange, "dagster/max_retries": "0", "dagster/max_runtime": "0"},
     )
     def ingest_job() -> None:
         ingest()
