@@ -74,8 +74,9 @@ def _monitor_long_after(instance: dg.DagsterInstance, record: RunRecord, monkeyp
 
 def test_a_load_whose_process_died_is_failed_after_the_max_runtime(instance: dg.DagsterInstance,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # The default run launcher cannot see a run process that died: without a runtime limit the run would stay
-    # STARTED, and the load automation (which waits while a load is in progress) would never load again.
+    # A load whose process died and whose code server is gone too: nothing else fails it (the default run launcher
+    # has no health check), and without a runtime limit the load automation, which waits while a load is in
+    # progress, would never load again.
     load = _started_load(instance)
     _monitor_long_after(instance, _started_at(instance, load), monkeypatch)
     assert instance.get_run_by_id(load.run_id).status == dg.DagsterRunStatus.FAILURE
