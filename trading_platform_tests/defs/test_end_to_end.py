@@ -5,6 +5,7 @@ automation fills ClickHouse, and the lake, ClickHouse and Redis agree with what 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -412,16 +413,11 @@ def _failure_messages(home: Path, run_id: str) -> list[str]:
             if entry.dagster_event is not None and entry.dagster_event.is_failure][-3:]
 
 
-def _run_pid(home: Path, run_id: str) -> int:
-    """The process executing the run, from the run's own "Executing steps in process (pid: N)" event."""
-    import re
-
+def _run_pids(home: Path, run_id: str) -> set[int]:
+    """The run's processes, from its own events: the run (executor parent) and its step subprocesses."""
     instance = dg.DagsterInstance.from_config(str(home))
-    for entry in instance.all_logs(run_id):
-        match = re.search(r"in process \(pid: (\d+)\)", entry.message or "")
-        if match:
-            return int(match.group(1))
-    raise AssertionError(f"no pid in the logs of run {run_id}")
+    return {int(match.group(1)) for entry in instance.all_logs(run_id)
+            if (match := re.search(r"process \(pid: (\d+)\)", entry.message or ""))}
 
 
 # Its own waits (the supervised starts, the flush, three replacements) add up past the suite's 300 s default on a
@@ -444,7 +440,10 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
     window_start = {ex: {n: last + 1 for n, last in market_marks(platform.replay, ex).items()} for ex in EXCHANGES}
     time.sleep(1.2)  # mid-batch
     for victim in victims.values():
-        os.kill(_run_pid(platform.dagster_home, victim["runId"]), signal.SIGKILL)
+        pids = _run_pids(platform.dagster_home, victim["runId"])  # in-process executor: the run's one process
+        assert pids, f"no pid in the logs of run {victim['runId']}"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
 
     # The supervisors notice the silence, fail the runs, and start replacements that recover the WALs.
     replacements = {}
@@ -479,3 +478,34 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
     from trading_platform_tests.faults.test_fault_injection import record
 
     record("kill -9 of all three ingestion runs mid-batch, supervised restart (through dagster dev)", **figures)
+
+
+def _pool_holders(home: Path) -> set[str]:
+    """The runs holding a slot of the ClickHouse pool."""
+    instance = dg.DagsterInstance.from_config(str(home))
+    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info("clickhouse").claimed_slots}
+
+
+@pytest.mark.timeout(600)
+def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(platform: Platform) -> None:
+    """kill -9 of a load run inside its step: the run is failed, the pool slot its dead process never gave back
+    is freed, and the next load runs (the pool's limit is 1: without that, no load would ever run again)."""
+    # The test holds the chdb folder, so the load's step claims the pool and then waits for the folder: a step
+    # caught inside, however fast the load would otherwise be.
+    with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60):
+        victim = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[["market_trades"]])
+        pids = wait_for(lambda: victim in _pool_holders(platform.dagster_home)
+                        and len(pids := _run_pids(platform.dagster_home, victim)) >= 2 and pids,
+                        120, "the load to claim the ClickHouse pool and start its step", interval_s=0.5)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: platform.client.get_run_status(victim) == dg.DagsterRunStatus.FAILURE, 60,
+                 "the killed load to be failed", interval_s=1)
+    assert victim in _pool_holders(platform.dagster_home), "the killed load gave its slot back by itself"
+
+    load = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[["market_trades"]])
+    status = wait_for(lambda: (st := platform.client.get_run_status(load)).value in ("SUCCESS", "FAILURE", "CANCELED")
+                      and st, 240, "the next load to run and end", interval_s=2)
+    assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
+    assert victim not in _pool_holders(platform.dagster_home)
