@@ -487,9 +487,17 @@ def _pool_holders(home: Path) -> set[str]:
 
 
 @pytest.mark.timeout(600)
-def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(platform: Platform) -> None:
+def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(platform: Platform,
+                                                                               request: pytest.FixtureRequest) -> None:
     """kill -9 of a load run inside its step: the run is failed, the pool slot its dead process never gave back
     is freed, and the next load runs (the pool's limit is 1: without that, no load would ever run again)."""
+    # No automation load may take the pool first (it would wait for the folder held below): the automation is
+    # paused, and the loads it launched already end first.
+    automation = {**SUPERVISOR, "sensorName": "load_automation"}
+    platform.graphql(STOP_SENSOR, id=platform.graphql(SENSOR_QUERY, selector=automation)["sensorOrError"]["id"])
+    request.addfinalizer(lambda: platform.graphql(START_SENSOR, selector=automation))
+    wait_for(lambda: all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in platform.runs("__ASSET_JOB")),
+             300, "the loads already launched to end", interval_s=2)
     # The test holds the chdb folder, so the load's step claims the pool and then waits for the folder: a step
     # caught inside, however fast the load would otherwise be.
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60):
