@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 from trading_platform.config import ExchangesFile
+from trading_platform.defs.warehouse.assets import CLICKHOUSE_POOL
 from trading_platform.replay import ReplayServer, running_replay_server
 from trading_platform.settings import PROJECT_ROOT
 from trading_platform.storage.clickhouse import open_clickhouse
@@ -57,6 +58,7 @@ START_SENSOR = """
 mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) { __typename } }"""
 SUPERVISOR = {"repositoryLocationName": "trading_platform", "repositoryName": "__repository__",
               "sensorName": "supervise_binance"}
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")  # a run's final statuses, as GraphQL spells them
 RUNS_QUERY = """
 query Runs($job: String!) {
   runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId status tags { key value } } } }
@@ -84,6 +86,25 @@ class Platform:
     def runs(self, job: str) -> list[dict]:
         return self.graphql(RUNS_QUERY, job=job)["runsOrError"]["results"]
 
+    def ended(self, run_id: str, timeout_s: float, what: str) -> dg.DagsterRunStatus:
+        """The run's status once it has ended (succeeded, failed or canceled)."""
+        return wait_for(lambda: (st := self.client.get_run_status(run_id)).value in ENDED and st, timeout_s, what,
+                        interval_s=1)
+
+    def load(self, assets: tuple[str, ...] | list[str]) -> str:
+        """Materialize ``assets`` as the UI's Materialize button does; the run's id."""
+        return self.client.submit_job_execution("__ASSET_JOB", asset_selection=[[a] for a in assets])
+
+    def pause_load_automation(self, request: pytest.FixtureRequest) -> None:
+        """Stop the load automation's sensor (a load already running finishes); resumed after the test."""
+        automation = {**SUPERVISOR, "sensorName": "load_automation"}
+        self.graphql(STOP_SENSOR, id=self.graphql(SENSOR_QUERY, selector=automation)["sensorOrError"]["id"])
+        request.addfinalizer(lambda: self.graphql(START_SENSOR, selector=automation))
+
+    def daemon_log(self) -> list[str]:
+        """The lines ``dagster dev`` printed, without their colour codes."""
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text()).splitlines()
+
     def diagnosis(self) -> str:
         """The state a failed wait needs explaining by: the newest runs, who holds or waits for the ClickHouse
         pool, and the daemon's latest warnings and errors."""
@@ -100,7 +121,7 @@ class Platform:
             lines.append(f"pool {key}: limit {info.slot_count}, claimed by "
                          f"{[(c.run_id[:8], c.step_key) for c in info.claimed_slots]}, pending "
                          f"{[(c.run_id[:8], c.step_key) for c in info.pending_steps]}")
-        daemon = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text()).splitlines()
+        daemon = [line for line in self.daemon_log()
                   if re.search(r"dagster\.daemon\.\w+ - (WARNING|ERROR)|blocked by", line)]
         lines += ["daemon warnings and errors (latest 15):", *(f"  {line[:300]}" for line in daemon[-15:])]
         return "\n".join(lines)
@@ -241,9 +262,7 @@ def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform, re
     # The browser must see the latest materialization's checks as they ended: with the load automation running, a
     # new load each minute shows them as running again, and on a slow host loads fill most of every minute. It is
     # paused while the pages are read (a load already running finishes), and resumed for the tests after this one.
-    automation = {**SUPERVISOR, "sensorName": "load_automation"}
-    platform.graphql(STOP_SENSOR, id=platform.graphql(SENSOR_QUERY, selector=automation)["sensorOrError"]["id"])
-    request.addfinalizer(lambda: platform.graphql(START_SENSOR, selector=automation))
+    platform.pause_load_automation(request)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -279,8 +298,7 @@ def test_the_ui_shows_the_lineage_and_every_check_passing(platform: Platform, re
         finally:
             browser.close()
     # The daemon (automation ticks, sensors) logged no error meanwhile.
-    daemon_errors = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", platform.log.read_text()).splitlines()
-                     if re.search(r"dagster\.daemon\.\w+ - ERROR", line)]
+    daemon_errors = [line for line in platform.daemon_log() if re.search(r"dagster\.daemon\.\w+ - ERROR", line)]
     assert not daemon_errors, daemon_errors[:5]
 
 
@@ -307,8 +325,7 @@ def test_replay_to_lake_to_clickhouse_to_redis_through_dagster(platform: Platfor
     for run in runs.values():
         platform.client.terminate_run(run["runId"])
     for run in runs.values():
-        status = wait_for(lambda r=run: (st := platform.client.get_run_status(r["runId"])).value in
-                          ("SUCCESS", "FAILURE", "CANCELED") and st, 60, "the terminated runs to end", interval_s=1)
+        status = platform.ended(run["runId"], 60, "the terminated runs to end")
         assert status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.SUCCESS)
 
     # Every trade the markets executed meanwhile is in the lake and in ClickHouse, exactly once, with its
@@ -372,10 +389,9 @@ def _account_lake_and_clickhouse(platform: Platform, window_start: dict[str, dic
     on every latest materialization). The ingestion runs have ended, so that load sees the whole lake."""
     lake = LocalObjectStore(platform.state_dir / "lake")
     trades = read_dataset(lake, "trades")
-    load = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[[a] for a in LOADED_ASSETS])
+    load = platform.load(LOADED_ASSETS)
     # It may queue behind an automation load for the ClickHouse pool: its end, not a count, is waited for.
-    status = wait_for(lambda: (st := platform.client.get_run_status(load)).value in ("SUCCESS", "FAILURE", "CANCELED")
-                      and st, 300, f"the load run {load[:8]} to end", interval_s=2)
+    status = platform.ended(load, 300, f"the load run {load[:8]} to end")
     assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
     assert _clickhouse_rows(platform.clickhouse_url) == trades.num_rows
     events = read_dataset(lake, "book_events")
@@ -463,8 +479,7 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
     for replacement in replacements.values():
         platform.client.terminate_run(replacement["runId"])
     for replacement in replacements.values():
-        wait_for(lambda r=replacement: platform.client.get_run_status(r["runId"]).value in
-                 ("SUCCESS", "CANCELED", "FAILURE"), 60, "the replacements to drain", interval_s=1)
+        platform.ended(replacement["runId"], 60, "the replacements to drain")
     for exchange in EXCHANGES:
         wal = WriteAheadLog(platform.state_dir / "wal" / exchange)
         try:
@@ -483,7 +498,7 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
 def _pool_holders(home: Path) -> set[str]:
     """The runs holding a slot of the ClickHouse pool."""
     instance = dg.DagsterInstance.from_config(str(home))
-    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info("clickhouse").claimed_slots}
+    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL).claimed_slots}
 
 
 @pytest.mark.timeout(600)
@@ -493,15 +508,13 @@ def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(p
     is freed, and the next load runs (the pool's limit is 1: without that, no load would ever run again)."""
     # No automation load may take the pool first (it would wait for the folder held below): the automation is
     # paused, and the loads it launched already end first.
-    automation = {**SUPERVISOR, "sensorName": "load_automation"}
-    platform.graphql(STOP_SENSOR, id=platform.graphql(SENSOR_QUERY, selector=automation)["sensorOrError"]["id"])
-    request.addfinalizer(lambda: platform.graphql(START_SENSOR, selector=automation))
-    wait_for(lambda: all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in platform.runs("__ASSET_JOB")),
+    platform.pause_load_automation(request)
+    wait_for(lambda: all(r["status"] in ENDED for r in platform.runs("__ASSET_JOB")),
              300, "the loads already launched to end", interval_s=2)
     # The test holds the chdb folder, so the load's step claims the pool and then waits for the folder: a step
     # caught inside, however fast the load would otherwise be.
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60):
-        victim = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[["market_trades"]])
+        victim = platform.load(["market_trades"])
         pids = wait_for(lambda: victim in _pool_holders(platform.dagster_home)
                         and len(pids := _run_pids(platform.dagster_home, victim)) >= 2 and pids,
                         120, "the load to claim the ClickHouse pool and start its step", interval_s=0.5)
@@ -512,8 +525,7 @@ def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(p
                  "the killed load to be failed", interval_s=1)
     assert victim in _pool_holders(platform.dagster_home), "the killed load gave its slot back by itself"
 
-    load = platform.client.submit_job_execution("__ASSET_JOB", asset_selection=[["market_trades"]])
-    status = wait_for(lambda: (st := platform.client.get_run_status(load)).value in ("SUCCESS", "FAILURE", "CANCELED")
-                      and st, 240, "the next load to run and end", interval_s=2)
+    load = platform.load(["market_trades"])
+    status = platform.ended(load, 240, "the next load to run and end")
     assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
     assert victim not in _pool_holders(platform.dagster_home)
