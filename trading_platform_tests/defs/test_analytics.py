@@ -47,6 +47,7 @@ def tables(settings: Settings) -> dict[str, list[dict[str, object]]]:
                 for t in ANALYTICS_TABLES}
 
 
+@pytest.mark.slow  # two days of Dagster materializations: ~7 s: make test runs it, make test-fast does not
 def test_a_two_day_backfill_and_a_rebuilt_day_give_identical_tables(settings: Settings) -> None:
     resources = build_resources(settings)
     assert dg.materialize([warehouse_load], selection=["market_trades"], resources=resources).success

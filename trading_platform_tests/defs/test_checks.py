@@ -256,6 +256,7 @@ def replay(exchanges_config: ExchangesFile) -> Iterator[ReplayServer]:
         yield server
 
 
+@pytest.mark.slow  # an ingestion run through Dagster: ~6 s: make test runs it, make test-fast does not
 def test_an_ingestion_run_reports_the_lake_checks_of_every_batch_against_its_materialization(
         tmp_path: Path, replay: ReplayServer, redis_url: str) -> None:
     settings = Settings(state_dir=tmp_path / "state", exchanges_file=CONFIG_FILE, replay_port=replay.port,

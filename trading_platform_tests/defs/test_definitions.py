@@ -20,6 +20,7 @@ def definitions(tmp_path: Path) -> dg.Definitions:
     return build_definitions(Settings(state_dir=tmp_path, exchanges_file=CONFIG_FILE))
 
 
+@pytest.mark.slow  # the dagster CLI in a subprocess: ~9 s: make test runs it, make test-fast does not
 def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
     env = dict(os.environ, TP_STATE_DIR=str(tmp_path), DAGSTER_HOME=str(tmp_path))
     result = subprocess.run(

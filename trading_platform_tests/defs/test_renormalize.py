@@ -52,6 +52,7 @@ def trades_in_clickhouse(settings: Settings) -> list[tuple[str, str, float]]:
     return [(r["symbol"], r["trade_id"], r["price"]) for r in rows]
 
 
+@pytest.mark.slow  # a day renormalized through Dagster: ~7 s: make test runs it, make test-fast does not
 def test_renormalizing_a_day_through_dagster_changes_nothing_with_unchanged_code(settings: Settings) -> None:
     resources = build_resources(settings)
     assert dg.materialize([warehouse_load], selection=["market_trades"], resources=resources).success

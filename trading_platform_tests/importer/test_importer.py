@@ -75,6 +75,7 @@ def test_every_binance_book_syncs_to_its_recorded_rest_snapshot(tmp_path: Path,
     assert len(books) == 20
 
 
+@pytest.mark.slow  # the importer CLI in a subprocess: ~6 s: make test runs it, make test-fast does not
 def test_the_cli_prints_the_counts(tmp_path: Path, exchanges_config: ExchangesFile) -> None:
     capture = live_then_capture(tmp_path, exchanges_config, "kraken", "raw")
     result = subprocess.run([sys.executable, "-m", "trading_platform.cli", "normalize", "--exchange", "kraken",

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from trading_platform_tests.conftest import CONFIG_FILE
 
 # What a run does first: prepare the process, build its exchange (its symbol columns are pa.array of lists),
@@ -50,6 +52,7 @@ def test_a_prepared_run_has_no_transparent_huge_pages() -> None:
                    ) == "1"  # PR_GET_THP_DISABLE
 
 
+@pytest.mark.slow  # imports the definitions in a fresh interpreter: ~5 s: make test runs it, make test-fast does not
 def test_importing_the_definitions_leaves_pandas_out() -> None:
     """A Dagster run worker imports every definition before the ingestion op prepares its process: a module that
     made an Arrow value from Python objects at import would run pyarrow's pandas probe, and pandas would be in

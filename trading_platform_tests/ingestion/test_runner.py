@@ -222,6 +222,7 @@ print("SUMMARY", summary.trades_flushed, summary.drained_cleanly, flush=True)
 """
 
 
+@pytest.mark.slow  # a run process drained by SIGTERM: ~6 s: make test runs it, make test-fast does not
 def test_sigterm_drains_and_flushes_everything_received(tmp_path: Path, replay: ReplayServer) -> None:
     from trading_platform_tests.conftest import CONFIG_FILE
 
@@ -242,6 +243,7 @@ def test_sigterm_drains_and_flushes_everything_received(tmp_path: Path, replay: 
     assert set(ids) == replay.ledger.trades("binance")
 
 
+@pytest.mark.slow  # a run process killed and recovered: ~10 s: make test runs it, make test-fast does not
 def test_kill_9_loses_nothing_that_reached_the_wal(tmp_path: Path, replay: ReplayServer, binance: Binance) -> None:
     from trading_platform.ingestion.wal import WriteAheadLog
     from trading_platform_tests.conftest import CONFIG_FILE

@@ -261,6 +261,7 @@ _WRITER_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # processes taking turns on chdb: ~8 s: make test runs it, make test-fast does not
 def test_processes_contending_for_the_folder_take_turns(chdb_clickhouse_url: str) -> None:
     with open_clickhouse(chdb_clickhouse_url) as ch:
         ensure_schema(ch)
