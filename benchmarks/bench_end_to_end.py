@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.harness import (
+    ConnectionDrops,
     Figure,
-    SlowConsumerCount,
     at_most,
     cpu_seconds,
     executed_trades,
@@ -152,8 +152,8 @@ def _sample_redis(redis_url: str, symbols: list[str], seconds: float, window: Wi
 def _run_at(rate: int, seconds: float, exchanges: ExchangesFile, tmp: Path) -> list[Figure]:
     symbols = exchanges.exchanges[EXCHANGE].symbols
     trade_rate = (rate - DEPTH_PER_SYMBOL * len(symbols)) / len(symbols)
-    slow = SlowConsumerCount()
-    logging.getLogger("trading_platform.replay").addHandler(slow)
+    dropped = ConnectionDrops()
+    logging.getLogger("trading_platform.replay").addHandler(dropped)
     valkey = EmbeddedValkey(_free_port(), tmp / "valkey")
     valkey.start()
     try:
@@ -164,10 +164,10 @@ def _run_at(rate: int, seconds: float, exchanges: ExchangesFile, tmp: Path) -> l
             ranges = {native: replay.ledger.ranges(EXCHANGE, native) for native in replay.ledger.counts(EXCHANGE)}
     finally:
         valkey.stop()
-        logging.getLogger("trading_platform.replay").removeHandler(slow)
+        logging.getLogger("trading_platform.replay").removeHandler(dropped)
     lake = _read_lake(tmp / "lake", {(symbol, trade_id) for _, symbol, trade_id in window.redis_samples})
     return _figures(rate, trade_rate * len(symbols), seconds, window, report, trades_sent_total, ranges, lake,
-                    slow.drops)
+                    dropped.drops)
 
 
 def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url: str,
@@ -193,15 +193,15 @@ def _ingest(replay: ReplayServer, exchanges: ExchangesFile, tmp: Path, redis_url
         return window, stop_child(conn, DRAIN_TIMEOUT_S, RunReport, "the ingestion run (draining)")
 
 
-def _limit(asked: float, window: Window, slow_drops: int) -> str:
+def _limit(asked: float, window: Window, drops: int) -> str:
     """Who held the rate below the asked one: a side that used (nearly) a whole core had no headroom left."""
-    if window.trades_sent >= 0.95 * asked * window.seconds and not slow_drops:
+    if window.trades_sent >= 0.95 * asked * window.seconds and not drops:
         return "none"
     saturated = [name for name, cpu in (("replay server", window.replay_cpu_seconds),
                                         ("ingestion", window.cpu_seconds)) if cpu / window.seconds >= 0.85]
     # Neither side near a core: the machine's other load starved them (the detail has both sides' cores).
     limit = " and ".join(saturated) or "CPU contention"
-    return f"{limit}, slow-consumer drop" if slow_drops else limit
+    return f"{limit}, connection dropped" if drops else limit
 
 
 @dataclass
@@ -246,12 +246,12 @@ def _stored_of_sent(lake: Lake, ranges: dict[str, list[tuple[int, int]]]) -> int
 
 
 def _figures(rate: int, trade_rate: float, seconds: float, window: Window, report: RunReport, sent: int,
-             ranges: dict[str, list[tuple[int, int]]], lake: Lake, slow_drops: int) -> list[Figure]:
+             ranges: dict[str, list[tuple[int, int]]], lake: Lake, drops: int) -> list[Figure]:
     section = f"end to end {rate // 1000}k msgs/s"
     stored = _stored_of_sent(lake, ranges)
     lost = sent - stored
     achieved = window.trades_sent / window.seconds
-    limit = _limit(trade_rate, window, slow_drops)
+    limit = _limit(trade_rate, window, drops)
     cores = window.cpu_seconds / window.seconds
     redis_ages = np.array([(at - lake.received_us[(symbol, trade_id)]) / 1000
                            for at, symbol, trade_id in window.redis_samples
@@ -265,7 +265,7 @@ def _figures(rate: int, trade_rate: float, seconds: float, window: Window, repor
         "lake_rows": lake.rows, "duplicates_in_lake": lake.rows - sum(len(v) for v in lake.ids.values()),
         "frames_received": report.frames_received, "received_msgs_per_s": round(report.frames_received /
                                                                                report.run_seconds),
-        "connects": report.connects, "disconnects": report.disconnects, "slow_consumer_drops": slow_drops,
+        "connects": report.connects, "disconnects": report.disconnects, "connection_drops": drops,
         "drained_cleanly": report.drained_cleanly, "batches": report.batches, "errors": report.errors[-3:],
         "unflushed_batches_left_in_wal": report.unflushed_batches, "open_trade_gaps": report.open_trade_gaps,
         "trade_ids_in_open_gaps": report.open_gap_trades,

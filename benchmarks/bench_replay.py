@@ -26,8 +26,8 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from benchmarks.harness import (
+    ConnectionDrops,
     Figure,
-    SlowConsumerCount,
     at_least,
     cpu_seconds,
     executed_trades,
@@ -158,11 +158,11 @@ def _measure(replay: ReplayServer, url: str, seconds: float) -> tuple[Window, Cl
         return window, report
 
 
-def _limit(achieved: float, window: Window, server_cores: float, client_cores: float, slow_drops: int) -> str:
+def _limit(achieved: float, window: Window, server_cores: float, client_cores: float, drops: int) -> str:
     """Who held the rate below the asked one: a side that used (nearly) a whole core had no headroom left."""
-    if achieved >= 0.95 * RATE and not slow_drops:
+    if achieved >= 0.95 * RATE and not drops:
         return "none"
-    if window.trades_sent >= 0.98 * window.trades_executed and not slow_drops:
+    if window.trades_sent >= 0.98 * window.trades_executed and not drops:
         # The server sent what its market made: the arrivals are bursty (calm/burst regimes), so a window
         # can hold fewer trades than the long-run rate asked.
         return "none, the market made fewer"
@@ -170,10 +170,10 @@ def _limit(achieved: float, window: Window, server_cores: float, client_cores: f
                  if cores >= SATURATED_CORES]
     # Neither side near a core: the machine's other load starved them (the detail has both sides' cores).
     limit = " and ".join(saturated) or "CPU contention"
-    return f"{limit}, slow-consumer drop" if slow_drops else limit
+    return f"{limit}, connection dropped" if drops else limit
 
 
-def _figures(window: Window, report: ClientReport, slow_drops: int, seconds: float) -> list[Figure]:
+def _figures(window: Window, report: ClientReport, drops: int, seconds: float) -> list[Figure]:
     section = f"replay {RATE // 1000}k msgs/s"
     start = _at(report.checkpoints, window.started)
     end = _at(report.checkpoints, window.started + window.seconds)
@@ -182,7 +182,7 @@ def _figures(window: Window, report: ClientReport, slow_drops: int, seconds: flo
     sent = (window.trades_sent + depth) / window.seconds
     server_cores = window.server_cpu_seconds / window.seconds
     client_cores = (end.cpu_seconds - start.cpu_seconds) / window.seconds
-    limit = _limit(sent, window, server_cores, client_cores, slow_drops)
+    limit = _limit(sent, window, server_cores, client_cores, drops)
     detail: dict[str, Any] = {
         "asked_msgs_per_s": RATE, "window_seconds": round(window.seconds, 1), "configured_seconds": seconds,
         "ledger_trades_per_s": round(window.trades_sent / window.seconds),
@@ -195,7 +195,7 @@ def _figures(window: Window, report: ClientReport, slow_drops: int, seconds: flo
         "server_cores": round(server_cores, 2), "client_cores": round(client_cores, 2),
         # What a message costs the server, whatever the machine's other load lets it reach.
         "server_cpu_us_per_msg": round(window.server_cpu_seconds / (sent * window.seconds) * 1e6, 2) if sent else None,
-        "slow_consumer_drops": slow_drops, "client_closed_by_server": report.closed_by_server, "limit": limit,
+        "connection_drops": drops, "client_closed_by_server": report.closed_by_server, "limit": limit,
     }
     return [
         at_least(section, f"msgs/s sent (limit: {limit})", sent, "msgs/s", RATE, detail),
@@ -211,8 +211,8 @@ def run(quick: bool) -> list[Figure]:
     symbols = exchanges.exchanges[EXCHANGE].symbols
     trade_rate = (RATE - DEPTH_PER_SYMBOL * len(symbols)) / len(symbols)
     seconds = QUICK_SECONDS if quick else SECONDS
-    slow = SlowConsumerCount()
-    logging.getLogger("trading_platform.replay").addHandler(slow)
+    dropped = ConnectionDrops()
+    logging.getLogger("trading_platform.replay").addHandler(dropped)
     try:
         with running_replay_server(exchanges, rate_per_symbol=trade_rate, book_rate_per_symbol=BOOK_RATE_PER_SYMBOL,
                                    seed=5) as replay:
@@ -221,5 +221,5 @@ def run(quick: bool) -> list[Figure]:
                 Settings(feed_mode="replay", replay_host=replay.host, replay_port=replay.port)))
             window, report = _measure(replay, url, seconds)
     finally:
-        logging.getLogger("trading_platform.replay").removeHandler(slow)
-    return _figures(window, report, slow.drops, seconds)
+        logging.getLogger("trading_platform.replay").removeHandler(dropped)
+    return _figures(window, report, dropped.drops, seconds)

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from trading_platform.replay import ReplayServer
 
 _Report = TypeVar("_Report")
-SLOW_CONSUMER = "slow consumer"  # what the replay outbox logs when it drops a client that lags
+DROPPED = "; dropping it"  # how the replay outbox ends what it logs when it drops a connection (outbox._drop)
 
 
 @dataclass(frozen=True)
@@ -133,15 +133,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class SlowConsumerCount(logging.Handler):
-    """Counts the replay server's "slow consumer" drops (it logs each one)."""
+class ConnectionDrops(logging.Handler):
+    """Counts the connections the replay server dropped (it logs each one): a client that stopped reading (a slow
+    consumer), or one the server itself fell too far behind on."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.drops = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.drops += SLOW_CONSUMER in record.getMessage()
+        self.drops += DROPPED in record.getMessage()
 
 
 @contextmanager

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 class FeedOptions:
     rate_per_symbol: float = 5.0
     seed: int = 0
-    # Frames queued but not yet sent on one connection before it is dropped as a slow consumer.
+    # Frames queued but not yet sent on one connection before it is dropped as a slow consumer (one that stopped
+    # reading; frames that wait for this server's own loop are let wait up to outbox.SERVER_BEHIND_FACTOR times this).
     max_pending_frames: int = 500_000
     # Apply the exchange's documented per-connection limits (incoming message rate).
     enforce_limits: bool = True

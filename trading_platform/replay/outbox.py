@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 BATCH_BYTES = 2**18
 _TEXT_FIN = 0x81  # FIN bit + text opcode; a server's frames are not masked
 _SHORT_HEADERS = [bytes((_TEXT_FIN, length)) for length in range(126)]
+# Frames pending on a connection whose client keeps up, in multiples of the slow-consumer limit, before it is
+# dropped all the same: a bound on the memory of a server asked for more than its CPU can send.
+SERVER_BEHIND_FACTOR = 4
 
 
 @dataclass(slots=True)
@@ -98,23 +101,43 @@ class Outbox:
         # A client that cannot keep up is disconnected (as exchanges do) instead of growing memory.
         self._max_pending = max_pending_frames
         self.pending_frames = 0
-        self.overflowed = False
+        self.dropped: tuple[int, str] | None = None  # the close code and reason of a dropped connection
+        self._waiting_for_client = False  # the sender waits for the transport to drain (see _client_behind)
+        self._server_behind_logged = False
 
     def push_trades(self, item: TradeFrames) -> None:
         if self._closed:
             return
         self.pending_frames += len(item.frames)
         if self.pending_frames > self._max_pending:
-            self.overflowed = True
-            log.warning(
-                "%s connection %d: slow consumer, %d frames pending; dropping it",
-                self.exchange,
-                self.connection_id,
-                self.pending_frames,
-            )
-            self.close()
-            return
+            if self._client_behind():
+                # Policy violation (1008) is what a real exchange uses for a client that lags behind.
+                self._drop(1008, "slow consumer", f"slow consumer, {self.pending_frames} frames pending")
+                return
+            if self.pending_frames > SERVER_BEHIND_FACTOR * self._max_pending:
+                self._drop(1013, "server overloaded", f"{self.pending_frames} frames pending while the client reads "
+                           "all it is sent: this server is that far behind (its loop is CPU-bound), past its bound")
+                return
+            if not self._server_behind_logged:
+                self._server_behind_logged = True
+                log.warning("%s connection %d: %d frames pending while the client reads all it is sent: this server "
+                            "is behind (its loop is CPU-bound), not the client; the frames wait",
+                            self.exchange, self.connection_id, self.pending_frames)
         self._push(item)
+
+    def _client_behind(self) -> bool:
+        """The client is not reading what it is sent: the sender wrote a batch the socket would not take, and waits
+        for the transport to drain (websockets' flow control: writing pauses over the transport's high-water mark).
+        Frames that pile up while the sender is not waiting for the client wait for this server's own loop, which
+        has not had the time to write them: dropping the client for those would make an overloaded server look
+        like a client that stopped reading."""
+        return self._waiting_for_client
+
+    def _drop(self, code: int, reason: str, detail: str) -> None:
+        """Close the connection with ``code`` and ``reason`` once the sender stops (nothing more is queued)."""
+        self.dropped = code, reason
+        log.warning("%s connection %d: %s; dropping it", self.exchange, self.connection_id, detail)
+        self.close()
 
     def push_control(self, text: str) -> None:
         self._push(ControlFrame(text))
@@ -178,9 +201,8 @@ class Outbox:
             return
         finally:
             self.close()
-            if self.overflowed:
-                # Policy violation (1008) is what a real exchange uses for a client that lags behind.
-                await ws.close(1008, "slow consumer")
+            if self.dropped is not None:
+                await ws.close(*self.dropped)
 
     async def _send_batch(self, ws: ServerConnection) -> None:
         """Take the trade and control frames at the head of the queue (up to BATCH_BYTES) and write them at once."""
@@ -203,9 +225,13 @@ class Outbox:
         written = False
         try:
             async with ws.send_context():  # raises ConnectionClosed, writing nothing, unless the connection is open
-                ws.transport.write(b"".join(chunks))
+                transport = ws.transport
+                transport.write(b"".join(chunks))
                 written = True
+                # On leaving, send_context waits for the transport to drain, which it does only over this mark.
+                self._waiting_for_client = transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
         finally:
+            self._waiting_for_client = False
             # Also when the drain after the write fails or is cancelled: the frames were handed to the socket.
             if written:
                 self._account(batch)
