@@ -102,7 +102,11 @@ class Outbox:
         self._max_pending = max_pending_frames
         self.pending_frames = 0
         self.dropped: tuple[int, str] | None = None  # the close code and reason of a dropped connection
-        self._waiting_for_client = False  # the sender waits for the transport to drain (see _client_behind)
+        # The sender wrote a batch the socket would not take and waits for the transport to drain (websockets' flow
+        # control pauses writing over the transport's high-water mark): the client is not reading what it is sent.
+        # Frames that pile up while it is not waiting wait for this server's own loop, which has not had the time
+        # to write them: dropping the client for those would make an overloaded server look like a slow client.
+        self._waiting_for_client = False
         self._server_behind_logged = False
 
     def push_trades(self, item: TradeFrames) -> None:
@@ -110,28 +114,19 @@ class Outbox:
             return
         self.pending_frames += len(item.frames)
         if self.pending_frames > self._max_pending:
-            if self._client_behind():
+            if self._waiting_for_client:
                 # Policy violation (1008) is what a real exchange uses for a client that lags behind.
                 self._drop(1008, "slow consumer", f"slow consumer, {self.pending_frames} frames pending")
                 return
+            behind = (f"{self.pending_frames} frames pending while the client reads all it is sent: this server is "
+                      "behind (its loop is CPU-bound), not the client")
             if self.pending_frames > SERVER_BEHIND_FACTOR * self._max_pending:
-                self._drop(1013, "server overloaded", f"{self.pending_frames} frames pending while the client reads "
-                           "all it is sent: this server is that far behind (its loop is CPU-bound), past its bound")
+                self._drop(1013, "server overloaded", f"{behind}, past its bound")
                 return
             if not self._server_behind_logged:
                 self._server_behind_logged = True
-                log.warning("%s connection %d: %d frames pending while the client reads all it is sent: this server "
-                            "is behind (its loop is CPU-bound), not the client; the frames wait",
-                            self.exchange, self.connection_id, self.pending_frames)
+                log.warning("%s connection %d: %s; the frames wait", self.exchange, self.connection_id, behind)
         self._push(item)
-
-    def _client_behind(self) -> bool:
-        """The client is not reading what it is sent: the sender wrote a batch the socket would not take, and waits
-        for the transport to drain (websockets' flow control: writing pauses over the transport's high-water mark).
-        Frames that pile up while the sender is not waiting for the client wait for this server's own loop, which
-        has not had the time to write them: dropping the client for those would make an overloaded server look
-        like a client that stopped reading."""
-        return self._waiting_for_client
 
     def _drop(self, code: int, reason: str, detail: str) -> None:
         """Close the connection with ``code`` and ``reason`` once the sender stops (nothing more is queued)."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,25 @@ class Platform:
     def clickhouse_url(self) -> str:
         return f"chdb://{self.state_dir / 'chdb'}"
 
+    @cached_property
+    def instance(self) -> dg.DagsterInstance:
+        """The instance ``dagster dev`` runs on, read directly (what GraphQL does not say: pools, run events)."""
+        return dg.DagsterInstance.from_config(str(self.dagster_home))
+
+    def failure_messages(self, run_id: str) -> list[str]:
+        return [entry.message for entry in self.instance.all_logs(run_id)
+                if entry.dagster_event is not None and entry.dagster_event.is_failure][-3:]
+
+    def run_pids(self, run_id: str) -> set[int]:
+        """The run's processes, from its own events: the run (executor parent) and its step subprocesses."""
+        return {int(match.group(1)) for entry in self.instance.all_logs(run_id)
+                if (match := re.search(r"process \(pid: (\d+)\)", entry.message or ""))}
+
+    def pool_holders(self) -> set[str]:
+        """The runs holding a slot of the ClickHouse pool."""
+        pool = self.instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL)
+        return {slot.run_id for slot in pool.claimed_slots}
+
     def graphql(self, query: str, **variables: object) -> dict:
         return self.client._execute(query, variables)  # the public client has no sensor calls
 
@@ -108,7 +128,7 @@ class Platform:
     def diagnosis(self) -> str:
         """The state a failed wait needs explaining by: the newest runs, who holds or waits for the ClickHouse
         pool, and the daemon's latest warnings and errors."""
-        instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        instance = self.instance
         now = time.time()
         lines = ["runs (newest first): created s ago, status, job, id, tags"]
         for record in instance.get_run_records(limit=25):
@@ -163,6 +183,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory, exchanges_config: Exchang
             assert process.poll() is None, log.read_text()[-5000:]
             yield platform
         finally:
+            if "instance" in vars(platform):  # opened by a test (cached_property)
+                platform.instance.dispose()
             os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(60)
@@ -392,7 +414,7 @@ def _account_lake_and_clickhouse(platform: Platform, window_start: dict[str, dic
     load = platform.load(LOADED_ASSETS)
     # It may queue behind an automation load for the ClickHouse pool: its end, not a count, is waited for.
     status = platform.ended(load, 300, f"the load run {load[:8]} to end")
-    assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
+    assert status == dg.DagsterRunStatus.SUCCESS, (status, platform.failure_messages(load))
     assert _clickhouse_rows(platform.clickhouse_url) == trades.num_rows
     events = read_dataset(lake, "book_events")
     figures = {}
@@ -423,19 +445,6 @@ def _books_loaded(url: str) -> int:
             return -1
 
 
-def _failure_messages(home: Path, run_id: str) -> list[str]:
-    instance = dg.DagsterInstance.from_config(str(home))
-    return [entry.message for entry in instance.all_logs(run_id)
-            if entry.dagster_event is not None and entry.dagster_event.is_failure][-3:]
-
-
-def _run_pids(home: Path, run_id: str) -> set[int]:
-    """The run's processes, from its own events: the run (executor parent) and its step subprocesses."""
-    instance = dg.DagsterInstance.from_config(str(home))
-    return {int(match.group(1)) for entry in instance.all_logs(run_id)
-            if (match := re.search(r"process \(pid: (\d+)\)", entry.message or ""))}
-
-
 # Its own waits (the supervised starts, the flush, three replacements) add up past the suite's 300 s default on a
 # slow host: the waits, not the test-wide timeout, decide what is too slow.
 @pytest.mark.timeout(600)
@@ -456,7 +465,7 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
     window_start = {ex: {n: last + 1 for n, last in market_marks(platform.replay, ex).items()} for ex in EXCHANGES}
     time.sleep(1.2)  # mid-batch
     for victim in victims.values():
-        pids = _run_pids(platform.dagster_home, victim["runId"])  # in-process executor: the run's one process
+        pids = platform.run_pids(victim["runId"])  # in-process executor: the run's one process
         assert pids, f"no pid in the logs of run {victim['runId']}"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -495,12 +504,6 @@ def test_killed_runs_are_declared_dead_and_replaced_with_nothing_lost(platform: 
     record("kill -9 of all three ingestion runs mid-batch, supervised restart (through dagster dev)", **figures)
 
 
-def _pool_holders(home: Path) -> set[str]:
-    """The runs holding a slot of the ClickHouse pool."""
-    instance = dg.DagsterInstance.from_config(str(home))
-    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL).claimed_slots}
-
-
 @pytest.mark.timeout(600)
 def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(platform: Platform,
                                                                                request: pytest.FixtureRequest) -> None:
@@ -515,17 +518,17 @@ def test_a_load_killed_in_its_step_leaves_the_clickhouse_pool_to_the_next_load(p
     # caught inside, however fast the load would otherwise be.
     with open_clickhouse(platform.clickhouse_url, lock_timeout_s=60):
         victim = platform.load(["market_trades"])
-        pids = wait_for(lambda: victim in _pool_holders(platform.dagster_home)
-                        and len(pids := _run_pids(platform.dagster_home, victim)) >= 2 and pids,
+        pids = wait_for(lambda: victim in platform.pool_holders()
+                        and len(pids := platform.run_pids(victim)) >= 2 and pids,
                         120, "the load to claim the ClickHouse pool and start its step", interval_s=0.5)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         wait_for(lambda: platform.client.get_run_status(victim) == dg.DagsterRunStatus.FAILURE, 60,
                  "the killed load to be failed", interval_s=1)
-    assert victim in _pool_holders(platform.dagster_home), "the killed load gave its slot back by itself"
+    assert victim in platform.pool_holders(), "the killed load gave its slot back by itself"
 
     load = platform.load(["market_trades"])
     status = platform.ended(load, 240, "the next load to run and end")
-    assert status == dg.DagsterRunStatus.SUCCESS, (status, _failure_messages(platform.dagster_home, load))
-    assert victim not in _pool_holders(platform.dagster_home)
+    assert status == dg.DagsterRunStatus.SUCCESS, (status, platform.failure_messages(load))
+    assert victim not in platform.pool_holders()
