@@ -203,10 +203,13 @@ class Exchange(RecordDecoder):
             return
         table = self.trade_table(self.trade_columns(out.trades), out.trade_frames, frames, received_us,
                                  out.rejects)
+        followed = False
         if table.num_rows:
             ids = self.trade_ids(table)
             if ids is not None:
+                followed = self.trade_gaps.follows(ids)
                 table = self.check_trades(table, ids, received_us[out.trade_frames[-1]], out.events, out.actions)
+        self.on_trade_rows(table, followed)
         out.settled.append(table)
         out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
         out.trade_frames.clear()
@@ -227,7 +230,6 @@ class Exchange(RecordDecoder):
         rows = np.asarray(frame_index, np.int64)  # converted once: it indexes the receive times and is a column
         table, known = self.trade_rows(columns, rows, np.asarray(received_us, np.int64)[rows])
         valid = pc.and_(known, pc.is_valid(timestamps)) if timestamps.null_count else known
-        self.on_trade_rows(table, valid)
         if not valid.false_count:  # no nulls in valid: every row kept
             return table
         natives = columns.natives
@@ -263,9 +265,10 @@ class Exchange(RecordDecoder):
             schema=DECODED_TRADE_SCHEMA,
         ), pc.is_valid(position)
 
-    def on_trade_rows(self, table: pa.Table, kept: pa.Array) -> None:
-        """Every trade row of the call, before the rejected ones (unknown symbol, no valid time) are set aside;
-        ``kept`` marks the others (Coinbase's dedupe marks)."""
+    def on_trade_rows(self, table: pa.Table, followed: bool) -> None:
+        """The rows a ``settle`` made final (configured symbols, valid times, none already stored). ``followed``:
+        the continuity check read their ids, so ``trade_gaps.last_id`` now holds each symbol's highest (Coinbase's
+        dedupe marks come from there; other rows it reads itself)."""
 
     def trade_ids(self, table: pa.Table) -> np.ndarray | None:
         """The integer ids of ``table``'s rows for the continuity check; None: ids that are no sequence."""

@@ -233,6 +233,7 @@ class Coinbase(Exchange):
         self.snapshot_trades_dropped = 0
         self.heartbeat_counter: int | None = None
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
+        self._symbol_to_native = {symbol: native for native, symbol in self.native_to_symbol.items()}
         self._stale_in_a_row = 0
         # Trades collected this call from position _unflushed on have not raised the high-water marks yet
         # (see _flush_high_water); reset once the call's rows are built.
@@ -515,17 +516,22 @@ class Coinbase(Exchange):
             time_texts=times,
         )
 
-    def on_trade_rows(self, table: pa.Table, kept: pa.Array) -> None:
-        self._raise_high_water_vectorized(table.slice(self._unflushed), kept.slice(self._unflushed))
+    def on_trade_rows(self, table: pa.Table, followed: bool) -> None:
+        if followed:
+            # The continuity check kept each symbol's highest id: a dict per symbol, not a pass over the rows.
+            for symbol, last in self.trade_gaps.last_id.items():
+                product = self._symbol_to_native.get(symbol)
+                if product is not None:
+                    self._raise_high_water(product, last)
+        else:
+            self._raise_high_water_vectorized(table)
         self._unflushed = 0
 
-    def _raise_high_water_vectorized(self, table: pa.Table, kept: pa.Array) -> None:
-        # Only the two columns read here are filtered, and not at all when every row is kept (nearly always).
-        products, trade_ids = table.column("native_symbol"), table.column("trade_id")
-        if kept.false_count:  # no nulls in kept
-            products, trade_ids = products.filter(kept), trade_ids.filter(kept)
-        if not len(products):
+    def _raise_high_water_vectorized(self, table: pa.Table) -> None:
+        """Ids the continuity check does not follow (not numeric, or out of its range): the highest per product."""
+        if not table.num_rows:
             return
+        products, trade_ids = table.column("native_symbol"), table.column("trade_id")
         try:
             ids = pc.cast(trade_ids, pa.int64())
         except pa.ArrowInvalid:  # non-numeric or huge ids: compare one by one

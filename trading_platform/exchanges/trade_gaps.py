@@ -122,6 +122,12 @@ class TradeGaps:
         return [gap for gaps in self.open.values() for gap in gaps]
 
     # --- live trades ---------------------------------------------------------------------------------------
+    @staticmethod
+    def follows(ids: np.ndarray) -> bool:
+        """Whether ``check`` follows these ids: the small non-negative sequential ids it is for (an empty batch
+        trivially). It leaves other ids alone, and ``last_id`` does not cover them."""
+        return not ids.size or (int(ids.max()) < 1 << _KEY_SHIFT and int(ids.min()) >= 0)
+
     def check(self, table: pa.Table, ids: np.ndarray, received_us: int,
               events: BookEvents) -> tuple[pa.Table, list[TradeGap]]:
         """Drop trades already stored, keep late ones that fill an open gap, record and return new gaps.
@@ -135,8 +141,8 @@ class TradeGaps:
         codes = table.column("symbol_code").to_numpy()  # positions in self.symbols, the exchange's order
         times = pc.cast(table.column("timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
         ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.max() >= 1 << _KEY_SHIFT or ids.min() < 0):
-            return table, []  # not the small sequential ids this check is for
+        if not self.follows(ids):
+            return table, []
         # By symbol, then id. Each symbol's ids nearly always arrive ascending, so a stable radix sort of the
         # symbol codes (8/16-bit) is usually the whole sort; lexsort only when some ids come out of order.
         order = np.argsort(codes.astype(np.min_scalar_type(len(self.symbols))), kind="stable")
