@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import Literal
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,25 @@ PriceLevel = tuple[float, float]
 ChecksumLevel = tuple[float, float, str]
 Level = PriceLevel | ChecksumLevel
 _UTC_US = pa.timestamp("us", tz="UTC")
+
+
+class SidedLevel(Protocol):
+    """One level change that names its side, as a decoder reads it (Coinbase's level2 level object)."""
+
+    @property
+    def side(self) -> str: ...
+    @property
+    def price(self) -> float: ...
+    @property
+    def quantity(self) -> float: ...
+
+
+class BookChange(NamedTuple):
+    """A ``SidedLevel`` made from a wire format that spells levels otherwise."""
+
+    side: str
+    price: float
+    quantity: float
 
 
 def parse_levels(pairs: Iterable[tuple[str | float, str | float]]) -> list[PriceLevel]:
@@ -99,6 +118,28 @@ class OrderBook:
             _apply_side(self.bids, self._bid_levels, bids)
         if asks:
             _apply_side(self.asks, self._ask_levels, asks)
+
+    def apply_changes(self, changes: Iterable[SidedLevel], bid: str) -> None:
+        """One message's levels of both sides in one list, each naming its side (``bid``: the bid side's name, any
+        other is the ask side): absolute quantities, in order; zero removes the level. Applied straight from the
+        decoder's objects: first splitting them into a tuple list per side (``apply``) cost ~10% of a Coinbase book
+        update."""
+        for change in changes:
+            if change.side == bid:
+                prices, held = self.bids, self._bid_levels
+            else:
+                prices, held = self.asks, self._ask_levels
+            price, quantity = change.price, change.quantity
+            index = bisect_left(prices, price)
+            if index < len(prices) and prices[index] == price:
+                if quantity:
+                    held[index] = (price, quantity)
+                else:
+                    del prices[index]
+                    del held[index]
+            elif quantity:
+                prices.insert(index, price)
+                held.insert(index, (price, quantity))
 
     def set_level(self, side: Side, price_text: str, quantity_text: str) -> None:
         """One absolute quantity at a price; zero removes the level."""

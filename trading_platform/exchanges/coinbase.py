@@ -55,14 +55,14 @@ import pyarrow.compute as pc
 
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
-from trading_platform.exchanges.book import PriceLevel, check_finite
+from trading_platform.exchanges.book import PriceLevel, SidedLevel
 from trading_platform.exchanges.conversions import (
     datetime_us,
     highest_per_key,
     rfc3339_timestamps,
     taker_sides,
 )
-from trading_platform.exchanges.decoded import IGNORED, DecodeOutput, Int64, Reconnect
+from trading_platform.exchanges.decoded import IGNORED, BookNumber, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
 # True: ``side`` is the maker's side, the taker traded the other way. See the module docstring.
@@ -101,9 +101,10 @@ class _TradesEvent(msgspec.Struct, gc=False):
 class _Level(msgspec.Struct, gc=False):
     side: Literal["bid", "offer"]
     # Number texts read as floats by the lax decoders, as the trades' are: the book's (price, quantity) tuple is
-    # made from them with no float() per text. A text that is no number fails the events (wrong_type, naming it).
-    price_level: float
-    new_quantity: float
+    # made from them with no float() per text. A text that is no finite number, or a negative one, fails the
+    # events (wrong_type, naming it).
+    price: BookNumber = msgspec.field(name="price_level")
+    quantity: BookNumber = msgspec.field(name="new_quantity")
     event_time: datetime | None = None
 
 
@@ -548,22 +549,16 @@ class Coinbase(Exchange):
         if symbol is None:
             self.reject_unknown_symbol(event.product_id, received, frame, out.rejects)
             return
-        try:
-            bids, asks = _book_levels(event.updates)
-        except ValueError as error:  # not a finite number
-            detail = f"level2 level of {event.product_id}: {error}"
-            out.rejects.add(received, "wrong_type", detail, frame)
-            self._book_refused(symbol, event.type, detail, received, out)
-            return
         if event.type == "snapshot":
             # Snapshot levels may carry the epoch as event_time: the envelope time is the book's time.
+            bids, asks = _book_levels(event.updates)
             self.apply_book_snapshot(symbol, bids, asks, datetime_us(message.timestamp), received,
                                      message.sequence_num, out)
         elif self.synced[symbol]:  # else ignored until the next snapshot
             # The change's time is its last level's (the envelope's when it has none, or the epoch).
             last = event.updates[-1].event_time if event.updates else None
             event_us = datetime_us(last) if last is not None else 0
-            self.apply_book_changes(symbol, bids, asks, event_us if event_us > 0 else datetime_us(message.timestamp),
+            self.apply_book_changes(symbol, event.updates, event_us if event_us > 0 else datetime_us(message.timestamp),
                                     received, message.sequence_num, out)
 
     def apply_book_snapshot(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int | None,
@@ -581,32 +576,25 @@ class Coinbase(Exchange):
         if event_us is not None:
             self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
-    def apply_book_changes(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int,
-                           received_us: int, sequence: int, out: DecodeOutput) -> None:
-        """Absolute quantities per level ("0" removes); ignored while the book awaits a snapshot."""
+    def apply_book_changes(self, symbol: str, changes: Sequence[SidedLevel], event_us: int, received_us: int,
+                           sequence: int, out: DecodeOutput) -> None:
+        """Absolute quantities per level ("0" removes), each naming its side ("bid" or "offer"); ignored while the
+        book awaits a snapshot."""
         if not self.synced[symbol]:
             return
         book = self.books[symbol]
-        book.apply(bids, asks)
+        book.apply_changes(changes, "bid")
         book.sequence = max(sequence, 0)
         self.emit_if_due(symbol, event_us, received_us, out.snapshots)
 
 
 def _book_levels(updates: list[_Level]) -> tuple[list[PriceLevel], list[PriceLevel]]:
-    """An event's bids and asks as the book's (price, quantity) tuples, in one pass over both sides. Raises
-    ValueError for a level that is not a finite number (the lax decode reads "nan" and "inf"): the first bid, else
-    the first offer."""
+    """A snapshot's bids and asks as the book's (price, quantity) tuples, in one pass over both sides (the decode
+    has already refused any level that is no finite number)."""
     bids: list[PriceLevel] = []
     asks: list[PriceLevel] = []
-    finite = True
     for update in updates:
-        price, quantity = update.price_level, update.new_quantity
-        if price - price or quantity - quantity:  # 0.0 for a finite number, else NaN
-            finite = False
-        (bids if update.side == "bid" else asks).append((price, quantity))
-    if not finite:
-        check_finite(bids)  # raises, naming the first such bid, else
-        check_finite(asks)  # the first such offer
+        (bids if update.side == "bid" else asks).append((update.price, update.quantity))
     return bids, asks
 
 

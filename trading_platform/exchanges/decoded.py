@@ -7,6 +7,7 @@ importer use these types without caring how an exchange decodes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Annotated, Any
@@ -23,6 +24,10 @@ from trading_platform.schema import MARKET_TRADES, QUARANTINE
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+# A book level's price or quantity: a finite number, not negative. Checked by the decode, in its own pass over the
+# number (a NaN, an infinity or a negative level fails its frame as wrong_type, naming the field), so applying
+# the levels needs no pass of its own.
+BookNumber = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
 
 # Columns an exchange module produces; batch_id is added when the batch is sealed. Two more, internal to the
 # decode (the normalizer drops them): the raw frame of each row, for quarantine, and the row's symbol as its

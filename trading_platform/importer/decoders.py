@@ -4,10 +4,11 @@ with the book totals the importer prints (the live modules keep only Kraken's)."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.binance import Binance
-from trading_platform.exchanges.book import PriceLevel
+from trading_platform.exchanges.book import PriceLevel, SidedLevel
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.decoded import DecodeOutput
 from trading_platform.exchanges.legacy.coinbase import CoinbaseExchangeFeedDecoder
@@ -33,11 +34,11 @@ class _CountingBinance(Binance):
 class _CountingCoinbase(Coinbase):
     """Coinbase counting the level2 updates it applies (both feeds' books go through this method)."""
 
-    def apply_book_changes(self, symbol: str, bids: list[PriceLevel], asks: list[PriceLevel], event_us: int,
-                           received_us: int, sequence: int, out: DecodeOutput) -> None:
+    def apply_book_changes(self, symbol: str, changes: Sequence[SidedLevel], event_us: int, received_us: int,
+                           sequence: int, out: DecodeOutput) -> None:
         if self.synced[symbol]:  # else ignored until the next snapshot, as the method itself does
             self.counters["book_updates_applied"] += 1
-        super().apply_book_changes(symbol, bids, asks, event_us, received_us, sequence, out)
+        super().apply_book_changes(symbol, changes, event_us, received_us, sequence, out)
 
 
 class _CountingCoinbaseFeed(CoinbaseExchangeFeedDecoder):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from trading_platform.exchanges.book import BookSnapshots, OrderBook, parse_levels
+from trading_platform.exchanges.book import BookChange, BookSnapshots, OrderBook, parse_levels
 from trading_platform.ingestion.normalize import _merge
 
 
@@ -41,6 +41,28 @@ def test_random_changes_keep_the_top_of_each_side_in_price_order() -> None:
         assert book.top("bid", 10) == oracle_top(bids, True, 10)
         assert book.top("ask", 10) == oracle_top(asks, False, 10)
     assert len(book.bids) == len(bids) and len(book.asks) == len(asks)
+
+
+def test_changes_of_both_sides_in_one_list_apply_in_order_to_the_side_each_names() -> None:
+    rng = random.Random(11)
+    book = OrderBook()
+    held: dict[str, dict[float, float]] = {"bid": {}, "offer": {}}
+    for _ in range(3_000):
+        changes = []
+        for _ in range(rng.randint(1, 6)):
+            side = rng.choice(["bid", "offer"])
+            # Few prices, so a list often changes one price twice: the later change wins.
+            price = rng.randint(1, 30) / 4 + (0 if side == "bid" else 10)
+            quantity = 0.0 if rng.random() < 0.4 else rng.randint(1, 999) + 0.5
+            changes.append(BookChange(side, price, quantity))
+            if quantity:
+                held[side][price] = quantity
+            else:
+                held[side].pop(price, None)
+        book.apply_changes(changes, "bid")
+        assert book.top("bid", 10) == oracle_top(held["bid"], True, 10)
+        assert book.top("ask", 10) == oracle_top(held["offer"], False, 10)
+    assert len(book.bids) == len(held["bid"]) and len(book.asks) == len(held["offer"])
 
 
 def test_crossed_compares_the_best_bid_with_the_best_ask() -> None:

@@ -225,10 +225,12 @@ def test_sequence_gap_records_events_asks_for_one_reconnect_and_stops_emission(c
 
 
 @pytest.mark.parametrize(("bad", "named"), [
-    # No number: refused by the decode, naming the field. A number, not a finite one: refused by the book.
+    # No number, no finite number, a negative one: refused by the decode, naming the field.
     ("abc", "Expected `float`, got `str` - at `$.events[0].updates[1].price_level`"),
-    ("NaN", "level nan 2.0 is not a finite number"),
+    ("NaN", "Expected `float` >= 0.0 - at `$.events[0].updates[1].price_level`"),
+    ("inf", "Expected `float` <= 1.7976931348623157e+308 - at `$.events[0].updates[1].price_level`"),
     ("1e400", "Number out of range - at `$.events[0].updates[1].price_level`"),
+    ("-68899.00", "Expected `float` >= 0.0 - at `$.events[0].updates[1].price_level`"),
 ])
 def test_a_level2_level_that_is_no_finite_number_is_quarantined_and_resyncs_that_book(coinbase: Coinbase,
                                                                                       bad: str, named: str) -> None:
@@ -383,11 +385,10 @@ def test_a_level_sent_as_json_numbers_is_read_as_those_numbers(coinbase: Coinbas
 
 
 @pytest.mark.parametrize(("levels", "named"), [
-    # A text that is no number fails the decode, which names the first such field in the frame.
+    # The decode names the first field in the frame that is no finite number (or no number at all), either side.
     ([level("offer", "abc", "1.0"), level("bid", "68898.00", "xyz")], "updates[0].price_level"),
-    ([level("bid", "68898.00", "NaN"), level("offer", "abc", "1.0")], "updates[1].price_level"),
-    # Numbers all, the first non-finite bid is named, over a non-finite offer before it.
-    ([level("offer", "inf", "1.0"), level("bid", "68898.00", "NaN")], "level 68898.0 nan"),
+    ([level("bid", "68898.00", "NaN"), level("offer", "abc", "1.0")], "updates[0].new_quantity"),
+    ([level("offer", "inf", "1.0"), level("bid", "68898.00", "NaN")], "updates[0].price_level"),
 ])
 def test_a_level2_event_with_several_faults_is_quarantined_naming_the_first(
         coinbase: Coinbase, levels: list[dict[str, str]], named: str) -> None:

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from trading_platform.config import ExchangeConfig
 from trading_platform.exchanges.base import TradeColumns
-from trading_platform.exchanges.book import parse_levels
+from trading_platform.exchanges.book import BookChange, parse_levels
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, strings_to_float
 from trading_platform.exchanges.decoded import DecodeOutput, RecordKind
@@ -152,9 +152,10 @@ class CoinbaseExchangeFeedDecoder(RecordDecoder):
         if isinstance(message, _L2Update):
             event_us = datetime_us(message.time) if message.time is not None else received
             # The Exchange feed names book sides by the order side: buy orders rest on the bid side.
-            bids = parse_levels([(price, size) for side, price, size in message.changes if side == "buy"])
-            asks = parse_levels([(price, size) for side, price, size in message.changes if side == "sell"])
-            exchange.apply_book_changes(symbol, bids, asks, event_us, received, 0, out)
+            levels = parse_levels([(price, size) for _, price, size in message.changes])
+            changes = [BookChange("bid" if side == "buy" else "offer", price, quantity)
+                       for (side, _, _), (price, quantity) in zip(message.changes, levels, strict=True)]
+            exchange.apply_book_changes(symbol, changes, event_us, received, 0, out)
             return
         if any(len(level) < 2 for level in message.bids) or any(len(level) < 2 for level in message.asks):
             out.rejects.add(received, "wrong_type", "snapshot level is not [price, size]", frame)
