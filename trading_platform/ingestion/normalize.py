@@ -36,7 +36,7 @@ class Decoder(Protocol):
     name: str
 
     def decode(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None = None,
-               joined: bytes | None = None) -> DecodedFrames: ...
+               joined: bytearray | None = None) -> DecodedFrames: ...
 
 
 @dataclass
@@ -83,7 +83,7 @@ class TradeNormalizer:
         )
 
     def _screen(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None,
-                rejects: Rejects) -> tuple[list[RecordKind] | None, bytes | None]:
+                rejects: Rejects) -> tuple[list[RecordKind] | None, bytearray | None]:
         """Quarantine frames no decoder should see (oversized, not UTF-8); they stay in place as SCREENED
         records, so a decoder can still count them in its per-connection sequence. Also returns the batch
         as the one JSON array the decoder reads (``json_array``) when nothing was screened: screened on that
@@ -124,7 +124,7 @@ class TradeNormalizer:
         return marked, None
 
     def _decode(self, frames: list[bytes], received_us: list[int], kinds: list[RecordKind] | None,
-                joined: bytes | None, rejects: Rejects) -> DecodedFrames:
+                joined: bytearray | None, rejects: Rejects) -> DecodedFrames:
         try:
             return self.exchange.decode(frames, received_us, kinds, joined)
         except Exception as error:  # a decoder bug must cost one frame, never the feed (or every restart)
