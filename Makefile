@@ -35,8 +35,8 @@ browser:
 test: install browser
 	$(UV) run --frozen pytest -q -m "slow or not slow" -n 2 --durations=15
 
-# Four workers on two cores: many of these tests wait on servers and subprocesses, not the CPU (measured: 2 min
-# 22 s with four, 3 min 4 s with two).
+# Four workers on two cores: many of these tests wait on servers and subprocesses, not the CPU (measured: 1 min
+# 20 s with four, 1 min 41 s with two).
 test-fast: install
 	$(UV) run --frozen pytest -q -m "not slow" -n 4
 
