@@ -16,8 +16,23 @@ uv-available:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 .PHONY: uv-available
 
-install: uv-available
+install: uv-available compiler
 	$(UV) sync --frozen
+
+# The trade hot path's field-mapping kernel is compiled when uv installs the project (setup.py): it needs a C
+# compiler and Python's headers. Installed here with apt when missing and running as root; elsewhere uv's build
+# error says which is missing.
+compiler:
+	@command -v cc >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		{ echo "installing a C compiler (gcc) to build the compiled module"; \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev; }; }
+	@python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' || \
+		[ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+		{ echo "installing Python's headers (python3-dev) to build the compiled module"; \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev; }; }
+.PHONY: compiler
 
 run: install
 	$(UV) run --frozen trading-platform dev

@@ -58,7 +58,7 @@ class TradeColumns(NamedTuple):
     quantities: pa.Array  # float64
     sides: pa.Array  # the taker's side, "buy" / "sell"
     timestamps: pa.Array  # UTC µs; null where the exchange's time was not a time
-    time_texts: list[str] | None = None  # the exchange's own time text, quoted when a time is rejected
+    time_texts: pa.StringArray | None = None  # the exchange's own time text, quoted when a time is rejected
 
 
 class Exchange(RecordDecoder):
@@ -238,7 +238,7 @@ class Exchange(RecordDecoder):
             if not known[row].as_py():
                 self.reject_unknown_symbol(natives[row].as_py(), received_us[index], frames[index], rejects)
             else:
-                text = columns.time_texts[row] if columns.time_texts is not None else None
+                text = columns.time_texts[row].as_py() if columns.time_texts is not None else None
                 detail = f"trade timestamp {text!r} is not {self.trade_time_format}"
                 rejects.add(received_us[index], "wrong_type", detail, frames[index])
         return table.filter(valid)

@@ -23,6 +23,7 @@ from trading_platform.exchanges.book import PriceLevel, check_finite, parse_leve
 from trading_platform.exchanges.conversions import millis_timestamps, taker_sides
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
+from trading_platform.exchanges.wire_columns import wire_columns
 from trading_platform.settings import ConfigError
 
 
@@ -51,6 +52,12 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     q: float
     T: Millis
     m: bool
+
+
+# Both trade shapes' fields, as the columns ``wire_columns`` reads them into (t: @trade's trade id, @aggTrade's
+# aggregate id a).
+_TRADE_FIELDS = (("s", pa.string()), ("t", pa.int64()), ("p", pa.float64()), ("q", pa.float64()), ("m", pa.bool_()),
+                 ("T", pa.int64()))
 
 
 class _DepthEvent(msgspec.Struct, tag_field="e", gc=False):
@@ -299,16 +306,10 @@ class Binance(Exchange):
 
     def trade_columns(self, trades: list[_TradePayload]) -> TradeColumns:
         self._aggregated = _AggTrade in set(map(type, trades))
-        return TradeColumns(
-            natives=pa.array([t.s for t in trades], pa.string()),
-            # @trade: the trade id t; @aggTrade: the aggregate trade id a.
-            trade_ids=pc.cast(pa.array([t.t for t in trades], pa.int64()), pa.string()),
-            prices=pa.array([t.p for t in trades], pa.float64()),
-            quantities=pa.array([t.q for t in trades], pa.float64()),
-            # m: the buyer is the maker, so the aggressor (taker) sold.
-            sides=taker_sides(pa.array([t.m for t in trades], pa.bool_())),
-            timestamps=millis_timestamps([t.T for t in trades]),
-        )
+        natives, trade_ids, prices, quantities, buyer_is_maker, times_ms = wire_columns(trades, _TRADE_FIELDS)
+        # m: the buyer is the maker, so the aggressor (taker) sold.
+        return TradeColumns(natives, pc.cast(trade_ids, pa.string()), prices, quantities, taker_sides(buyer_is_maker),
+                            millis_timestamps(times_ms))
 
     def trade_ids(self, table: pa.Table) -> np.ndarray | None:
         return None if self._aggregated else super().trade_ids(table)  # aggTrade ids are another sequence

@@ -68,13 +68,13 @@ def micros_timestamps(values: list[int] | np.ndarray) -> pa.Array:
     return pa.array(values, pa.int64()).view(UTC_US)
 
 
-def millis_timestamps(values: list[int]) -> pa.Array:
+def millis_timestamps(values: list[int] | pa.Int64Array) -> pa.Array:
     """ms since the epoch -> a UTC µs timestamp column (multiplied in numpy, not per value; values up to 2**53
     ms, as the wire structs allow, stay within int64 µs)."""
-    return pa.array(np.array(values, np.int64) * 1000).view(UTC_US)
+    return pa.array(np.asarray(values, np.int64) * 1000).view(UTC_US)
 
 
-def rfc3339_timestamps(texts: list[str]) -> pa.Array:
+def rfc3339_timestamps(texts: list[str] | pa.StringArray) -> pa.Array:
     """RFC3339 text -> µs UTC, rounded to the nearest µs as msgspec's datetime decoding does; null where a value
     is not a timestamp (its row is quarantined).
 
@@ -82,7 +82,7 @@ def rfc3339_timestamps(texts: list[str]) -> pa.Array:
     also takes shapes RFC3339 does not (a bare date, hours without seconds), so only a column whose every text
     has the ``YYYY-MM-DDTHH:MM:SS`` shape goes the fast way; any other is judged value by value by msgspec, the
     strict reader, which gives the same µs for every text both accept."""
-    array = pa.array(texts, pa.string())
+    array = texts if isinstance(texts, pa.StringArray) else pa.array(texts, pa.string())
     if _rfc3339_shaped(array):
         try:
             # Straight to µs: exact for up to 6 fraction digits, what most feeds print.
@@ -95,7 +95,7 @@ def rfc3339_timestamps(texts: list[str]) -> pa.Array:
             return pa.array((nanos + 500) // 1000, pa.int64()).view(UTC_US)
         except pa.ArrowInvalid:
             pass
-    return pa.array([_rfc3339_us(text) for text in texts], pa.int64()).cast(UTC_US)
+    return pa.array([_rfc3339_us(text) for text in array.to_pylist()], pa.int64()).cast(UTC_US)
 
 
 def _rfc3339_shaped(texts: pa.StringArray) -> bool:

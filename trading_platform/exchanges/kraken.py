@@ -29,6 +29,7 @@ from trading_platform.exchanges.book import ChecksumLevel, OrderBook, not_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
+from trading_platform.exchanges.wire_columns import wire_columns
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
 CHECKSUM_LEVELS = 10  # the checksum always covers the top 10 levels per side, whatever the depth
@@ -55,6 +56,11 @@ class _Trade(msgspec.Struct, gc=False):
     qty: float
     trade_id: Int64
     timestamp: str  # RFC3339; parsed for the whole batch at once in Arrow
+
+
+# The wire trade's fields, as the columns ``wire_columns`` reads them into (side: the taker's already).
+_TRADE_FIELDS = (("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
+                 ("side", pa.string()), ("timestamp", pa.string()))
 
 
 class _TradeMessage(msgspec.Struct, tag_field="channel", tag="trade", gc=False):
@@ -355,16 +361,9 @@ class Kraken(Exchange):
                 out.control += 1
 
     def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
-        times = [t.timestamp for t in trades]
-        return TradeColumns(
-            natives=pa.array([t.symbol for t in trades], pa.string()),
-            trade_ids=pc.cast(pa.array([t.trade_id for t in trades], pa.int64()), pa.string()),
-            prices=pa.array([t.price for t in trades], pa.float64()),
-            quantities=pa.array([t.qty for t in trades], pa.float64()),
-            sides=pa.array([t.side for t in trades], pa.string()),
-            timestamps=rfc3339_timestamps(times),
-            time_texts=times,
-        )
+        natives, trade_ids, prices, quantities, sides, times = wire_columns(trades, _TRADE_FIELDS)
+        return TradeColumns(natives, pc.cast(trade_ids, pa.string()), prices, quantities, sides,
+                            rfc3339_timestamps(times), times)
 
     def _book_message(self, message: _BookMessage | _RawBookMessage, frame: bytes, received_us: int,
                       out: DecodeOutput) -> None:

@@ -1,0 +1,124 @@
+"""The compiled field-mapping kernel: every column holds exactly what reading the attribute gives."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trading_platform.exchanges.wire_columns import wire_columns
+
+
+class Wire(msgspec.Struct, gc=False):
+    name: str
+    price: float
+    trade_id: int
+    taker_sold: bool
+
+
+class Reordered(msgspec.Struct, gc=False):
+    """The same fields at other slots, after one the columns do not read."""
+
+    extra: str
+    taker_sold: bool
+    trade_id: int
+    price: float
+    name: str
+
+
+class Base(msgspec.Struct, kw_only=True, gc=False):
+    name: str
+
+
+class Derived(Base, kw_only=True):
+    price: float
+
+
+FIELDS = (("name", pa.string()), ("price", pa.float64()), ("trade_id", pa.int64()), ("taker_sold", pa.bool_()))
+
+
+def by_attribute(items: list[Any], fields: tuple[tuple[str, pa.DataType], ...]) -> list[list[Any]]:
+    return [[getattr(item, name) for item in items] for name, _ in fields]
+
+
+def test_each_column_holds_the_field_of_every_struct_in_order() -> None:
+    items = [Wire("BTC-USD", 101.5, 7, True), Wire("ETH-USD", 2.25, -3, False), Wire("", 0.0, 2**63 - 1, True)]
+    columns = wire_columns(items, FIELDS)
+    assert [column.type for column in columns] == [pa.string(), pa.float64(), pa.int64(), pa.bool_()]
+    assert [column.to_pylist() for column in columns] == by_attribute(items, FIELDS)
+
+
+def test_structs_of_several_types_are_read_by_each_ones_layout() -> None:
+    items = [Wire("a", 1.0, 1, True), Reordered("x", False, 2, 2.0, "b"), Wire("c", 3.0, 3, False)]
+    assert [column.to_pylist() for column in wire_columns(items, FIELDS)] == [
+        ["a", "b", "c"], [1.0, 2.0, 3.0], [1, 2, 3], [True, False, False]]
+
+
+def test_fields_declared_on_a_base_struct_are_read() -> None:
+    columns = wire_columns([Derived(name="x", price=1.5)], (("name", pa.string()), ("price", pa.float64())))
+    assert [column.to_pylist() for column in columns] == [["x"], [1.5]]
+
+
+def test_texts_keep_their_utf8_and_grow_past_the_first_guess() -> None:
+    names = ["é" * 40, "日本", "", "x" * 1000]  # 16 bytes a row are reserved at first
+    columns = wire_columns([Wire(name, 1.0, 1, False) for name in names], (("name", pa.string()),))
+    columns[0].validate(full=True)
+    assert columns[0].to_pylist() == names
+
+
+def test_floats_keep_nan_and_infinities_and_take_ints() -> None:
+    items = [Wire("a", math.nan, 1, False), Wire("a", math.inf, 1, False), Wire("a", 5, 1, False)]  # type: ignore[arg-type]
+    prices = wire_columns(items, (("price", pa.float64()),))[0].to_pylist()
+    assert math.isnan(prices[0]) and prices[1:] == [math.inf, 5.0]
+
+
+def test_bools_pack_into_arrow_bits_across_bytes() -> None:
+    flags = [i % 3 == 0 for i in range(21)]
+    columns = wire_columns([Wire("a", 1.0, 1, flag) for flag in flags], (("taker_sold", pa.bool_()),))
+    assert columns[0].to_pylist() == flags
+
+
+def test_no_structs_give_empty_columns() -> None:
+    assert [len(column) for column in wire_columns([], FIELDS)] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("name", 5, "expected str, got int"),
+    ("price", "1.0", "expected float, got str"),
+    ("trade_id", 1.0, "expected int, got float"),
+    ("taker_sold", 1, "expected bool, got int"),
+])
+def test_a_value_of_another_type_raises_naming_the_field(field: str, value: Any, expected: str) -> None:
+    item = Wire("a", 1.0, 1, True)
+    setattr(item, field, value)
+    with pytest.raises(TypeError, match=f"field '{field}': {expected}"):
+        wire_columns([Wire("b", 2.0, 2, False), item], FIELDS)
+
+
+def test_an_int_too_large_for_int64_raises() -> None:
+    with pytest.raises(OverflowError):
+        wire_columns([Wire("a", 1.0, 2**63, True)], FIELDS)
+
+
+def test_a_name_that_is_no_struct_field_raises() -> None:
+    with pytest.raises(TypeError, match=r"Wire\.missing is not a struct field"):
+        wire_columns([Wire("a", 1.0, 1, True)], (("missing", pa.string()),))
+
+
+def test_an_unsupported_column_type_raises() -> None:
+    with pytest.raises(TypeError, match="not supported"):
+        wire_columns([Wire("a", 1.0, 1, True)], (("trade_id", pa.int32()),))
+
+
+@given(st.lists(st.builds(Wire, st.text(), st.floats(allow_nan=False), st.integers(-(2**63), 2**63 - 1),
+                          st.booleans())))
+def test_any_structs_read_as_attribute_access_reads_them(items: list[Wire]) -> None:
+    columns = wire_columns(items, FIELDS)
+    for column in columns:
+        column.validate(full=True)
+    assert [column.to_pylist() for column in columns] == by_attribute(items, FIELDS)
