@@ -5,8 +5,9 @@ classification) that routes every record to its dataset (a new connection resets
 fill trade gaps or books), builds trade rows in ``DECODED_TRADE_SCHEMA`` (symbol mapping, time conversion,
 unknown symbols set aside), keeps trade-id continuity with REST backfills, and does the book bookkeeping.
 
-An exchange module keeps only its protocol: subscribe messages, wire structs and their field mapping
-(``trade_columns``), what its messages do (``on_messages``), and its sequencing / checksum rules. The result
+An exchange module keeps only its protocol: subscribe messages, wire structs and their field mapping (the
+fields the compiled ``wire_columns`` reads into Arrow, ``trade_fields``, and the columns made of them,
+``trade_columns``), what its messages do (``on_messages``), and its sequencing / checksum rules. The result
 types live in ``decoded.py``.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import Counter
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -42,6 +43,7 @@ from trading_platform.exchanges.trade_gaps import (
     TradePage,
     is_backfill,
 )
+from trading_platform.exchanges.wire_columns import WireColumns
 
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
@@ -73,6 +75,9 @@ class Exchange(RecordDecoder):
     max_frame_bytes: int = 1 << 20
     symbol_noun = "symbol"  # what the exchange calls a market, in reject details
     trade_time_format = "a time"  # how trade times are spelled, in reject details
+    # The wire trade's fields the columns are read from, each with its Arrow type (``wire_columns``): every
+    # struct ``on_messages`` puts in ``out.trades`` has them. ``trade_columns`` receives them in this order.
+    trade_fields: ClassVar[tuple[tuple[str, pa.DataType], ...]]
 
     def __init__(self, config: ExchangeConfig) -> None:
         self.config = config
@@ -126,8 +131,8 @@ class Exchange(RecordDecoder):
         """True for the reply that ends the drain (the last ack when there are several)."""
 
     @abstractmethod
-    def trade_columns(self, trades: list[Any]) -> TradeColumns:
-        """The field mapping: wire trades (as ``on_messages`` collected them) -> columns."""
+    def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
+        """The field mapping: the wire trades' ``trade_fields`` as columns, in that order -> the trade columns."""
 
     def new_connection(self) -> None:
         """A new connection opened: every book is untrusted until it resyncs from a fresh snapshot. Modules
@@ -196,23 +201,34 @@ class Exchange(RecordDecoder):
             return None
 
     # --- trade rows --------------------------------------------------------------------------------
+    def collect(self, out: DecodeOutput) -> None:
+        """The chunk's wire trades into the call's columns: their ``trade_fields`` read into column buffers, so
+        the objects are freed while still in the CPU cache, not at the end of the tick."""
+        if not out.trades:
+            return
+        if out.columns is None:
+            out.columns = WireColumns(self.trade_fields)
+        out.columns.extend(out.trades, out.trade_frames)
+        out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
+        out.trade_frames.clear()
+
     def settle(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> None:
         """The frames' trades so far as rows, checked for continuity (dropping those already stored, recording
         gaps): final, ahead of what the records after them bring."""
-        if not out.trades:
+        self.collect(out)
+        if out.columns is None or not len(out.columns):
             return
-        table = self.trade_table(self.trade_columns(out.trades), out.trade_frames, frames, received_us,
-                                 out.rejects)
+        fields, frame_index = out.columns.take()
+        rows = frame_index.to_numpy()
+        table = self.trade_table(self.trade_columns(fields), rows, frames, received_us, out.rejects)
         followed = False
         if table.num_rows:
             ids = self.trade_ids(table)
             if ids is not None:
                 followed = self.trade_gaps.follows(ids)
-                table = self.check_trades(table, ids, received_us[out.trade_frames[-1]], out.events, out.actions)
+                table = self.check_trades(table, ids, received_us[rows[-1]], out.events, out.actions)
         self.on_trade_rows(table, followed)
         out.settled.append(table)
-        out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
-        out.trade_frames.clear()
 
     def finish(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> pa.Table:
         """The call's trade rows in record order: live trades (checked for continuity) and, at their places,
@@ -223,7 +239,7 @@ class Exchange(RecordDecoder):
             return DECODED_TRADE_SCHEMA.empty_table()
         return rows[0] if len(rows) == 1 else pa.concat_tables(rows)
 
-    def trade_table(self, columns: TradeColumns, frame_index: list[int], frames: list[bytes],
+    def trade_table(self, columns: TradeColumns, frame_index: list[int] | np.ndarray, frames: list[bytes],
                     received_us: list[int], rejects: Rejects) -> pa.Table:
         """Trade rows of configured symbols with a valid time; the other rows are rejected with their frame."""
         timestamps = columns.timestamps

@@ -23,7 +23,6 @@ from trading_platform.exchanges.book import PriceLevel, check_finite, parse_leve
 from trading_platform.exchanges.conversions import millis_timestamps, taker_sides
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
-from trading_platform.exchanges.wire_columns import wire_columns
 from trading_platform.settings import ConfigError
 
 
@@ -52,12 +51,6 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     q: float
     T: Millis
     m: bool
-
-
-# Both trade shapes' fields, as the columns ``wire_columns`` reads them into (t: @trade's trade id, @aggTrade's
-# aggregate id a).
-_TRADE_FIELDS = (("s", pa.string()), ("t", pa.int64()), ("p", pa.float64()), ("q", pa.float64()), ("m", pa.bool_()),
-                 ("T", pa.int64()))
 
 
 class _DepthEvent(msgspec.Struct, tag_field="e", gc=False):
@@ -182,6 +175,9 @@ _DEFAULT_REST_URL = "https://api.binance.com"
 
 class Binance(Exchange):
     name = "binance"
+    # Both trade shapes' fields (t: @trade's trade id, @aggTrade's aggregate id a).
+    trade_fields = (("s", pa.string()), ("t", pa.int64()), ("p", pa.float64()), ("q", pa.float64()),
+                    ("m", pa.bool_()), ("T", pa.int64()))
     frame_decoder = _frame_decoder
 
     def __init__(self, config: ExchangeConfig) -> None:
@@ -196,7 +192,9 @@ class Binance(Exchange):
         self._pending: dict[str, bool] = dict.fromkeys(self.symbols, False)  # FetchSnapshot asked, not answered
         self._after_gap: dict[str, bool] = dict.fromkeys(self.symbols, False)  # next sync records `resync`
         self._stream_names = frozenset(self._streams())
-        self._aggregated = False  # the last batch held aggTrades, whose ids are not the trade sequence
+        # The trades not yet settled include aggTrades, whose ids are not the trade sequence: set as frames are
+        # handled, cleared by each settle (on_trade_rows).
+        self._aggregated = False
         # With books, nearly every run holds depth frames: decode all kinds at once rather than fail the
         # trades-only shape.
         self.batch_decoder = _book_batch_decoder if self.wants_books else _batch_decoder
@@ -288,7 +286,10 @@ class Binance(Exchange):
                     received_us: list[int], out: DecodeOutput) -> None:
         payloads: list[_Payload] = [m.data for m in messages]
         # One C-level pass; book frames are rare next to trades (~10/s per symbol), so most runs are trades only.
-        if not set(map(type, payloads)) & _NOT_TRADES:
+        kinds = set(map(type, payloads))
+        if _AggTrade in kinds:
+            self._aggregated = True
+        if not kinds & _NOT_TRADES:
             out.trades += payloads
             out.trade_frames += indices
             return
@@ -304,15 +305,17 @@ class Binance(Exchange):
                 out.trades.append(payload)
                 out.trade_frames.append(index)
 
-    def trade_columns(self, trades: list[_TradePayload]) -> TradeColumns:
-        self._aggregated = _AggTrade in set(map(type, trades))
-        natives, trade_ids, prices, quantities, buyer_is_maker, times_ms = wire_columns(trades, _TRADE_FIELDS)
+    def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
+        natives, trade_ids, prices, quantities, buyer_is_maker, times_ms = fields
         # m: the buyer is the maker, so the aggressor (taker) sold.
         return TradeColumns(natives, pc.cast(trade_ids, pa.string()), prices, quantities, taker_sides(buyer_is_maker),
                             millis_timestamps(times_ms))
 
     def trade_ids(self, table: pa.Table) -> np.ndarray | None:
         return None if self._aggregated else super().trade_ids(table)  # aggTrade ids are another sequence
+
+    def on_trade_rows(self, table: pa.Table, followed: bool) -> None:
+        self._aggregated = False  # the next rows are judged by the frames they come from
 
     def on_rest_answer(self, payload: bytes, received_us: int, out: DecodeOutput) -> None:
         self._on_snapshot(payload, received_us, out)

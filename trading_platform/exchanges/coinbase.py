@@ -210,10 +210,6 @@ def _numeric_id(trade_id: str) -> int | None:
     return int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
 
 
-# The wire trade's fields, as the columns ``wire_columns`` reads them into (side: the maker's, see the module
-# docstring).
-_TRADE_FIELDS = (("product_id", pa.string()), ("trade_id", pa.string()), ("price", pa.float64()),
-                 ("size", pa.float64()), ("side", pa.string()), ("time", pa.string()))
 _TAKER_SOLD = "BUY" if MARKET_TRADES_SIDE_IS_MAKER else "SELL"  # a resting buy was hit
 
 
@@ -222,6 +218,9 @@ class Coinbase(Exchange):
     max_frame_bytes = 32 << 20  # a full level2 snapshot of a deep book
     symbol_noun = "product"
     trade_time_format = "RFC3339"
+    # side: the maker's (see the module docstring).
+    trade_fields = (("product_id", pa.string()), ("trade_id", pa.string()), ("price", pa.float64()),
+                    ("size", pa.float64()), ("side", pa.string()), ("time", pa.string()))
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -236,9 +235,6 @@ class Coinbase(Exchange):
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
         self._symbol_to_native = {symbol: native for native, symbol in self.native_to_symbol.items()}
         self._stale_in_a_row = 0
-        # Trades collected this call from position _unflushed on have not raised the high-water marks yet
-        # (see _flush_high_water); reset once the call's rows are built.
-        self._unflushed = 0
         if self.wants_books:
             self.batch_decoder = _book_batch_decoder
 
@@ -330,7 +326,7 @@ class Coinbase(Exchange):
             ids = np.array([int(t.trade_id) for t in trades], dtype=np.int64)
         except ValueError as error:
             raise ValueError(f"non-numeric trade id: {error}") from None
-        columns = self.trade_columns(trades)
+        columns = self.trade_columns(wire_columns(trades, self.trade_fields))
         if columns.timestamps.null_count:
             bad = pc.indices_nonzero(pc.is_null(columns.timestamps))[0].as_py()
             raise ValueError(f"trade time {trades[bad].time!r} is not RFC3339")
@@ -384,14 +380,15 @@ class Coinbase(Exchange):
                 continue
             elif isinstance(message, _Skipped):
                 continue
-            self._apply(message, index, received_us[index], frames[index], out)
+            self._apply(message, index, frames, received_us, out)
         self._expected_sequence = expected
 
-    def _apply(self, message: _Message | _BookMessage, index: int, received: int, frame: bytes,
+    def _apply(self, message: _Message | _BookMessage, index: int, frames: list[bytes], received_us: list[int],
                out: DecodeOutput) -> None:
         """A frame already checked for sequence."""
+        received, frame = received_us[index], frames[index]
         if isinstance(message, _MarketTrades):
-            self._trades(message, index, out)
+            self._trades(message, index, frames, received_us, out)
         elif isinstance(message, _RawL2Data):
             if not self.wants_books:
                 out.control += 1
@@ -466,18 +463,17 @@ class Coinbase(Exchange):
                 out.actions.append(Reconnect(f"coinbase {detail}: fresh level2 snapshot needed"))
 
     # --- trades ----------------------------------------------------------------------------------------------
-    def _trades(self, message: _MarketTrades, index: int, out: DecodeOutput) -> None:
+    def _trades(self, message: _MarketTrades, index: int, frames: list[bytes], received_us: list[int],
+                out: DecodeOutput) -> None:
         produced = 0
         for event in message.events:
             trades = event.trades
             if event.type == "snapshot":
-                # The high-water marks must include every earlier trade before judging a replay.
-                self._flush_high_water(out.trades[self._unflushed:])
+                # The high-water marks must include every earlier trade before judging a replay: the trades so
+                # far are made final first (which raises the marks), as at the end of a call.
+                self.settle(frames, received_us, out)
                 trades = self._unseen(trades)
-                out.trades.extend(trades)
-                self._unflushed = len(out.trades)
-            else:
-                out.trades.extend(trades)
+            out.trades.extend(trades)
             out.trade_frames.extend([index] * len(trades))
             produced += len(trades)
         if not produced:
@@ -489,13 +485,7 @@ class Coinbase(Exchange):
         marks = self.trade_high_water
         kept = [t for t in trades if not _at_or_below(t.trade_id, marks.get(t.product_id))]
         self.snapshot_trades_dropped += len(trades) - len(kept)
-        self._flush_high_water(kept)
         return kept
-
-    def _flush_high_water(self, trades: list[_Trade]) -> None:
-        for trade in trades:
-            if trade.product_id in self.native_to_symbol:
-                self._raise_high_water(trade.product_id, trade.trade_id)
 
     def _raise_high_water(self, product: str, trade_id: str | int) -> None:
         if isinstance(trade_id, str):
@@ -505,8 +495,8 @@ class Coinbase(Exchange):
         if current is None or not _at_or_below(trade_id, current):
             self.trade_high_water[product] = trade_id
 
-    def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
-        natives, trade_ids, prices, quantities, maker_sides, times = wire_columns(trades, _TRADE_FIELDS)
+    def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
+        natives, trade_ids, prices, quantities, maker_sides, times = fields
         return TradeColumns(natives, trade_ids, prices, quantities, taker_sides(pc.equal(maker_sides, _TAKER_SOLD)),
                             rfc3339_timestamps(times), times)
 
@@ -519,7 +509,6 @@ class Coinbase(Exchange):
                     self._raise_high_water(product, last)
         else:
             self._raise_high_water_vectorized(table)
-        self._unflushed = 0
 
     def _raise_high_water_vectorized(self, table: pa.Table) -> None:
         """Ids the continuity check does not follow (not numeric, or out of its range): the highest per product."""

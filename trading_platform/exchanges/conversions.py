@@ -34,14 +34,14 @@ def taker_sides(sells: pa.Array) -> pa.Array:
     return pc.if_else(sells, sell, buy)
 
 
-def strings_to_float(values: list[str]) -> pa.Array:
+def strings_to_float(values: list[str] | pa.StringArray) -> pa.Array:
     """Exchange number strings -> float64, vectorized; unparseable ones become NaN, which the quality
     rules then reject with the raw frame (one bad number never fails the whole batch)."""
-    array = pa.array(values, pa.string())
+    array = values if isinstance(values, pa.StringArray) else pa.array(values, pa.string())
     try:
         return pc.cast(array, pa.float64())
     except pa.ArrowInvalid:
-        return pa.array([_float_or_nan(v) for v in values], pa.float64())
+        return pa.array([_float_or_nan(v) for v in array.to_pylist()], pa.float64())
 
 
 def _float_or_nan(value: str) -> float:

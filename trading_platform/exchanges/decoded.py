@@ -16,6 +16,7 @@ import msgspec
 import pyarrow as pa
 
 from trading_platform.exchanges.book import BookEvents, BookSnapshots
+from trading_platform.exchanges.wire_columns import WireColumns
 from trading_platform.schema import MARKET_TRADES, QUARANTINE
 
 # Integers the wire structs accept: a value outside fails the typed decode (wrong_type) instead of overflowing
@@ -143,8 +144,9 @@ class DecodeOutput:
     """Everything one decode call collects, routed by dataset while the records are walked in order.
 
     Trades are gathered as the protocol's own wire objects (``trades``, with the record index of each in
-    ``trade_frames``) and turned into Arrow columns once, at the end of the call or at a REST record
-    (``settled``); everything else is recorded as it happens.
+    ``trade_frames``) while a chunk of frames is handled, then appended to ``columns`` (``Exchange.collect``:
+    their fields read into column buffers, the objects freed); the columns become Arrow rows once, at the end
+    of the call or at a REST record (``settled``). Everything else is recorded as it happens.
     """
 
     snapshots: BookSnapshots
@@ -155,6 +157,7 @@ class DecodeOutput:
     ignored: int = 0
     trades: list[Any] = field(default_factory=list)
     trade_frames: list[int] = field(default_factory=list)
+    columns: WireColumns | None = None  # the trades of the chunks handled so far, made by the exchange
     # Trade rows already final, in record order: the frames' trades up to a REST record (checked for continuity
     # there) and the rows each REST trade-history answer brought.
     settled: list[pa.Table] = field(default_factory=list)

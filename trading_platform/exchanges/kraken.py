@@ -29,7 +29,6 @@ from trading_platform.exchanges.book import ChecksumLevel, OrderBook, not_finite
 from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
-from trading_platform.exchanges.wire_columns import wire_columns
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
 CHECKSUM_LEVELS = 10  # the checksum always covers the top 10 levels per side, whatever the depth
@@ -56,11 +55,6 @@ class _Trade(msgspec.Struct, gc=False):
     qty: float
     trade_id: Int64
     timestamp: str  # RFC3339; parsed for the whole batch at once in Arrow
-
-
-# The wire trade's fields, as the columns ``wire_columns`` reads them into (side: the taker's already).
-_TRADE_FIELDS = (("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
-                 ("side", pa.string()), ("timestamp", pa.string()))
 
 
 class _TradeMessage(msgspec.Struct, tag_field="channel", tag="trade", gc=False):
@@ -192,6 +186,9 @@ def _wire_sides(asks: list[_Level], bids: list[_Level]) -> tuple[list[ChecksumLe
 class Kraken(Exchange):
     name = "kraken"
     trade_time_format = "RFC3339"
+    # side: the taker's already.
+    trade_fields = (("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
+                    ("side", pa.string()), ("timestamp", pa.string()))
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -360,8 +357,8 @@ class Kraken(Exchange):
             else:  # heartbeat, status
                 out.control += 1
 
-    def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
-        natives, trade_ids, prices, quantities, sides, times = wire_columns(trades, _TRADE_FIELDS)
+    def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
+        natives, trade_ids, prices, quantities, sides, times = fields
         return TradeColumns(natives, pc.cast(trade_ids, pa.string()), prices, quantities, sides,
                             rfc3339_timestamps(times), times)
 

@@ -125,6 +125,7 @@ class RecordDecoder(ABC):
             messages: list[Any] = self.batch_decoder.decode(array)
             if len(messages) == hi - lo:  # else an empty frame, or one holding "a,b", shifted the rest
                 self.on_messages(messages, range(lo, hi), frames, received_us, out)
+                self.collect(out)
                 return
         except msgspec.DecodeError:
             pass
@@ -148,6 +149,7 @@ class RecordDecoder(ABC):
                 messages.append(stand_in)
                 indices.append(index)
         self.on_messages(messages, indices, frames, received_us, out)
+        self.collect(out)
 
     def decode_frame(self, frame: bytes) -> Any:
         """One frame on its own (the fallback path); raises ``msgspec.DecodeError`` when refused."""
@@ -181,6 +183,12 @@ class RecordDecoder(ABC):
     def on_record(self, kind: RecordKind, payload: bytes, index: int, received_us: int,
                   out: DecodeOutput) -> None:
         """A record that is not a WebSocket frame, at its place between the frames."""
+
+    def collect(self, out: DecodeOutput) -> None:
+        """After each chunk of frames: keep what its wire objects hold that later records need, so they can be
+        freed (``Exchange`` reads the trades into columns). A decoder that keeps them until ``finish`` needs
+        nothing here."""
+        return None
 
     def settle(self, frames: list[bytes], received_us: list[int], out: DecodeOutput) -> None:
         """Before a REST answer: make the trades decoded so far final, so the answer meets exactly the state

@@ -1,16 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Wire structs' fields -> Arrow columns, in one compiled pass: the field mapping's kernel (``trade_columns``).
+"""Wire structs' fields -> Arrow columns, in compiled code: the kernel of every exchange's field mapping.
 
-A tick's trades arrive as thousands of msgspec structs. Built in Python, each column is a list comprehension
-over them and a conversion of that list to Arrow: two passes per column, a Python list per column, and an
-Arrow converter that inspects every value. Here every field is read straight from its struct slot (the
-offset its member descriptor records, which is how ``getattr`` reads it too, only without the lookup) and
-written into the column's buffer, for all columns at once. Measured on the benchmark's Coinbase frames, the
-columns of a 5,000-frame tick take a third of the time the Python mapping did.
+A tick's trades arrive as thousands of msgspec structs. Built in Python, each column was a list comprehension
+over them and a conversion of that list to Arrow: two passes per column, a Python list per column, an Arrow
+converter inspecting every value, and every struct (with its strings and floats) alive until the tick's end.
+Here each field is read straight from its struct slot (the offset its member descriptor records, which is how
+``getattr`` reads it too, without the lookup) and appended to its column's buffer, all columns in one pass.
+The decode appends each chunk's trades as soon as its messages are handled (``WireColumns.extend``), so the
+structs are freed while still in the CPU cache, and the columns become Arrow arrays once per tick (``take``).
 
-Only what that needs is here: text, float64, int64 and bool columns from plain struct fields. Anything else
-(a value of another type, a field that is no slot) raises, naming the field: a wire struct's types are
-fixed by its decoder, so that is a bug, not bad input.
+Only what that needs is here: text, float64, int64 and bool columns from struct fields. Anything else (a value
+of another type, a name that is no struct field) raises, naming the field: a wire struct's types are fixed by
+its decoder, so that is a bug, not bad input.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -58,176 +59,215 @@ cdef dict _KINDS = {pa.string(): TEXT, pa.float64(): FLOAT, pa.int64(): INT, pa.
 _MEMBER = types.MemberDescriptorType
 
 
-cdef class _Columns:
-    """The columns' buffers while they are filled (C memory, freed with the object whatever happens)."""
+cdef struct Buffer:
+    char* data
+    Py_ssize_t size  # bytes in use (bits: the bytes the rows' bits reach)
+    Py_ssize_t capacity
 
-    cdef Py_ssize_t rows
+
+cdef int _reserve(Buffer* buffer, Py_ssize_t wanted) except -1:
+    """Room for ``wanted`` bytes in all; new bytes are zeroed (bool columns only set their true bits)."""
+    cdef Py_ssize_t capacity
+    cdef char* grown
+    if wanted <= buffer.capacity:
+        return 0
+    capacity = max(2 * buffer.capacity, wanted, 256)
+    grown = <char*>realloc(buffer.data, capacity)
+    if not grown:
+        raise MemoryError()
+    memset(grown + buffer.capacity, 0, capacity - buffer.capacity)
+    buffer.data = grown
+    buffer.capacity = capacity
+    return 0
+
+
+cdef class WireColumns:
+    """Columns filled from batches of structs (``extend``) and taken as Arrow arrays (``take``), each row with
+    the index of the frame it came from. The buffers are C memory, kept for the next rows after a take."""
+
+    cdef tuple names
+    cdef list arrow_types
     cdef int count
     cdef int* kinds
-    cdef char** values  # per column: n values (float64 / int64), n bits (bool) or the texts' bytes
-    cdef Py_ssize_t* sizes  # bytes used / allocated of each text column's data
-    cdef Py_ssize_t* capacities
-    cdef int32_t** text_offsets  # per text column: n + 1 offsets
+    cdef Buffer* values  # per column: float64 / int64 values, bits (bool) or the texts' UTF-8
+    cdef Buffer* text_offsets  # per text column: rows + 1 int32 offsets
+    cdef Buffer frames  # int64 frame index per row
+    cdef Py_ssize_t rows
+    cdef object item_type  # the struct type of the last row, whose slot offsets are in ``offsets``
+    cdef Py_ssize_t* offsets
 
-    def __cinit__(self, Py_ssize_t rows, list kinds):
+    def __cinit__(self, fields):
         cdef int column
-        cdef Py_ssize_t width
-        self.rows = rows
-        self.count = len(kinds)
-        self.kinds = <int*>malloc(self.count * sizeof(int))
-        self.values = <char**>malloc(self.count * sizeof(char*))
-        self.sizes = <Py_ssize_t*>malloc(self.count * sizeof(Py_ssize_t))
-        self.capacities = <Py_ssize_t*>malloc(self.count * sizeof(Py_ssize_t))
-        self.text_offsets = <int32_t**>malloc(self.count * sizeof(int32_t*))
-        if not (self.kinds and self.values and self.sizes and self.capacities and self.text_offsets):
+        self.names = tuple(name for name, _ in fields)
+        self.arrow_types = [arrow_type for _, arrow_type in fields]
+        self.count = len(self.names)
+        self.kinds = <int*>malloc(max(self.count, 1) * sizeof(int))
+        self.offsets = <Py_ssize_t*>malloc(max(self.count, 1) * sizeof(Py_ssize_t))
+        self.values = <Buffer*>malloc(max(self.count, 1) * sizeof(Buffer))
+        self.text_offsets = <Buffer*>malloc(max(self.count, 1) * sizeof(Buffer))
+        if not (self.kinds and self.offsets and self.values and self.text_offsets):
             raise MemoryError()
         for column in range(self.count):
-            self.values[column] = NULL
-            self.text_offsets[column] = NULL
+            self.values[column] = Buffer(NULL, 0, 0)
+            self.text_offsets[column] = Buffer(NULL, 0, 0)
+        self.frames = Buffer(NULL, 0, 0)
         for column in range(self.count):
-            self.kinds[column] = kinds[column]
-            self.sizes[column] = 0
-            if kinds[column] == TEXT:
-                width = 16 * rows + 64  # about what an id or a time takes; grown when needed
-                self.text_offsets[column] = <int32_t*>malloc((rows + 1) * sizeof(int32_t))
-                if not self.text_offsets[column]:
-                    raise MemoryError()
-                self.text_offsets[column][0] = 0
-            elif kinds[column] == FLAG:
-                width = (rows + 7) // 8 + 1
-            else:
-                width = 8 * rows + 8
-            self.capacities[column] = width
-            self.values[column] = <char*>malloc(width)
-            if not self.values[column]:
-                raise MemoryError()
-            if kinds[column] == FLAG:
-                memset(self.values[column], 0, width)
+            arrow_type = self.arrow_types[column]
+            if arrow_type not in _KINDS:
+                raise TypeError(f"field {self.names[column]!r}: {arrow_type} columns are not supported")
+            self.kinds[column] = _KINDS[arrow_type]
+        self._empty()
 
     def __dealloc__(self):
         cdef int column
-        if self.values:
+        if self.values and self.text_offsets:
             for column in range(self.count):
-                free(self.values[column])
-                if self.text_offsets:
-                    free(self.text_offsets[column])
+                free(self.values[column].data)
+                free(self.text_offsets[column].data)
+        free(self.frames.data)
         free(self.kinds)
+        free(self.offsets)
         free(self.values)
-        free(self.sizes)
-        free(self.capacities)
         free(self.text_offsets)
 
-    cdef int put_text(self, int column, Py_ssize_t row, object text) except -1:
-        cdef Py_ssize_t length
-        cdef const char* utf8 = PyUnicode_AsUTF8AndSize(text, &length)
-        cdef Py_ssize_t size = self.sizes[column]
-        cdef Py_ssize_t capacity = self.capacities[column]
-        cdef char* grown
-        if size + length > capacity:
-            capacity = max(2 * capacity, size + length)
-            grown = <char*>realloc(self.values[column], capacity)
-            if not grown:
-                raise MemoryError()
-            self.values[column] = grown
-            self.capacities[column] = capacity
-        if size + length > 0x7FFFFFFF:
-            raise OverflowError("a text column of more than 2 GiB")
-        memcpy(self.values[column] + size, utf8, length)
-        self.sizes[column] = size + length
-        self.text_offsets[column][row + 1] = <int32_t>(size + length)
+    cdef int _empty(self) except -1:
+        cdef int column
+        self.rows = 0
+        self.frames.size = 0
+        for column in range(self.count):
+            if self.kinds[column] == FLAG:
+                memset(self.values[column].data, 0, self.values[column].size)
+            self.values[column].size = 0
+            if self.kinds[column] == TEXT:
+                _reserve(&self.text_offsets[column], sizeof(int32_t))
+                (<int32_t*>self.text_offsets[column].data)[0] = 0
+                self.text_offsets[column].size = sizeof(int32_t)
         return 0
 
-    cdef list arrays(self, list types):
+    def __len__(self):
+        return self.rows
+
+    cdef int _layout(self, PyObject* item_type) except -1:
+        """The slot offset of each field in ``item_type``'s instances."""
+        cdef PyMemberDescrObject* member
         cdef int column
-        cdef Py_ssize_t rows = self.rows
-        cdef Py_ssize_t width
-        out = []
+        struct_type = <object>item_type
+        for column in range(self.count):
+            descriptor = getattr(struct_type, self.names[column], None)
+            if type(descriptor) is not _MEMBER:
+                raise TypeError(f"{struct_type.__name__}.{self.names[column]} is not a struct field")
+            member = <PyMemberDescrObject*>descriptor
+            if member.d_member.type != T_OBJECT_EX:
+                raise TypeError(f"{struct_type.__name__}.{self.names[column]} does not hold an object")
+            self.offsets[column] = member.d_member.offset
+        self.item_type = struct_type
+        return 0
+
+    def extend(self, list items, frames):
+        """Append one row per struct of ``items``; ``frames``: the frame index of each (a list or range of ints,
+        as long as ``items``)."""
+        cdef Py_ssize_t count = len(items)
+        cdef Py_ssize_t row, at
+        cdef int column, kind
+        cdef PyObject* item
+        cdef PyObject* value
+        cdef Buffer* buffer
+        cdef Buffer* offsets
+        cdef const char* utf8
+        cdef Py_ssize_t length
+        if len(frames) != count:
+            raise ValueError(f"{count} structs but {len(frames)} frame indices")
+        _reserve(&self.frames, (self.rows + count) * sizeof(int64_t))
         for column in range(self.count):
             kind = self.kinds[column]
             if kind == TEXT:
-                offsets = PyBytes_FromStringAndSize(<char*>self.text_offsets[column], (rows + 1) * sizeof(int32_t))
-                data = PyBytes_FromStringAndSize(self.values[column], self.sizes[column])
-                out.append(pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
-                continue
-            width = (rows + 7) // 8 if kind == FLAG else 8 * rows
-            data = PyBytes_FromStringAndSize(self.values[column], width)
-            out.append(pa.Array.from_buffers(types[column], rows, [None, pa.py_buffer(data)]))
-        return out
+                _reserve(&self.text_offsets[column], (self.rows + count + 1) * sizeof(int32_t))
+            elif kind == FLAG:
+                _reserve(&self.values[column], (self.rows + count + 7) // 8)
+            else:
+                _reserve(&self.values[column], (self.rows + count) * 8)
+        for row in range(count):
+            item = PyList_GET_ITEM(items, row)
+            if self.item_type is None or Py_TYPE_PTR(item) != <PyObject*>self.item_type:
+                self._layout(Py_TYPE_PTR(item))
+            at = self.rows
+            for column in range(self.count):
+                value = (<PyObject**>((<char*>item) + self.offsets[column]))[0]
+                if value == NULL:
+                    raise AttributeError(f"{type(<object>item).__name__}.{self.names[column]} is not set")
+                kind = self.kinds[column]
+                buffer = &self.values[column]
+                if kind == TEXT:
+                    if not PyUnicode_CheckExact(value):
+                        _wrong(self.names[column], "str", <object>value)
+                    utf8 = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    offsets = &self.text_offsets[column]
+                    buffer.size = (<int32_t*>offsets.data)[at]  # past a row that raised half-way, if any
+                    if buffer.size + length > 0x7FFFFFFF:
+                        raise OverflowError("more than 2 GiB of text in one column")
+                    _reserve(buffer, buffer.size + length)
+                    memcpy(buffer.data + buffer.size, utf8, length)
+                    buffer.size += length
+                    (<int32_t*>offsets.data)[at + 1] = <int32_t>buffer.size
+                elif kind == FLOAT:
+                    if PyFloat_CheckExact(value):
+                        (<double*>buffer.data)[at] = PyFloat_AS_DOUBLE(value)
+                    elif PyLong_CheckExact(value):
+                        (<double*>buffer.data)[at] = float(<object>value)
+                    else:
+                        _wrong(self.names[column], "float", <object>value)
+                elif kind == INT:
+                    if not PyLong_CheckExact(value):
+                        _wrong(self.names[column], "int", <object>value)
+                    (<int64_t*>buffer.data)[at] = PyLong_AsLongLong(<object>value)
+                elif value == Py_True:
+                    (<uint8_t*>buffer.data)[at >> 3] |= <uint8_t>(1 << (at & 7))
+                elif value == Py_False:
+                    (<uint8_t*>buffer.data)[at >> 3] &= <uint8_t>~(1 << (at & 7))
+                else:
+                    _wrong(self.names[column], "bool", <object>value)
+            # Only a complete row counts: one that raised half-way is written over by the next.
+            (<int64_t*>self.frames.data)[at] = frames[row]
+            self.rows = at + 1
+        for column in range(self.count):
+            if self.kinds[column] == TEXT:
+                self.text_offsets[column].size = (self.rows + 1) * sizeof(int32_t)
+            elif self.kinds[column] == FLAG:
+                self.values[column].size = (self.rows + 7) // 8
+            else:
+                self.values[column].size = self.rows * 8
+        self.frames.size = self.rows * sizeof(int64_t)
 
-
-cdef Py_ssize_t* _layout(object struct_type, tuple names, Py_ssize_t* offsets) except NULL:
-    """The slot offset of each named field of ``struct_type``, into ``offsets``."""
-    cdef PyMemberDescrObject* member
-    cdef int column
-    for column, name in enumerate(names):
-        descriptor = getattr(struct_type, name, None)
-        if type(descriptor) is not _MEMBER:
-            raise TypeError(f"{struct_type.__name__}.{name} is not a struct field")
-        member = <PyMemberDescrObject*>descriptor
-        if member.d_member.type != T_OBJECT_EX:
-            raise TypeError(f"{struct_type.__name__}.{name} does not hold an object")
-        offsets[column] = member.d_member.offset
-    return offsets
+    def take(self):
+        """(one Arrow array per field, the int64 frame index of each row), and empty for the next rows."""
+        cdef int column
+        cdef Py_ssize_t rows = self.rows
+        cdef Py_ssize_t size
+        columns = []
+        for column in range(self.count):
+            size = self.values[column].size
+            if self.kinds[column] == TEXT:
+                size = (<int32_t*>self.text_offsets[column].data)[rows]
+            data = pa.py_buffer(PyBytes_FromStringAndSize(self.values[column].data, size))
+            if self.kinds[column] == TEXT:
+                offsets = pa.py_buffer(PyBytes_FromStringAndSize(self.text_offsets[column].data,
+                                                                 (rows + 1) * sizeof(int32_t)))
+                columns.append(pa.Array.from_buffers(pa.string(), rows, [None, offsets, data]))
+            else:
+                columns.append(pa.Array.from_buffers(self.arrow_types[column], rows, [None, data]))
+        frames = pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(
+            PyBytes_FromStringAndSize(self.frames.data, rows * sizeof(int64_t)))])
+        self._empty()
+        return columns, frames
 
 
 def wire_columns(list items, fields):
-    """One Arrow array per ``(field name, type)`` of ``fields``, with that field of every struct in ``items``.
-
-    Types: ``pa.string()`` (str values), ``pa.float64()`` (float or int), ``pa.int64()`` (int), ``pa.bool_()``
-    (bool). The structs may be of several types (e.g. two message shapes with the same fields)."""
-    cdef Py_ssize_t rows = len(items)
-    cdef tuple names = tuple(name for name, _ in fields)
-    cdef list types = [arrow_type for _, arrow_type in fields]
-    cdef list kinds = []
-    for name, arrow_type in fields:
-        if arrow_type not in _KINDS:
-            raise TypeError(f"field {name!r}: {arrow_type} columns are not supported")
-        kinds.append(_KINDS[arrow_type])
-    cdef _Columns columns = _Columns(rows, kinds)
-    cdef int count = len(names)
-    cdef Py_ssize_t* offsets = <Py_ssize_t*>malloc(max(count, 1) * sizeof(Py_ssize_t))
-    if not offsets:
-        raise MemoryError()
-    cdef PyObject* item
-    cdef PyObject* item_type = NULL
-    cdef PyObject* value
-    cdef Py_ssize_t row
-    cdef int column
-    cdef int kind
-    try:
-        for row in range(rows):
-            item = PyList_GET_ITEM(items, row)
-            if Py_TYPE_PTR(item) != item_type:
-                item_type = Py_TYPE_PTR(item)
-                _layout(<object>item_type, names, offsets)
-            for column in range(count):
-                value = (<PyObject**>((<char*>item) + offsets[column]))[0]
-                if value == NULL:
-                    raise AttributeError(f"{(<object>item_type).__name__}.{names[column]} is not set")
-                kind = columns.kinds[column]
-                if kind == TEXT:
-                    if not PyUnicode_CheckExact(value):
-                        _wrong(names[column], "str", <object>value)
-                    columns.put_text(column, row, <object>value)
-                elif kind == FLOAT:
-                    if PyFloat_CheckExact(value):
-                        (<double*>columns.values[column])[row] = PyFloat_AS_DOUBLE(value)
-                    elif PyLong_CheckExact(value):
-                        (<double*>columns.values[column])[row] = float(<object>value)
-                    else:
-                        _wrong(names[column], "float", <object>value)
-                elif kind == INT:
-                    if not PyLong_CheckExact(value):
-                        _wrong(names[column], "int", <object>value)
-                    (<int64_t*>columns.values[column])[row] = PyLong_AsLongLong(<object>value)
-                else:
-                    if value == Py_True:
-                        (<uint8_t*>columns.values[column])[row >> 3] |= <uint8_t>(1 << (row & 7))
-                    elif value != Py_False:
-                        _wrong(names[column], "bool", <object>value)
-    finally:
-        free(offsets)
-    return columns.arrays(types)
+    """One Arrow array per ``(field name, type)`` of ``fields``, with that field of every struct in ``items``:
+    ``WireColumns`` for one batch. Types: ``pa.string()`` (str values), ``pa.float64()`` (float or int),
+    ``pa.int64()`` (int), ``pa.bool_()`` (bool). The structs may be of several types with those fields."""
+    columns = WireColumns(fields)
+    columns.extend(items, range(len(items)))
+    return columns.take()[0]
 
 
 cdef int _wrong(str name, str expected, object value) except -1:

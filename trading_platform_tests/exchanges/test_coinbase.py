@@ -314,6 +314,13 @@ def test_high_water_marks_are_per_product_and_include_updates_in_the_same_batch(
     assert coinbase.trade_high_water == {"BTC-USD": 50, "ETH-USD": 8}
 
 
+def test_a_snapshot_after_updates_in_the_same_frames_drops_the_trades_they_brought(coinbase: Coinbase) -> None:
+    decoded = decode(coinbase, trades_frame(0, "update", trade("50"), trade("51")),
+                     trades_frame(1, "snapshot", trade("52"), trade("51"), trade("50")))
+    assert decoded.trades.column("trade_id").to_pylist() == ["50", "51", "52"]
+    assert coinbase.snapshot_trades_dropped == 2
+
+
 def test_non_numeric_trade_ids_compare_as_text(coinbase: Coinbase) -> None:
     decode(coinbase, trades_frame(0, "update", trade("b-2")))
     decoded = decode(coinbase, CONNECTED, trades_frame(0, "snapshot", trade("b-3"), trade("b-2"), trade("a-9")))

@@ -52,6 +52,8 @@ class Fakex(Exchange):
     name = "fakex"
     batch_decoder = msgspec.json.Decoder(list[_Trade | _Book])
     frame_decoder = msgspec.json.Decoder(_Trade | _Book)
+    trade_fields = (("market", pa.string()), ("id", pa.int64()), ("price", pa.string()), ("amount", pa.string()),
+                    ("side", pa.string()), ("time_ms", pa.int64()))
 
     @staticmethod
     def native_symbol(symbol: str) -> str:
@@ -102,15 +104,10 @@ class Fakex(Exchange):
         self.synced[symbol] = True
         self.emit_if_due(symbol, message.time_ms * 1000, received_us, out.snapshots)
 
-    def trade_columns(self, trades: list[_Trade]) -> TradeColumns:
-        return TradeColumns(
-            natives=pa.array([t.market for t in trades], pa.string()),
-            trade_ids=pc.cast(pa.array([t.id for t in trades], pa.int64()), pa.string()),
-            prices=strings_to_float([t.price for t in trades]),
-            quantities=strings_to_float([t.amount for t in trades]),
-            sides=pa.array([t.side for t in trades], pa.string()),
-            timestamps=millis_timestamps([t.time_ms for t in trades]),
-        )
+    def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
+        markets, ids, prices, amounts, sides, times_ms = fields
+        return TradeColumns(markets, pc.cast(ids, pa.string()), strings_to_float(prices), strings_to_float(amounts),
+                            sides, millis_timestamps(times_ms))
 
 
 # --- the one YAML block -------------------------------------------------------------------------------------

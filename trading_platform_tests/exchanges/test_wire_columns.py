@@ -1,4 +1,5 @@
-"""The compiled field-mapping kernel: every column holds exactly what reading the attribute gives."""
+"""The compiled field-mapping kernel: every column holds exactly what reading the attribute gives, batch after
+batch, each row with its frame index."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trading_platform.exchanges.wire_columns import wire_columns
+from trading_platform.exchanges.wire_columns import WireColumns, wire_columns
 
 
 class Wire(msgspec.Struct, gc=False):
@@ -113,6 +114,46 @@ def test_a_name_that_is_no_struct_field_raises() -> None:
 def test_an_unsupported_column_type_raises() -> None:
     with pytest.raises(TypeError, match="not supported"):
         wire_columns([Wire("a", 1.0, 1, True)], (("trade_id", pa.int32()),))
+
+
+def test_batches_come_out_in_order_with_their_frame_indices() -> None:
+    columns = WireColumns(FIELDS)
+    columns.extend([Wire("a", 1.0, 1, True), Wire("b", 2.0, 2, False)], [0, 0])
+    columns.extend([], [])
+    columns.extend([Reordered("-", True, 3, 3.0, "c")], range(4, 5))
+    assert len(columns) == 3
+    fields, frames = columns.take()
+    assert [column.to_pylist() for column in fields] == [["a", "b", "c"], [1.0, 2.0, 3.0], [1, 2, 3],
+                                                         [True, False, True]]
+    assert frames.type == pa.int64() and frames.to_pylist() == [0, 0, 4]
+
+
+def test_a_take_empties_the_columns_for_the_next_rows() -> None:
+    columns = WireColumns(FIELDS)
+    columns.extend([Wire("first", 1.0, 1, True)] * 9, range(9))
+    columns.take()
+    assert len(columns) == 0
+    columns.extend([Wire("x", 2.0, 2, False)] * 9, range(9))  # no bit nor text left from the rows taken
+    fields, frames = columns.take()
+    assert [column.to_pylist() for column in fields] == [["x"] * 9, [2.0] * 9, [2] * 9, [False] * 9]
+    assert frames.to_pylist() == list(range(9))
+
+
+def test_a_row_that_raised_half_way_is_written_over_by_the_next() -> None:
+    columns = WireColumns((("name", pa.string()), ("taker_sold", pa.bool_()), ("trade_id", pa.int64())))
+    broken = Wire("half", 1.0, 1, True)
+    broken.trade_id = "not an int"  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        columns.extend([broken], [0])  # its text and its bit were written before the id failed
+    columns.extend([Wire("whole", 2.0, 2, False)], [1])
+    fields, frames = columns.take()
+    assert [column.to_pylist() for column in fields] == [["whole"], [False], [2]]
+    assert frames.to_pylist() == [1]
+
+
+def test_frame_indices_must_match_the_structs() -> None:
+    with pytest.raises(ValueError, match="2 structs but 1 frame indices"):
+        WireColumns(FIELDS).extend([Wire("a", 1.0, 1, True)] * 2, [0])
 
 
 @given(st.lists(st.builds(Wire, st.text(), st.floats(allow_nan=False), st.integers(-(2**63), 2**63 - 1),
