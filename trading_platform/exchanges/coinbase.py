@@ -57,6 +57,7 @@ from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
 from trading_platform.exchanges.book import PriceLevel, SidedLevel
 from trading_platform.exchanges.conversions import (
+    UTC_US,
     datetime_us,
     highest_per_key,
     rfc3339_timestamps,
@@ -220,7 +221,7 @@ class Coinbase(Exchange):
     trade_time_format = "RFC3339"
     # side: the maker's (see the module docstring).
     trade_fields = (("product_id", pa.string()), ("trade_id", pa.string()), ("price", pa.float64()),
-                    ("size", pa.float64()), ("side", pa.string()), ("time", pa.string()))
+                    ("size", pa.float64()), ("side", pa.string()), ("time", pa.string()), ("time", UTC_US))
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -496,9 +497,9 @@ class Coinbase(Exchange):
             self.trade_high_water[product] = trade_id
 
     def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
-        natives, trade_ids, prices, quantities, maker_sides, times = fields
+        natives, trade_ids, prices, quantities, maker_sides, times, parsed_times = fields
         return TradeColumns(natives, trade_ids, prices, quantities, taker_sides(pc.equal(maker_sides, _TAKER_SOLD)),
-                            rfc3339_timestamps(times), times)
+                            rfc3339_timestamps(times, parsed_times), times)
 
     def on_trade_rows(self, table: pa.Table, followed: bool) -> None:
         if followed:

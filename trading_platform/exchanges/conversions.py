@@ -74,15 +74,23 @@ def millis_timestamps(values: list[int] | pa.Int64Array) -> pa.Array:
     return pa.array(np.asarray(values, np.int64) * 1000).view(UTC_US)
 
 
-def rfc3339_timestamps(texts: list[str] | pa.StringArray) -> pa.Array:
+def rfc3339_timestamps(texts: list[str] | pa.StringArray, parsed: pa.Array | None = None) -> pa.Array:
     """RFC3339 text -> µs UTC, rounded to the nearest µs as msgspec's datetime decoding does; null where a value
     is not a timestamp (its row is quarantined).
+
+    ``parsed``: the same texts already read where they have the shape every feed prints (a ``WireColumns`` time
+    column, null elsewhere); only its null rows are judged here, by the rules below.
 
     Parsed in Arrow for the whole column (a datetime object per value costs ten times more). Arrow's parser
     also takes shapes RFC3339 does not (a bare date, hours without seconds), so only a column whose every text
     has the ``YYYY-MM-DDTHH:MM:SS`` shape goes the fast way; any other is judged value by value by msgspec, the
     strict reader, which gives the same µs for every text both accept."""
     array = texts if isinstance(texts, pa.StringArray) else pa.array(texts, pa.string())
+    if parsed is not None:
+        if not parsed.null_count:
+            return parsed
+        unparsed = parsed.is_null()
+        return pc.replace_with_mask(parsed, unparsed, rfc3339_timestamps(array.filter(unparsed)))
     if _rfc3339_shaped(array):
         try:
             # Straight to µs: exact for up to 6 fraction digits, what most feeds print.

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from trading_platform.config import Endpoints, ExchangeConfig
 from trading_platform.exchanges.base import Exchange, TradeColumns
 from trading_platform.exchanges.book import ChecksumLevel, OrderBook, not_finite
-from trading_platform.exchanges.conversions import datetime_us, rfc3339_timestamps
+from trading_platform.exchanges.conversions import UTC_US, datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
 
@@ -188,7 +188,7 @@ class Kraken(Exchange):
     trade_time_format = "RFC3339"
     # side: the taker's already.
     trade_fields = (("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
-                    ("side", pa.string()), ("timestamp", pa.string()))
+                    ("side", pa.string()), ("timestamp", pa.string()), ("timestamp", UTC_US))
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -358,9 +358,9 @@ class Kraken(Exchange):
                 out.control += 1
 
     def trade_columns(self, fields: list[pa.Array]) -> TradeColumns:
-        natives, trade_ids, prices, quantities, sides, times = fields
+        natives, trade_ids, prices, quantities, sides, times, parsed_times = fields
         return TradeColumns(natives, pc.cast(trade_ids, pa.string()), prices, quantities, sides,
-                            rfc3339_timestamps(times), times)
+                            rfc3339_timestamps(times, parsed_times), times)
 
     def _book_message(self, message: _BookMessage | _RawBookMessage, frame: bytes, received_us: int,
                       out: DecodeOutput) -> None:

@@ -9,9 +9,11 @@ Here each field is read straight from its struct slot (the offset its member des
 The decode appends each chunk's trades as soon as its messages are handled (``WireColumns.extend``), so the
 structs are freed while still in the CPU cache, and the columns become Arrow arrays once per tick (``take``).
 
-Only what that needs is here: text, float64, int64 and bool columns from struct fields. Anything else (a value
-of another type, a name that is no struct field) raises, naming the field: a wire struct's types are fixed by
-its decoder, so that is a bug, not bad input.
+Only what that needs is here: text, float64, int64 and bool columns from struct fields, and RFC3339 times read
+from text into UTC microseconds. Anything else (a value of another type, a name that is no struct field) raises,
+naming the field: a wire struct's types are fixed by its decoder, so that is a bug, not bad input. A time is
+parsed here only in the shape every feed prints (``YYYY-MM-DDTHH:MM:SS``, up to nine fraction digits, ``Z``);
+any other text is left null for ``conversions.rfc3339_timestamps`` to judge, so both agree on every text.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -53,9 +55,13 @@ cdef enum Kind:
     FLOAT
     INT
     FLAG
+    TIME
 
 
-cdef dict _KINDS = {pa.string(): TEXT, pa.float64(): FLOAT, pa.int64(): INT, pa.bool_(): FLAG}
+_UTC_US = pa.timestamp("us", tz="UTC")
+cdef dict _KINDS = {pa.string(): TEXT, pa.float64(): FLOAT, pa.int64(): INT, pa.bool_(): FLAG, _UTC_US: TIME}
+# 10000-01-01T00:00:00Z in µs since the epoch: the first time past what RFC3339 (and msgspec) can spell.
+cdef int64_t _YEAR_10000_US = 253402300800000000
 _MEMBER = types.MemberDescriptorType
 
 
@@ -63,6 +69,61 @@ cdef struct Buffer:
     char* data
     Py_ssize_t size  # bytes in use (bits: the bytes the rows' bits reach)
     Py_ssize_t capacity
+
+
+cdef inline int _digits(const char* text, int first, int count) noexcept nogil:
+    """The number ``count`` ASCII digits from ``first`` spell, or -1."""
+    cdef int value = 0
+    cdef int at
+    cdef char c
+    for at in range(first, first + count):
+        c = text[at]
+        if c < 48 or c > 57:
+            return -1
+        value = value * 10 + (c - 48)
+    return value
+
+
+cdef bint _rfc3339_us(const char* text, Py_ssize_t length, int64_t* micros) noexcept nogil:
+    """``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`` -> µs since the epoch (fractions rounded half-up to the µs, as msgspec
+    rounds); False for any other text, or a date or time out of range."""
+    cdef int year, month, day, hour, minute, second, digits, fraction, days_in_month, at
+    cdef int64_t nanos = 0, era_year, era, year_of_era, day_of_year, day_of_era, days
+    if length < 20 or text[length - 1] != 90:  # "Z"
+        return False
+    if text[4] != 45 or text[7] != 45 or text[10] != 84 or text[13] != 58 or text[16] != 58:  # "-", "-", "T", ":"
+        return False
+    year, month, day = _digits(text, 0, 4), _digits(text, 5, 2), _digits(text, 8, 2)
+    hour, minute, second = _digits(text, 11, 2), _digits(text, 14, 2), _digits(text, 17, 2)
+    if year < 1 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23 or minute < 0 or minute > 59:
+        return False
+    if second < 0 or second > 59:
+        return False
+    if month == 2:
+        days_in_month = 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28
+    else:
+        days_in_month = 30 if month in (4, 6, 9, 11) else 31
+    if day > days_in_month:
+        return False
+    if length > 20:
+        digits = length - 21
+        if text[19] != 46 or digits < 1 or digits > 9:  # "."
+            return False
+        fraction = _digits(text, 20, digits)
+        if fraction < 0:
+            return False
+        nanos = fraction
+        for at in range(9 - digits):
+            nanos *= 10
+    # Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    era_year = year - (1 if month <= 2 else 0)
+    era = era_year // 400
+    year_of_era = era_year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146097 + day_of_era - 719468
+    micros[0] = ((days * 86400 + hour * 3600 + minute * 60 + second) * 1000000) + (nanos + 500) // 1000
+    return micros[0] < _YEAR_10000_US
 
 
 cdef int _reserve(Buffer* buffer, Py_ssize_t wanted) except -1:
@@ -89,8 +150,8 @@ cdef class WireColumns:
     cdef list arrow_types
     cdef int count
     cdef int* kinds
-    cdef Buffer* values  # per column: float64 / int64 values, bits (bool) or the texts' UTF-8
-    cdef Buffer* text_offsets  # per text column: rows + 1 int32 offsets
+    cdef Buffer* values  # per column: float64 / int64 values (times: µs), bits (bool) or the texts' UTF-8
+    cdef Buffer* text_offsets  # per text column: rows + 1 int32 offsets; per time column: validity bits
     cdef Buffer frames  # int64 frame index per row
     cdef Py_ssize_t rows
     cdef object item_type  # the struct type of the last row, whose slot offsets are in ``offsets``
@@ -137,6 +198,9 @@ cdef class WireColumns:
         for column in range(self.count):
             if self.kinds[column] == FLAG:
                 memset(self.values[column].data, 0, self.values[column].size)
+            elif self.kinds[column] == TIME:
+                memset(self.text_offsets[column].data, 0, self.text_offsets[column].size)
+                self.text_offsets[column].size = 0
             self.values[column].size = 0
             if self.kinds[column] == TEXT:
                 _reserve(&self.text_offsets[column], sizeof(int32_t))
@@ -174,6 +238,7 @@ cdef class WireColumns:
         cdef Buffer* buffer
         cdef Buffer* offsets
         cdef const char* utf8
+        cdef char* valid
         cdef Py_ssize_t length
         if len(frames) != count:
             raise ValueError(f"{count} structs but {len(frames)} frame indices")
@@ -184,6 +249,9 @@ cdef class WireColumns:
                 _reserve(&self.text_offsets[column], (self.rows + count + 1) * sizeof(int32_t))
             elif kind == FLAG:
                 _reserve(&self.values[column], (self.rows + count + 7) // 8)
+            elif kind == TIME:
+                _reserve(&self.values[column], (self.rows + count) * 8)
+                _reserve(&self.text_offsets[column], (self.rows + count + 7) // 8)
             else:
                 _reserve(&self.values[column], (self.rows + count) * 8)
         for row in range(count):
@@ -220,6 +288,16 @@ cdef class WireColumns:
                     if not PyLong_CheckExact(value):
                         _wrong(self.names[column], "int", <object>value)
                     (<int64_t*>buffer.data)[at] = PyLong_AsLongLong(<object>value)
+                elif kind == TIME:
+                    if not PyUnicode_CheckExact(value):
+                        _wrong(self.names[column], "str", <object>value)
+                    utf8 = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    valid = self.text_offsets[column].data
+                    if _rfc3339_us(utf8, length, &(<int64_t*>buffer.data)[at]):
+                        (<uint8_t*>valid)[at >> 3] |= <uint8_t>(1 << (at & 7))
+                    else:
+                        (<uint8_t*>valid)[at >> 3] &= <uint8_t>~(1 << (at & 7))
+                        (<int64_t*>buffer.data)[at] = 0
                 elif value == Py_True:
                     (<uint8_t*>buffer.data)[at >> 3] |= <uint8_t>(1 << (at & 7))
                 elif value == Py_False:
@@ -236,6 +314,8 @@ cdef class WireColumns:
                 self.values[column].size = (self.rows + 7) // 8
             else:
                 self.values[column].size = self.rows * 8
+                if self.kinds[column] == TIME:
+                    self.text_offsets[column].size = (self.rows + 7) // 8
         self.frames.size = self.rows * sizeof(int64_t)
 
     def take(self):
@@ -253,6 +333,10 @@ cdef class WireColumns:
                 offsets = pa.py_buffer(PyBytes_FromStringAndSize(self.text_offsets[column].data,
                                                                  (rows + 1) * sizeof(int32_t)))
                 columns.append(pa.Array.from_buffers(pa.string(), rows, [None, offsets, data]))
+            elif self.kinds[column] == TIME:
+                valid = pa.py_buffer(PyBytes_FromStringAndSize(self.text_offsets[column].data, (rows + 7) // 8))
+                nulls = rows - _set_bits(self.text_offsets[column].data, rows)
+                columns.append(pa.Array.from_buffers(_UTC_US, rows, [valid if nulls else None, data], nulls))
             else:
                 columns.append(pa.Array.from_buffers(self.arrow_types[column], rows, [None, data]))
         frames = pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(
@@ -268,6 +352,13 @@ def wire_columns(list items, fields):
     columns = WireColumns(fields)
     columns.extend(items, range(len(items)))
     return columns.take()[0]
+
+
+cdef Py_ssize_t _set_bits(const char* bits, Py_ssize_t count) noexcept:
+    cdef Py_ssize_t row, set_bits = 0
+    for row in range(count):
+        set_bits += (bits[row >> 3] >> (row & 7)) & 1
+    return set_bits
 
 
 cdef int _wrong(str name, str expected, object value) except -1:

@@ -31,6 +31,13 @@ def test_a_text_reads_the_same_whatever_its_neighbours() -> None:
     assert rfc3339_timestamps([text]).to_pylist() == rfc3339_timestamps([text, "garbage"]).to_pylist()[:1]
 
 
+def test_times_already_parsed_are_kept_and_only_the_others_judged() -> None:
+    texts = pa.array(["2026-04-07T14:30:02Z", "2026-04-07t14:30:02z", "soon"])
+    parsed = pa.array([123, None, None], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    assert rfc3339_timestamps(texts, parsed).to_pylist() == [
+        datetime(1970, 1, 1, 0, 0, 0, 123, tzinfo=UTC), at("2026-04-07T14:30:02+00:00"), None]
+
+
 def test_texts_that_are_not_rfc3339_times_are_null() -> None:
     parsed = rfc3339_timestamps(["2026-04-07", "", "soon", "2026-04-07T14:30:02Z"])
     assert parsed.to_pylist() == [None, None, None, at("2026-04-07T14:30:02+00:00")]

@@ -4,6 +4,7 @@ batch, each row with its frame index."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -38,6 +39,25 @@ class Base(msgspec.Struct, kw_only=True, gc=False):
 
 class Derived(Base, kw_only=True):
     price: float
+
+
+class Timed(msgspec.Struct, gc=False):
+    time: str
+
+
+UTC_US = pa.timestamp("us", tz="UTC")
+_msgspec_datetime = msgspec.json.Decoder(datetime)
+
+
+def msgspec_reads(text: str) -> datetime | None:
+    try:
+        return _msgspec_datetime.decode(msgspec.json.encode(text))
+    except msgspec.DecodeError:
+        return None
+
+
+def times(texts: list[str]) -> list[datetime | None]:
+    return wire_columns([Timed(text) for text in texts], (("time", UTC_US),))[0].to_pylist()
 
 
 FIELDS = (("name", pa.string()), ("price", pa.float64()), ("trade_id", pa.int64()), ("taker_sold", pa.bool_()))
@@ -111,9 +131,40 @@ def test_a_name_that_is_no_struct_field_raises() -> None:
         wire_columns([Wire("a", 1.0, 1, True)], (("missing", pa.string()),))
 
 
+def test_a_time_column_takes_only_text() -> None:
+    with pytest.raises(TypeError, match="field 'name': expected str, got int"):
+        wire_columns([Wire(5, 1.0, 1, True)], (("name", UTC_US),))  # type: ignore[arg-type]
+
+
 def test_an_unsupported_column_type_raises() -> None:
     with pytest.raises(TypeError, match="not supported"):
         wire_columns([Wire("a", 1.0, 1, True)], (("trade_id", pa.int32()),))
+
+
+def test_times_in_the_feeds_shape_read_as_msgspec_reads_them() -> None:
+    texts = ["2026-01-01T00:00:00Z", "2026-04-07T14:30:02.789012Z", "2024-02-29T23:59:59.9999995Z",
+             "2000-02-29T12:00:00Z", "1970-01-01T00:00:00.000000499Z", "1969-12-31T23:59:59.5Z", "0001-01-01T00:00:00Z",
+             "9999-12-31T23:59:59.999999Z"]
+    assert times(texts) == [msgspec_reads(text) for text in texts]
+
+
+@pytest.mark.parametrize("text", [
+    "2023-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-13-01T00:00:00Z",
+    "2026-01-01T24:00:00Z", "2026-01-01T00:60:00Z", "2026-01-01T00:00:60Z", "0000-01-01T00:00:00Z",  # no such time
+    "9999-12-31T23:59:59.9999999Z",  # rounds past year 9999
+    "2026-01-01t00:00:00z", "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00.Z",
+    "2026-01-01T00:00:00.1234567891Z", "2026-01-01 00:00:00Z", "2026-1-01T00:00:00Z", "", "soon",
+])
+def test_any_other_time_text_is_left_null_for_the_strict_reader(text: str) -> None:
+    assert times([text, "2026-01-01T00:00:00Z"]) == [None, datetime(2026, 1, 1, tzinfo=UTC)]
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+       st.integers(0, 999_999_999), st.integers(0, 9))
+def test_any_time_in_the_feeds_shape_reads_as_msgspec_reads_it(moment: datetime, nanos: int, digits: int) -> None:
+    fraction = f".{nanos:09d}"[:digits + 1] if digits else ""
+    text = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + fraction + "Z"
+    assert times([text]) == [msgspec_reads(text)]
 
 
 def test_batches_come_out_in_order_with_their_frame_indices() -> None:
