@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Wire structs' fields -> Arrow columns, in compiled code: the kernel of every exchange's field mapping.
 
 A tick's trades arrive as thousands of msgspec structs. Built in Python, each column was a list comprehension
@@ -37,6 +37,9 @@ cdef extern from "Python.h":
     PyObject* Py_TYPE_PTR "(PyObject *)Py_TYPE"(PyObject*)
     PyObject* PyList_GET_ITEM(object, Py_ssize_t)
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    bint PyUnicode_IS_COMPACT_ASCII(PyObject*)
+    void* PyUnicode_DATA(PyObject*)
+    Py_ssize_t PyUnicode_GET_LENGTH(PyObject*)
     bint PyUnicode_CheckExact(PyObject*)
     bint PyFloat_CheckExact(PyObject*)
     double PyFloat_AS_DOUBLE(PyObject*)
@@ -126,12 +129,24 @@ cdef bint _rfc3339_us(const char* text, Py_ssize_t length, int64_t* micros) noex
     return micros[0] < _YEAR_10000_US
 
 
-cdef int _reserve(Buffer* buffer, Py_ssize_t wanted) except -1:
+cdef inline const char* _utf8(PyObject* text, Py_ssize_t* length) except NULL:
+    """A str's UTF-8 bytes: an ASCII str's own characters (what exchanges send), with no call."""
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        length[0] = PyUnicode_GET_LENGTH(text)
+        return <const char*>PyUnicode_DATA(text)
+    return PyUnicode_AsUTF8AndSize(<object>text, length)
+
+
+cdef inline int _reserve(Buffer* buffer, Py_ssize_t wanted) except -1:
     """Room for ``wanted`` bytes in all; new bytes are zeroed (bool columns only set their true bits)."""
-    cdef Py_ssize_t capacity
-    cdef char* grown
     if wanted <= buffer.capacity:
         return 0
+    return _grow(buffer, wanted)
+
+
+cdef int _grow(Buffer* buffer, Py_ssize_t wanted) except -1:
+    cdef Py_ssize_t capacity
+    cdef char* grown
     capacity = max(2 * buffer.capacity, wanted, 256)
     grown = <char*>realloc(buffer.data, capacity)
     if not grown:
@@ -268,7 +283,7 @@ cdef class WireColumns:
                 if kind == TEXT:
                     if not PyUnicode_CheckExact(value):
                         _wrong(self.names[column], "str", <object>value)
-                    utf8 = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    utf8 = _utf8(value, &length)
                     offsets = &self.text_offsets[column]
                     buffer.size = (<int32_t*>offsets.data)[at]  # past a row that raised half-way, if any
                     if buffer.size + length > 0x7FFFFFFF:
@@ -291,7 +306,7 @@ cdef class WireColumns:
                 elif kind == TIME:
                     if not PyUnicode_CheckExact(value):
                         _wrong(self.names[column], "str", <object>value)
-                    utf8 = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    utf8 = _utf8(value, &length)
                     valid = self.text_offsets[column].data
                     if _rfc3339_us(utf8, length, &(<int64_t*>buffer.data)[at]):
                         (<uint8_t*>valid)[at >> 3] |= <uint8_t>(1 << (at & 7))
