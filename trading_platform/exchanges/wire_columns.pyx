@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# (cdivision: C's division and modulo, without Python's sign handling: every operand here is non-negative.)
 """Wire structs' fields -> Arrow columns, in compiled code: the kernel of every exchange's field mapping.
 
 A tick's trades arrive as thousands of msgspec structs. Built in Python, each column was a list comprehension
@@ -8,6 +9,8 @@ Here each field is read straight from its struct slot (the offset its member des
 ``getattr`` reads it too, without the lookup) and appended to its column's buffer, all columns in one pass.
 The decode appends each chunk's trades as soon as its messages are handled (``WireColumns.extend``), so the
 structs are freed while still in the CPU cache, and the columns become Arrow arrays once per tick (``take``).
+Measured on the benchmark's Coinbase frames (a tick of 5,000 frames, ~6,900 trades): the Python mapping took
+2.9 ms of a 9.9 ms tick; reading the fields here takes 0.4 ms and the mapping left in Python 0.2 ms.
 
 Only what that needs is here: text, float64, int64 and bool columns from struct fields, and RFC3339 times read
 from text into UTC microseconds. Anything else (a value of another type, a name that is no struct field) raises,
