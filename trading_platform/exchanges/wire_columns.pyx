@@ -234,6 +234,7 @@ cdef class WireColumns:
         cdef PyMemberDescrObject* member
         cdef int column
         struct_type = <object>item_type
+        self.item_type = None  # until every offset is in: a type refused half-way must not keep another's layout
         for column in range(self.count):
             descriptor = getattr(struct_type, self.names[column], None)
             if type(descriptor) is not _MEMBER:

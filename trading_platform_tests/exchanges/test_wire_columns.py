@@ -33,6 +33,14 @@ class Reordered(msgspec.Struct, gc=False):
     name: str
 
 
+class Partial(msgspec.Struct, gc=False):
+    """Two of the fields, at other slots, and not the others."""
+
+    extra: str
+    price: float
+    name: str
+
+
 class Base(msgspec.Struct, kw_only=True, gc=False):
     name: str
 
@@ -134,6 +142,17 @@ def test_a_name_that_is_no_struct_field_raises() -> None:
 def test_a_time_column_takes_only_text() -> None:
     with pytest.raises(TypeError, match="field 'name': expected str, got int"):
         wire_columns([Wire(5, 1.0, 1, True)], (("name", UTC_US),))  # type: ignore[arg-type]
+
+
+def test_a_struct_type_refused_half_way_leaves_the_columns_usable() -> None:
+    columns = WireColumns(FIELDS)
+    columns.extend([Wire("a", 1.0, 1, True)], [0])
+    with pytest.raises(TypeError, match=r"Partial\.trade_id is not a struct field"):
+        columns.extend([Partial("-", 2.0, "x")], [1])  # its name and price offsets were read first
+    columns.extend([Wire("b", 3.0, 3, False)], [2])
+    fields, frames = columns.take()
+    assert [column.to_pylist() for column in fields] == [["a", "b"], [1.0, 3.0], [1, 3], [True, False]]
+    assert frames.to_pylist() == [0, 2]
 
 
 def test_an_unsupported_column_type_raises() -> None:
