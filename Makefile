@@ -19,19 +19,20 @@ uv-available:
 install: uv-available compiler
 	$(UV) sync --frozen
 
+# $(call apt_install,PACKAGES,WHY): Debian packages a step needs, installed with apt only when running as root
+# on a machine that has it (elsewhere the step's own error names what is missing); the package index is updated
+# only if the install fails without it.
+apt_install = [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	{ echo "installing $(1) $(2)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1); }; }
+
 # The trade hot path's field-mapping kernel is compiled when uv installs the project (setup.py): it needs a C
-# compiler and Python's headers. Installed here with apt when missing and running as root; elsewhere uv's build
-# error says which is missing.
+# compiler and Python's headers.
 compiler:
-	@command -v cc >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
-		{ echo "installing a C compiler (gcc) to build the compiled module"; \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null 2>&1 || \
-		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev; }; }
-	@python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' || \
-		[ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
-		{ echo "installing Python's headers (python3-dev) to build the compiled module"; \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev >/dev/null 2>&1 || \
-		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev; }; }
+	@command -v cc >/dev/null 2>&1 || $(call apt_install,gcc libc6-dev,to build the compiled module)
+	@python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' \
+		|| $(call apt_install,python3-dev,to build the compiled module)
 .PHONY: compiler
 
 run: install
@@ -40,10 +41,7 @@ run: install
 # The UI test drives Debian's chromium (a browser download does not work everywhere): installed here with
 # apt when missing and running as root; elsewhere the test says how to install it.
 browser:
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
-		{ echo "installing Debian's chromium for the UI test"; \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
-		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }
+	@command -v chromium >/dev/null 2>&1 || $(call apt_install,chromium,for the UI test)
 .PHONY: browser
 
 # Two workers: each long scenario module whole on one of them (conftest.SCENARIO_MODULES), the rest around.

@@ -132,7 +132,6 @@ class _Control(msgspec.Struct):
     result: object = None
 
 
-_TradePayload = _Trade | _AggTrade
 _Payload = _Trade | _AggTrade | _Depth | _RawDepth | _Shutdown
 _NOT_TRADES = frozenset({_Depth, _RawDepth, _Shutdown})
 

@@ -28,6 +28,8 @@ import types
 
 import pyarrow as pa
 
+from trading_platform.exchanges.conversions import UTC_US
+
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
@@ -64,8 +66,7 @@ cdef enum Kind:
     TIME
 
 
-_UTC_US = pa.timestamp("us", tz="UTC")
-cdef dict _KINDS = {pa.string(): TEXT, pa.float64(): FLOAT, pa.int64(): INT, pa.bool_(): FLAG, _UTC_US: TIME}
+cdef dict _KINDS = {pa.string(): TEXT, pa.float64(): FLOAT, pa.int64(): INT, pa.bool_(): FLAG, UTC_US: TIME}
 # 10000-01-01T00:00:00Z in µs since the epoch: the first time past what RFC3339 (and msgspec) can spell.
 cdef int64_t _YEAR_10000_US = 253402300800000000
 _MEMBER = types.MemberDescriptorType
@@ -355,7 +356,7 @@ cdef class WireColumns:
             elif self.kinds[column] == TIME:
                 valid = pa.py_buffer(PyBytes_FromStringAndSize(self.text_offsets[column].data, (rows + 7) // 8))
                 nulls = rows - _set_bits(self.text_offsets[column].data, rows)
-                columns.append(pa.Array.from_buffers(_UTC_US, rows, [valid if nulls else None, data], nulls))
+                columns.append(pa.Array.from_buffers(UTC_US, rows, [valid if nulls else None, data], nulls))
             else:
                 columns.append(pa.Array.from_buffers(self.arrow_types[column], rows, [None, data]))
         frames = pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(
