@@ -43,8 +43,11 @@ from trading_platform.exchanges.trade_gaps import (
     TradePage,
     is_backfill,
 )
-from trading_platform.exchanges.wire_columns import WireColumns
+from trading_platform.exchanges.wire_columns import FrameShape, WireColumns
 
+# Frames of ``trade_frame`` in a row worth a typed decode's interruption: each run of decoded frames costs a decode
+# call and an ``on_messages`` pass of its own, which a few scanned frames would not win back.
+SCAN_RUN = 8
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 T = TypeVar("T")
@@ -78,6 +81,10 @@ class Exchange(RecordDecoder):
     # The wire trade's fields the columns are read from, each with its Arrow type (``wire_columns``): every
     # struct ``on_messages`` puts in ``out.trades`` has them. ``trade_columns`` receives them in this order.
     trade_fields: ClassVar[tuple[tuple[str, pa.DataType], ...]]
+    # The hot path's frame (``wire_columns.FrameShape`` over ``trade_fields``): frames of this shape are read
+    # straight into the trade columns by the compiled scan, with no typed decode and no wire object; any other
+    # frame, or one off the shape in any detail, takes the decode. None: every frame is decoded.
+    trade_frame: ClassVar[FrameShape | None] = None
 
     def __init__(self, config: ExchangeConfig) -> None:
         self.config = config
@@ -201,14 +208,33 @@ class Exchange(RecordDecoder):
             return None
 
     # --- trade rows --------------------------------------------------------------------------------
+    def scan_frames(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        return 0 if self.trade_frame is None else self.scan_trade_frames(frames, lo, hi, out)
+
+    def scan_trade_frames(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput,
+                          first_sequence: int = -1) -> int:
+        """Frames of ``trade_frame`` from ``lo`` on (a numbered shape: numbered from ``first_sequence``) read into
+        the trade columns; how many."""
+        assert self.trade_frame is not None
+        self.collect(out)  # the columns keep frame order
+        return self._columns(out).scan(self.trade_frame, frames, lo, hi, first_sequence)
+
+    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        if self.trade_frame is None:
+            return hi
+        return self._columns(out).find(self.trade_frame, frames, lo, hi, SCAN_RUN)
+
+    def _columns(self, out: DecodeOutput) -> WireColumns:
+        if out.columns is None:
+            out.columns = WireColumns(self.trade_fields)
+        return out.columns
+
     def collect(self, out: DecodeOutput) -> None:
         """The chunk's wire trades into the call's columns: their ``trade_fields`` read into column buffers, so
         the objects are freed while still in the CPU cache, not at the end of the tick."""
         if not out.trades:
             return
-        if out.columns is None:
-            out.columns = WireColumns(self.trade_fields)
-        out.columns.extend(out.trades, out.trade_frames)
+        self._columns(out).extend(out.trades, out.trade_frames)
         out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
         out.trade_frames.clear()
 

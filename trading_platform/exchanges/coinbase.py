@@ -65,7 +65,7 @@ from trading_platform.exchanges.conversions import (
 )
 from trading_platform.exchanges.decoded import IGNORED, BookNumber, DecodeOutput, Int64, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
-from trading_platform.exchanges.wire_columns import wire_columns
+from trading_platform.exchanges.wire_columns import SEQUENCE, TRADES, FrameShape, wire_columns
 
 # True: ``side`` is the maker's side, the taker traded the other way. See the module docstring.
 MARKET_TRADES_SIDE_IS_MAKER: Final = True
@@ -222,6 +222,10 @@ class Coinbase(Exchange):
     # side: the maker's (see the module docstring).
     trade_fields = (("product_id", pa.string()), ("trade_id", pa.string()), ("price", pa.float64()),
                     ("size", pa.float64()), ("side", pa.string()), ("time", pa.string()), ("time", UTC_US))
+    # An in-order update of trades, nearly every frame of a trade subscription: read by the compiled scan.
+    trade_frame = FrameShape({"channel": "market_trades", "sequence_num": SEQUENCE,
+                              "events": [{"type": "update", "trades": TRADES}]}, trade_fields,
+                             {"side": ("BUY", "SELL")})
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 
@@ -343,6 +347,15 @@ class Coinbase(Exchange):
         super().new_connection()
         self._expected_sequence = None
         self._reconnect_requested = False
+
+    def scan_frames(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        # Only the frames numbered on from the expectation: the rest take the decode (its sequence rules).
+        expected = self._expected_sequence
+        if expected is None or self.trade_frame is None:
+            return 0
+        scanned = self.scan_trade_frames(frames, lo, hi, out, expected)
+        self._expected_sequence = expected + scanned
+        return scanned
 
     def on_messages(self, messages: list[Any], indices: Sequence[int], frames: list[bytes],
                     received_us: list[int], out: DecodeOutput) -> None:

@@ -121,6 +121,29 @@ class RecordDecoder(ABC):
 
     def _decode_chunk(self, array: memoryview, frames: list[bytes], received_us: list[int], lo: int, hi: int,
                       out: DecodeOutput) -> None:
+        """Frames ``lo..hi-1`` as the JSON array ``array``: runs the protocol reads with no typed decode
+        (``scan_frames``) and, between them, runs of one typed decode each (``_decode_frames``)."""
+        first = lo
+        opening = 0  # in ``array``: the "[" or "," before frame ``first``
+        while first < hi:
+            scanned = self.scan_frames(frames, first, hi, out)
+            if scanned:
+                opening += sum(map(len, frames[first:first + scanned])) + scanned
+                first += scanned
+                if first == hi:
+                    return
+            last = self.next_scannable(frames, first + 1, hi, out)
+            if first == lo and last == hi:  # the whole chunk: its brackets are in place
+                self._decode_frames(array, frames, received_us, lo, hi, out)
+                return
+            # The run read in place as a JSON array of its own: the commas around it become its brackets.
+            closing = opening + sum(map(len, frames[first:last])) + last - first
+            array[opening], array[closing] = _OPENING, _CLOSING
+            self._decode_frames(array[opening:closing + 1], frames, received_us, first, last, out)
+            first, opening = last, closing
+
+    def _decode_frames(self, array: memoryview, frames: list[bytes], received_us: list[int], lo: int, hi: int,
+                       out: DecodeOutput) -> None:
         """Frames ``lo..hi-1`` as the JSON array ``array``: one typed decode, or frame by frame when that fails."""
         try:
             messages: list[Any] = self.batch_decoder.decode(array)
@@ -151,6 +174,16 @@ class RecordDecoder(ABC):
                 indices.append(index)
         self.on_messages(messages, indices, frames, received_us, out)
         self.collect(out)
+
+    def scan_frames(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        """How many of frames ``lo..hi-1``, from the first on, the protocol read into ``out`` with no typed decode
+        (``Exchange``: the compiled scan of its common trade frame). A decoder with no such path reads none."""
+        return 0
+
+    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        """Where, from frame ``lo`` on, ``scan_frames`` may read a run worth leaving the typed decode for (``hi``:
+        nowhere), so the frames before it are decoded together."""
+        return hi
 
     def decode_frame(self, frame: bytes) -> Any:
         """One frame on its own (the fallback path); raises ``msgspec.DecodeError`` when refused."""

@@ -20,9 +20,9 @@ any other text is left null for ``conversions.rfc3339_timestamps`` to judge, so 
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 import types
 
@@ -52,6 +52,10 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLong(object) except? -1
     PyObject* Py_True
     PyObject* Py_False
+    double PyOS_string_to_double(const char*, char**, PyObject*) except? -1.0
+    bint PyBytes_CheckExact(PyObject*)
+    char* PyBytes_AS_STRING(PyObject*)
+    Py_ssize_t PyBytes_GET_SIZE(PyObject*)
 
 
 cdef extern from "structmember.h":
@@ -161,6 +165,357 @@ cdef int _grow(Buffer* buffer, Py_ssize_t wanted) except -1:
     return 0
 
 
+# --- JSON tokens, for the scan of frames of a known shape (``FrameShape``, ``WireColumns.scan``) ----------------
+# Each reader returns the byte after its token, or NULL for anything it does not read: the scan then leaves the
+# frame to the typed decode, which accepts, rejects or classifies it by its own rules. So these read a strict
+# subset of JSON, only ever reading a text the decode would read the same way: no escapes, no byte above ASCII,
+# numbers of at most 19 significant digits.
+
+cdef enum:
+    MAX_DEPTH = 32  # nesting a skipped value may have
+    MAX_SIGNIFICANT = 19  # digits: what a uint64 mantissa holds
+    MAX_NUMBER_TEXT = 64  # bytes of a number the slow conversion copies
+
+
+cdef double[23] _EXACT_POWERS = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                                 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+
+cdef struct Decimal:
+    uint64_t mantissa  # the significant digits
+    int significant  # how many (leading zeros are not)
+    int exponent  # value = mantissa * 10 ** exponent
+    bint negative
+    bint integral  # no fraction, no exponent
+    bint exact  # at most MAX_SIGNIFICANT significant digits and a short exponent: read into the fields above
+
+
+cdef inline const char* _ws(const char* p, const char* end) noexcept nogil:
+    while p < end and (p[0] == 32 or p[0] == 10 or p[0] == 13 or p[0] == 9):
+        p += 1
+    return p
+
+
+cdef inline const char* _text(const char* p, const char* end, const char** start, Py_ssize_t* length) noexcept nogil:
+    """A string with no escape, control or non-ASCII byte; ``start``/``length``: its characters."""
+    if p >= end or p[0] != 34:  # '"'
+        return NULL
+    p += 1
+    start[0] = p
+    while p < end:
+        if p[0] == 34:
+            length[0] = p - start[0]
+            return p + 1
+        if p[0] == 92 or <unsigned char>p[0] < 32 or <unsigned char>p[0] > 127:  # '\\', control, not ASCII
+            return NULL
+        p += 1
+    return NULL
+
+
+cdef inline const char* _literal(const char* p, const char* end, const char* word, Py_ssize_t length) noexcept nogil:
+    if end - p < length or memcmp(p, word, length) != 0:
+        return NULL
+    return p + length
+
+
+cdef const char* _decimal(const char* p, const char* end, Decimal* number) noexcept nogil:
+    """A number in JSON's grammar (``-? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?``)."""
+    cdef int exponent = 0, exponent_digits = 0
+    cdef bint exponent_negative = False
+    number.mantissa, number.significant, number.exponent = 0, 0, 0
+    number.negative, number.integral, number.exact = False, True, True
+    if p < end and p[0] == 45:  # "-"
+        number.negative = True
+        p += 1
+    if p >= end or p[0] < 48 or p[0] > 57:
+        return NULL
+    if p[0] == 48:  # "0": no digit may follow
+        p += 1
+    else:
+        while p < end and 48 <= p[0] <= 57:
+            _digit(number, p[0] - 48, False)
+            p += 1
+    if p < end and p[0] == 46:  # "."
+        number.integral = False
+        p += 1
+        if p >= end or p[0] < 48 or p[0] > 57:
+            return NULL
+        while p < end and 48 <= p[0] <= 57:
+            _digit(number, p[0] - 48, True)
+            p += 1
+    if p < end and (p[0] == 101 or p[0] == 69):  # "e", "E"
+        number.integral = False
+        p += 1
+        if p < end and (p[0] == 43 or p[0] == 45):
+            exponent_negative = p[0] == 45
+            p += 1
+        if p >= end or p[0] < 48 or p[0] > 57:
+            return NULL
+        while p < end and 48 <= p[0] <= 57:
+            if exponent_digits < 4:
+                exponent = exponent * 10 + (p[0] - 48)
+            exponent_digits += 1
+            p += 1
+        if exponent_digits > 4:
+            number.exact = False
+        number.exponent += -exponent if exponent_negative else exponent
+    return p
+
+
+cdef inline void _digit(Decimal* number, int digit, bint fraction) noexcept nogil:
+    if fraction:
+        number.exponent -= 1
+    if digit == 0 and number.significant == 0:  # a leading zero
+        return
+    if number.significant == MAX_SIGNIFICANT:
+        number.exact = False
+        return
+    number.mantissa = number.mantissa * 10 + digit
+    number.significant += 1
+
+
+cdef int _double(Decimal* number, const char* text, Py_ssize_t length, double* value) except -1:
+    """The double nearest to the number (``text``: its JSON spelling); 0: left to the decode (too many digits,
+    beyond the normal doubles' range, a negative zero)."""
+    cdef char[MAX_NUMBER_TEXT + 1] copy
+    if not number.exact:
+        return 0
+    if number.mantissa == 0:
+        if number.negative:
+            return 0
+        value[0] = 0.0
+        return 1
+    if number.mantissa <= (<uint64_t>1 << 53) and -22 <= number.exponent <= 22:
+        # Both operands exact doubles, so the one rounding of the product or quotient is the correct one (Clinger).
+        if number.exponent >= 0:
+            value[0] = <double>number.mantissa * _EXACT_POWERS[number.exponent]
+        else:
+            value[0] = <double>number.mantissa / _EXACT_POWERS[-number.exponent]
+        if number.negative:
+            value[0] = -value[0]
+        return 1
+    if number.exponent < -290 or number.exponent + number.significant > 300 or length > MAX_NUMBER_TEXT:
+        return 0
+    # The text, sign and all, correctly rounded, as msgspec reads it (Python's reader, also David Gay's algorithm).
+    memcpy(copy, text, length)
+    copy[length] = 0
+    value[0] = PyOS_string_to_double(copy, NULL, NULL)
+    return 1
+
+
+cdef const char* _skip(const char* p, const char* end, int depth) noexcept nogil:
+    """Any JSON value (a field the shape does not name), read for its validity only."""
+    cdef const char* start
+    cdef Py_ssize_t length
+    cdef Decimal number
+    cdef char closing
+    if p >= end:
+        return NULL
+    if p[0] == 34:
+        return _text(p, end, &start, &length)
+    if p[0] == 123 or p[0] == 91:  # "{", "["
+        if depth == MAX_DEPTH:
+            return NULL
+        closing = 125 if p[0] == 123 else 93
+        p = _ws(p + 1, end)
+        if p < end and p[0] == closing:
+            return p + 1
+        while True:
+            if closing == 125:
+                p = _text(p, end, &start, &length)
+                if p == NULL:
+                    return NULL
+                p = _ws(p, end)
+                if p >= end or p[0] != 58:  # ":"
+                    return NULL
+                p = _ws(p + 1, end)
+            p = _skip(p, end, depth + 1)
+            if p == NULL:
+                return NULL
+            p = _ws(p, end)
+            if p < end and p[0] == 44:  # ","
+                p = _ws(p + 1, end)
+            elif p < end and p[0] == closing:
+                return p + 1
+            else:
+                return NULL
+    if p[0] == 116:
+        return _literal(p, end, b"true", 4)
+    if p[0] == 102:
+        return _literal(p, end, b"false", 5)
+    if p[0] == 110:
+        return _literal(p, end, b"null", 4)
+    return _decimal(p, end, &number)
+
+
+cdef enum:
+    STRING_TOKEN
+    NUMBER_TOKEN
+    TRUE_TOKEN
+    FALSE_TOKEN
+
+
+cdef inline uint64_t _all(int count) noexcept nogil:
+    """The bits of ``count`` (0 to 64) keys, all seen."""
+    return 0 if count == 0 else (~<uint64_t>0) >> (64 - count)
+
+
+cdef inline int _member(Node* members, int count, const char* key, Py_ssize_t length) noexcept nogil:
+    cdef int place
+    for place in range(count):
+        if members[place].length == length and memcmp(members[place].text, key, length) == 0:
+            return place
+    return -1
+
+
+cdef inline int _field(Field* fields, int count, const char* key, Py_ssize_t length) noexcept nogil:
+    cdef int place
+    for place in range(count):
+        if fields[place].length == length and memcmp(fields[place].key, key, length) == 0:
+            return place
+    return -1
+
+
+cdef inline bint _chosen(Node* choices, int count, const char* text, Py_ssize_t length) noexcept nogil:
+    cdef int place
+    for place in range(count):
+        if choices[place].length == length and memcmp(choices[place].text, text, length) == 0:
+            return True
+    return False
+
+
+# --- frame shapes ----------------------------------------------------------------------------------------------
+
+class _Marker:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+SEQUENCE = _Marker("SEQUENCE")  # the frame's sequence number: a non-negative JSON integer
+TRADES = _Marker("TRADES")  # an array of one or more trade objects
+TRADE = _Marker("TRADE")  # one trade object
+
+cdef enum NodeKind:
+    OBJECT  # its members required (each once), other keys skipped
+    CONSTANT  # exactly this string
+    NUMBERED  # SEQUENCE
+    ONE  # an array of exactly one element
+    TRADE_ARRAY  # TRADES
+    TRADE_OBJECT  # TRADE
+
+
+cdef struct Node:
+    int kind
+    int first  # OBJECT: its first member in ``members``; ONE: its element's node
+    int count  # OBJECT: its members
+    const char* text  # CONSTANT: the string's characters; OBJECT member: its key
+    Py_ssize_t length
+
+
+cdef struct Field:
+    const char* key  # a trade object's key
+    Py_ssize_t length
+    uint64_t columns  # the columns its value goes to (bit per column)
+    int first_choice  # the strings it may hold, in ``choices`` (none: any)
+    int choice_count
+
+
+cdef class FrameShape:
+    """The shape of the frames the compiled scan reads (``WireColumns.scan``): nested dicts (a JSON object with
+    these keys, each once; other keys skipped), a one-element list (an array of exactly one such element), a
+    str (exactly that string), ``SEQUENCE`` (the frame's sequence number) and ``TRADES`` or ``TRADE`` (an array
+    of trade objects, or one): objects holding every name of ``trade_fields`` (the columns' fields), each value
+    of its column's type (a float column also reads a number spelled as a string, as msgspec's lax decoders do).
+    ``choices``: a field's allowed strings (a Literal of the wire struct)."""
+
+    cdef Node* nodes
+    cdef Node* members  # OBJECT members: ``text`` the key, ``first`` the value's node
+    cdef Field* fields
+    cdef Node* choices
+    cdef int field_count
+    cdef int root
+    cdef readonly bint numbered  # it holds a SEQUENCE
+    cdef readonly tuple trade_fields
+    cdef list _texts  # the bytes the pointers above point into
+
+    def __cinit__(self, layout, trade_fields, choices=None):
+        cdef int index
+        cdef const char* field_key
+        self.trade_fields = tuple(trade_fields)
+        self._texts = []
+        nodes, members = [], []
+        self.root = self._compile(layout, nodes, members)
+        names = list(dict.fromkeys(name for name, _ in self.trade_fields))
+        if len(self.trade_fields) > 64 or len(names) > 64:
+            raise ValueError("a frame shape reads at most 64 trade fields")
+        choices = dict(choices or {})
+        unknown = set(choices) - set(names)
+        if unknown:
+            raise ValueError(f"choices for fields that are not trade fields: {sorted(unknown)}")
+        allowed = [(name, text) for name in names for text in choices.get(name, ())]
+        self.nodes = <Node*>malloc(max(len(nodes), 1) * sizeof(Node))
+        self.members = <Node*>malloc(max(len(members), 1) * sizeof(Node))
+        self.fields = <Field*>malloc(max(len(names), 1) * sizeof(Field))
+        self.choices = <Node*>malloc(max(len(allowed), 1) * sizeof(Node))
+        if not (self.nodes and self.members and self.fields and self.choices):
+            raise MemoryError()
+        for index, (kind, first, count, text) in enumerate(nodes):
+            self.nodes[index] = Node(kind, first, count, NULL, 0)
+            self._point(&self.nodes[index], text)
+        for index, (key, node) in enumerate(members):
+            self.members[index] = Node(0, node, 0, NULL, 0)
+            self._point(&self.members[index], key)
+        self.field_count = len(names)
+        for index, name in enumerate(names):
+            field_key = self._keep(name)
+            columns = sum(1 << column for column, (field, _) in enumerate(self.trade_fields) if field == name)
+            first = sum(len(choices.get(earlier, ())) for earlier in names[:index])
+            self.fields[index] = Field(field_key, len(name), columns, first, len(choices.get(name, ())))
+        for index, (_, text) in enumerate(allowed):
+            self.choices[index] = Node(0, 0, 0, NULL, 0)
+            self._point(&self.choices[index], text)
+
+    def __dealloc__(self):
+        free(self.nodes)
+        free(self.members)
+        free(self.fields)
+        free(self.choices)
+
+    cdef const char* _keep(self, str text) except NULL:
+        data = text.encode("ascii")  # a scanned key or string is ASCII, so only such a one can match
+        self._texts.append(data)
+        return <const char*>data
+
+    cdef void _point(self, Node* node, text):
+        if text is not None:
+            node.text = self._keep(text)
+            node.length = len(text)
+
+    def _compile(self, layout, list nodes, list members):
+        """The node index of ``layout``; its children compiled first, so an object's members lie together."""
+        if isinstance(layout, dict):
+            if len(layout) > 64:
+                raise ValueError("a frame shape's object names at most 64 keys")
+            children = [(key, self._compile(value, nodes, members)) for key, value in layout.items()]
+            nodes.append((OBJECT, len(members), len(children), None))
+            members.extend(children)
+        elif isinstance(layout, str):
+            nodes.append((CONSTANT, 0, 0, layout))
+        elif isinstance(layout, list) and len(layout) == 1:
+            nodes.append((ONE, self._compile(layout[0], nodes, members), 0, None))
+        elif layout is SEQUENCE:
+            self.numbered = True
+            nodes.append((NUMBERED, 0, 0, None))
+        elif layout is TRADES or layout is TRADE:
+            nodes.append((TRADE_ARRAY if layout is TRADES else TRADE_OBJECT, 0, 0, None))
+        else:
+            raise TypeError(f"not a frame shape: {layout!r}")
+        return len(nodes) - 1
+
+
 cdef class WireColumns:
     """Columns filled from batches of structs (``extend``) and taken as Arrow arrays (``take``), each row with
     the index of the frame it came from. The buffers are C memory, kept for the next rows after a take."""
@@ -262,18 +617,7 @@ cdef class WireColumns:
         cdef Py_ssize_t length
         if len(frames) != count:
             raise ValueError(f"{count} structs but {len(frames)} frame indices")
-        _reserve(&self.frames, (self.rows + count) * sizeof(int64_t))
-        for column in range(self.count):
-            kind = self.kinds[column]
-            if kind == TEXT:
-                _reserve(&self.text_offsets[column], (self.rows + count + 1) * sizeof(int32_t))
-            elif kind == FLAG:
-                _reserve(&self.values[column], (self.rows + count + 7) // 8)
-            elif kind == TIME:
-                _reserve(&self.values[column], (self.rows + count) * 8)
-                _reserve(&self.text_offsets[column], (self.rows + count + 7) // 8)
-            else:
-                _reserve(&self.values[column], (self.rows + count) * 8)
+        self._room(self.rows + count)
         for row in range(count):
             item = PyList_GET_ITEM(items, row)
             if self.item_type is None or Py_TYPE_PTR(item) != <PyObject*>self.item_type:
@@ -327,6 +671,11 @@ cdef class WireColumns:
             # Only a complete row counts: one that raised half-way is written over by the next.
             (<int64_t*>self.frames.data)[at] = frames[row]
             self.rows = at + 1
+        self._sized()
+
+    cdef void _sized(self) noexcept:
+        """Each buffer's size in use, from the complete rows (``rows``)."""
+        cdef int column
         for column in range(self.count):
             if self.kinds[column] == TEXT:
                 self.text_offsets[column].size = (self.rows + 1) * sizeof(int32_t)
@@ -363,6 +712,306 @@ cdef class WireColumns:
             PyBytes_FromStringAndSize(self.frames.data, rows * sizeof(int64_t)))])
         self._empty()
         return columns, frames
+
+    def scan(self, FrameShape shape, list frames, Py_ssize_t lo, Py_ssize_t hi, int64_t first_sequence=-1):
+        """Rows read straight from the JSON of frames ``lo..hi-1``, no decoded object in between: from the first
+        frame on, as long as each is of ``shape`` (for a numbered shape: and numbered ``first_sequence`` plus its
+        place). Returns how many frames were read; their trades are appended with each frame's index. A frame that
+        stops the scan adds nothing: it and the rest are left to the typed decode."""
+        cdef Py_ssize_t index = lo
+        cdef Py_ssize_t row
+        cdef PyObject* frame
+        cdef const char* start
+        cdef const char* end
+        cdef int64_t sequence
+        if shape.trade_fields != tuple(zip(self.names, self.arrow_types)):
+            raise ValueError("the frame shape was made for other trade fields than these columns'")
+        if shape.numbered and first_sequence < 0:
+            raise ValueError("a numbered frame shape is scanned from a first sequence number")
+        try:
+            while index < hi:
+                frame = PyList_GET_ITEM(frames, index)
+                if not PyBytes_CheckExact(frame):
+                    break
+                start = PyBytes_AS_STRING(frame)
+                end = start + PyBytes_GET_SIZE(frame)
+                start = _ws(start, end)
+                sequence = -1
+                row = self.rows
+                if self._node(shape, shape.root, &start, end, &row, index, &sequence) != 1 or _ws(start, end) != end:
+                    break
+                if shape.numbered and sequence != first_sequence + (index - lo):
+                    break
+                self.rows = row
+                index += 1
+        finally:
+            self._sized()
+        return index - lo
+
+    def find(self, FrameShape shape, list frames, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t run):
+        """The first of ``run`` frames in a row of ``shape`` (their sequence numbers not read), from frame ``lo``
+        on; ``hi`` when there is no such run. Nothing is added to the columns."""
+        cdef Py_ssize_t index, row, in_a_row = 0
+        cdef PyObject* frame
+        cdef const char* start
+        cdef const char* end
+        cdef int64_t sequence
+        if shape.trade_fields != tuple(zip(self.names, self.arrow_types)):
+            raise ValueError("the frame shape was made for other trade fields than these columns'")
+        for index in range(lo, hi):
+            frame = PyList_GET_ITEM(frames, index)
+            in_a_row += 1
+            if PyBytes_CheckExact(frame):
+                start = PyBytes_AS_STRING(frame)
+                end = start + PyBytes_GET_SIZE(frame)
+                start = _ws(start, end)
+                row = self.rows  # rows written past the complete ones: written over by the next
+                if self._node(shape, shape.root, &start, end, &row, index, &sequence) != 1 or _ws(start, end) != end:
+                    in_a_row = 0
+            else:
+                in_a_row = 0
+            if in_a_row == run:
+                return index + 1 - run
+        return hi
+
+    cdef int _node(self, FrameShape shape, int index, const char** at, const char* end, Py_ssize_t* row,
+                   int64_t frame, int64_t* sequence) except -1:
+        """The value at ``at`` as node ``index`` of ``shape``: 1 read (``at`` moved past it), 0 not of the shape."""
+        cdef Node* node = &shape.nodes[index]
+        cdef const char* p = at[0]
+        cdef const char* key
+        cdef Py_ssize_t length
+        cdef uint64_t seen = 0
+        cdef int place, status
+        cdef Decimal number
+        if node.kind == OBJECT:
+            if p >= end or p[0] != 123:  # "{"
+                return 0
+            p = _ws(p + 1, end)
+            if p < end and p[0] == 125:  # "}"
+                p += 1
+            else:
+                while True:
+                    p = _text(p, end, &key, &length)
+                    if p == NULL:
+                        return 0
+                    p = _ws(p, end)
+                    if p >= end or p[0] != 58:  # ":"
+                        return 0
+                    p = _ws(p + 1, end)
+                    place = _member(shape.members + node.first, node.count, key, length)
+                    if place < 0:
+                        p = _skip(p, end, 1)
+                        if p == NULL:
+                            return 0
+                    else:
+                        if seen & (<uint64_t>1 << place):  # a key given twice: the decode's to judge
+                            return 0
+                        seen |= <uint64_t>1 << place
+                        at[0] = p
+                        status = self._node(shape, shape.members[node.first + place].first, at, end, row, frame,
+                                            sequence)
+                        if status != 1:
+                            return status
+                        p = at[0]
+                    p = _ws(p, end)
+                    if p < end and p[0] == 44:  # ","
+                        p = _ws(p + 1, end)
+                    elif p < end and p[0] == 125:
+                        p += 1
+                        break
+                    else:
+                        return 0
+            if seen != _all(node.count):
+                return 0
+        elif node.kind == CONSTANT:
+            p = _text(p, end, &key, &length)
+            if p == NULL or length != node.length or memcmp(key, node.text, length) != 0:
+                return 0
+        elif node.kind == NUMBERED:
+            p = _decimal(p, end, &number)
+            if p == NULL or not number.integral or not number.exact or number.negative or number.significant > 18:
+                return 0
+            sequence[0] = <int64_t>number.mantissa
+        elif node.kind == ONE:
+            if p >= end or p[0] != 91:  # "["
+                return 0
+            at[0] = _ws(p + 1, end)
+            status = self._node(shape, node.first, at, end, row, frame, sequence)
+            if status != 1:
+                return status
+            p = _ws(at[0], end)
+            if p >= end or p[0] != 93:  # "]"
+                return 0
+            p += 1
+        elif node.kind == TRADE_OBJECT:
+            at[0] = p
+            status = self._trade(shape, at, end, row, frame)
+            if status != 1:
+                return status
+            p = at[0]
+        else:  # TRADE_ARRAY
+            if p >= end or p[0] != 91:
+                return 0
+            p = _ws(p + 1, end)
+            while True:
+                at[0] = p
+                status = self._trade(shape, at, end, row, frame)
+                if status != 1:
+                    return status
+                p = _ws(at[0], end)
+                if p < end and p[0] == 44:
+                    p = _ws(p + 1, end)
+                elif p < end and p[0] == 93:
+                    p += 1
+                    break
+                else:
+                    return 0
+        at[0] = p
+        return 1
+
+    cdef int _trade(self, FrameShape shape, const char** at, const char* end, Py_ssize_t* row_at,
+                    int64_t frame) except -1:
+        """A trade object at ``at`` into row ``row_at`` (moved on past it): 1 read, 0 not of the shape."""
+        cdef const char* p = at[0]
+        cdef const char* key
+        cdef const char* value
+        cdef Py_ssize_t length, value_length
+        cdef Py_ssize_t row = row_at[0]
+        cdef uint64_t seen = 0
+        cdef int place, column, token
+        cdef Field* field
+        cdef Decimal number
+        if p >= end or p[0] != 123:
+            return 0
+        self._room(row + 1)
+        p = _ws(p + 1, end)
+        if p < end and p[0] == 125:
+            p += 1
+        else:
+            while True:
+                p = _text(p, end, &key, &length)
+                if p == NULL:
+                    return 0
+                p = _ws(p, end)
+                if p >= end or p[0] != 58:
+                    return 0
+                p = _ws(p + 1, end)
+                place = _field(shape.fields, shape.field_count, key, length)
+                if place < 0:
+                    p = _skip(p, end, 1)
+                    if p == NULL:
+                        return 0
+                else:
+                    if seen & (<uint64_t>1 << place):
+                        return 0
+                    seen |= <uint64_t>1 << place
+                    field = &shape.fields[place]
+                    value = p
+                    if p < end and p[0] == 34:
+                        p = _text(p, end, &value, &value_length)
+                        token = STRING_TOKEN
+                        if p == NULL or (field.choice_count and not _chosen(shape.choices + field.first_choice,
+                                                                             field.choice_count, value,
+                                                                             value_length)):
+                            return 0
+                    elif field.choice_count:
+                        return 0
+                    elif p < end and p[0] == 116:
+                        p = _literal(p, end, b"true", 4)
+                        token = TRUE_TOKEN
+                    elif p < end and p[0] == 102:
+                        p = _literal(p, end, b"false", 5)
+                        token = FALSE_TOKEN
+                    else:
+                        p = _decimal(p, end, &number)
+                        value_length = p - value
+                        token = NUMBER_TOKEN
+                    if p == NULL:
+                        return 0
+                    for column in range(self.count):
+                        if (field.columns >> column) & 1:
+                            if not self._value(column, row, token, value, value_length, &number):
+                                return 0
+                p = _ws(p, end)
+                if p < end and p[0] == 44:
+                    p = _ws(p + 1, end)
+                elif p < end and p[0] == 125:
+                    p += 1
+                    break
+                else:
+                    return 0
+        if seen != _all(shape.field_count):
+            return 0
+        (<int64_t*>self.frames.data)[row] = frame
+        row_at[0] = row + 1
+        at[0] = p
+        return 1
+
+    cdef int _value(self, int column, Py_ssize_t row, int token, const char* value, Py_ssize_t length,
+                    Decimal* number) except -1:
+        """A trade field's token into its column at ``row``: 1 written, 0 not of the column's type."""
+        cdef int kind = self.kinds[column]
+        cdef Buffer* buffer = &self.values[column]
+        cdef Buffer* offsets
+        cdef char* valid
+        cdef Decimal spelled
+        if kind == TEXT:
+            if token != STRING_TOKEN:
+                return 0
+            offsets = &self.text_offsets[column]
+            buffer.size = (<int32_t*>offsets.data)[row]
+            if buffer.size + length > 0x7FFFFFFF:
+                raise OverflowError("more than 2 GiB of text in one column")
+            _reserve(buffer, buffer.size + length)
+            memcpy(buffer.data + buffer.size, value, length)
+            buffer.size += length
+            (<int32_t*>offsets.data)[row + 1] = <int32_t>buffer.size
+        elif kind == TIME:
+            if token != STRING_TOKEN:
+                return 0
+            valid = self.text_offsets[column].data
+            if _rfc3339_us(value, length, &(<int64_t*>buffer.data)[row]):
+                (<uint8_t*>valid)[row >> 3] |= <uint8_t>(1 << (row & 7))
+            else:
+                (<uint8_t*>valid)[row >> 3] &= <uint8_t>~(1 << (row & 7))
+                (<int64_t*>buffer.data)[row] = 0
+        elif kind == FLOAT:
+            if token == STRING_TOKEN:  # a number spelled as a string, the whole string
+                if _decimal(value, value + length, &spelled) != value + length:
+                    return 0
+                return _double(&spelled, value, length, &(<double*>buffer.data)[row])
+            if token != NUMBER_TOKEN:
+                return 0
+            return _double(number, value, length, &(<double*>buffer.data)[row])
+        elif kind == INT:
+            if token != NUMBER_TOKEN or not number.integral or not number.exact or number.significant > 18:
+                return 0
+            (<int64_t*>buffer.data)[row] = -<int64_t>number.mantissa if number.negative else <int64_t>number.mantissa
+        elif token == TRUE_TOKEN:
+            (<uint8_t*>buffer.data)[row >> 3] |= <uint8_t>(1 << (row & 7))
+        elif token == FALSE_TOKEN:
+            (<uint8_t*>buffer.data)[row >> 3] &= <uint8_t>~(1 << (row & 7))
+        else:
+            return 0
+        return 1
+
+    cdef int _room(self, Py_ssize_t rows) except -1:
+        """Every column's buffers ready for ``rows`` rows (texts: their offsets; their characters as written)."""
+        cdef int column, kind
+        _reserve(&self.frames, rows * sizeof(int64_t))
+        for column in range(self.count):
+            kind = self.kinds[column]
+            if kind == TEXT:
+                _reserve(&self.text_offsets[column], (rows + 1) * sizeof(int32_t))
+            elif kind == FLAG:
+                _reserve(&self.values[column], (rows + 7) // 8)
+            elif kind == TIME:
+                _reserve(&self.values[column], rows * 8)
+                _reserve(&self.text_offsets[column], (rows + 7) // 8)
+            else:
+                _reserve(&self.values[column], rows * 8)
+        return 0
 
 
 def wire_columns(list items, fields):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, Coinbase
-from trading_platform.exchanges.decoded import DecodedFrames, Reconnect, RecordKind
+from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
 from trading_platform_tests.support import replay_endpoints
 
@@ -520,3 +521,88 @@ def test_a_quarantined_trade_does_not_raise_the_high_water_mark(coinbase: Coinba
 def test_nanosecond_trade_times_round_to_the_nearest_microsecond(coinbase: Coinbase) -> None:
     decoded = decode(coinbase, trades_frame(0, "update", trade("1", time="2026-04-07T14:30:02.789012500Z")))
     assert decoded.trades.column("timestamp").to_pylist() == [at("2026-04-07T14:30:02.789013+00:00")]
+
+
+# --- the compiled scan of in-order trade updates ---------------------------------------------------------------
+def test_in_order_trade_updates_are_read_by_the_compiled_scan(trades_only: Coinbase) -> None:
+    decode(trades_only, CONNECTED, trades_frame(0, "update", trade("1")))  # the first frame sets the numbering
+    frames = [trades_frame(i, "update", trade(str(i + 1)), trade(str(i + 101))) for i in range(1, 6)]
+    frames.insert(3, trades_frame(9, "update", trade("50")))  # a gap: left to the decode, and all after it
+    out = DecodeOutput.for_exchange("coinbase")
+    assert trades_only.scan_frames(frames, 0, len(frames), out) == 3
+    assert out.columns is not None and len(out.columns) == 6
+
+
+def mixed_stream(seed: int) -> list[bytes | RecordKind]:
+    """Trade updates over a few chunks of frames, with everything that is not one (or not in order) sprinkled in:
+    heartbeats, books, snapshots, gaps, repeats, restarts, unknown products, bad times, broken and escaped frames."""
+    chance = random.Random(seed)
+    records: list[bytes | RecordKind] = [CONNECTED]
+    sequence, trade_id = 0, 1000
+    for _ in range(700):
+        roll = chance.random()
+        if roll < 0.02:
+            records.append(CONNECTED)
+            sequence = 0
+        elif roll < 0.04:
+            sequence += chance.randint(2, 5)  # messages lost
+        elif roll < 0.06 and sequence > 3:
+            records.append(trades_frame(sequence - 3, "update", trade(str(trade_id - 3))))  # a repeat
+            continue
+        elif roll < 0.07:
+            trade_id += chance.randint(2, 4)  # trades lost
+        if roll < 0.10:
+            records.append(envelope("heartbeats", sequence, [{"current_time": "now", "heartbeat_counter": sequence}]))
+        elif roll < 0.13:
+            records.append(bid_update(sequence, str(chance.randint(0, 9)), "2026-04-07T14:30:01.000000Z"))
+        elif roll < 0.15:
+            records.append(book_snapshot(sequence))
+        elif roll < 0.17:
+            records.append(trades_frame(sequence, "snapshot", *(trade(str(trade_id - k)) for k in range(3))))
+        elif roll < 0.18:
+            records.append(trades_frame(sequence, "update", trade(str(trade_id), product="DOGE-USD")))
+            trade_id += 1
+        elif roll < 0.19:
+            records.append(trades_frame(sequence, "update", trade(str(trade_id), time="yesterday")))
+            trade_id += 1
+        elif roll < 0.20:
+            records.append(trades_frame(sequence, "update", trade(str(trade_id)))[:-5])
+        elif roll < 0.21:
+            records.append(trades_frame(sequence, "update", trade(str(trade_id), product="ETH\\u002dUSD"))
+                           .replace(b"\\\\", b"\\"))
+            trade_id += 1
+        else:
+            count = chance.choice([1, 1, 1, 2, 4])
+            records.append(trades_frame(sequence, "update", *(
+                trade(str(trade_id + k), product=chance.choice(["BTC-USD", "ETH-USD"]),
+                      side=chance.choice(["BUY", "SELL"]), price=f"{chance.uniform(1, 1e5):.{chance.randint(0, 8)}f}")
+                for k in range(count))))
+            trade_id += count
+        sequence += 1
+    return records
+
+
+def rejected(decoded: DecodedFrames) -> list[tuple[int, str, str, str]]:
+    rejects = decoded.rejects
+    return list(zip(rejects.received_us, rejects.reasons, rejects.details, rejects.raws, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
+def test_a_stream_decodes_the_same_with_and_without_the_scan(exchanges_config: ExchangesFile, seed: int,
+                                                             channels: list[str]) -> None:
+    records = mixed_stream(seed)
+    scanning, decoding = (Coinbase(config_for(exchanges_config, channels)) for _ in range(2))
+    decoding.trade_frame = None
+    for start in range(0, len(records), 300):  # several calls, so state carries across them
+        ours, theirs = (decode(exchange, *records[start:start + 300]) for exchange in (scanning, decoding))
+        assert ours.trades.equals(theirs.trades)
+        # Each reject once, with its frame (the typed decode records a broken frame's before the trade rows of the
+        # frames ahead of it in its chunk, so the order in a call is not the frames').
+        assert sorted(rejected(ours)) == sorted(rejected(theirs))
+        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
+        assert event_rows(ours) == event_rows(theirs)
+        assert snapshot_rows(ours) == snapshot_rows(theirs)
+        assert ours.actions == theirs.actions
+    assert scanning.counters == decoding.counters
+    assert scanning.export_state() == decoding.export_state()

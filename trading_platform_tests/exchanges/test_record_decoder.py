@@ -10,6 +10,9 @@ import pytest
 
 from trading_platform.config import ExchangesFile
 from trading_platform.exchanges import record_decoder
+from trading_platform.exchanges.base import SCAN_RUN
+from trading_platform.exchanges.coinbase import Coinbase
+from trading_platform.exchanges.decoded import DecodeOutput
 from trading_platform.exchanges.kraken import Kraken
 from trading_platform.ingestion.normalize import TradeNormalizer
 
@@ -80,3 +83,49 @@ def test_a_bad_frame_costs_itself_only_wherever_it_falls_among_the_chunks(
     assert trades.to_pylist() == expected_trades.to_pylist()
     assert rejects.to_pylist() == expected_rejects.to_pylist()
     assert rejects.column("raw").to_pylist() == [bad.decode()]
+
+
+class WatchedCoinbase(Coinbase):
+    """Coinbase noting the frames it decodes alone and how many its compiled scan read."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.decoded_alone: list[bytes] = []
+        self.scanned = 0
+
+    def decode_frame(self, frame: bytes) -> Any:
+        self.decoded_alone.append(frame)
+        return super().decode_frame(frame)
+
+    def scan_frames(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+        scanned = super().scan_frames(frames, lo, hi, out)
+        self.scanned += scanned
+        return scanned
+
+
+def coinbase_frame(sequence: int, trade_id: int) -> bytes:
+    """A ``market_trades`` update whose length grows with the trade id."""
+    return (f'{{"channel":"market_trades","client_id":"","timestamp":"2026-04-07T14:30:00Z","sequence_num":{sequence},'
+            f'"events":[{{"type":"update","trades":[{{"trade_id":"{trade_id}","product_id":"BTC-USD",'
+            f'"price":"{60000 + trade_id}.{"5" * (1 + trade_id % 7)}","size":"0.1","side":"BUY",'
+            f'"time":"2026-04-07T14:30:00.{trade_id:06d}Z"}}]}}]}}').encode()
+
+
+def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchanges_config: ExchangesFile) -> None:
+    frames, sequence, trade_id = [], 0, 1
+    for run in range(6):  # runs of scanned trade updates (the first sets the numbering), one or two heartbeats after
+        for _ in range(SCAN_RUN + 1 + run):
+            frames.append(coinbase_frame(sequence, trade_id))
+            sequence, trade_id = sequence + 1, trade_id + 1
+        for _ in range(1 + run % 2):
+            frames.append(f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode())
+            sequence += 1
+    received = list(range(len(frames)))
+    watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
+    decoding = Coinbase(exchanges_config.exchanges["coinbase"])
+    decoding.trade_frame = None
+    decoded = watched.decode(frames, received)
+    assert decoded.trades.equals(decoding.decode(frames, received).trades)
+    assert decoded.trades.num_rows == trade_id - 1 and decoded.control_frames == 9
+    assert watched.scanned == trade_id - 2  # all trade updates but the first
+    assert watched.decoded_alone == []  # each run between scans had its brackets exactly around its frames
