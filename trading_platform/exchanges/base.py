@@ -105,6 +105,9 @@ class Exchange(RecordDecoder):
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
         self._book_interval_us = config.book_interval_ms * 1000  # read for every book update
         self.wants_books = "book" in config.channels  # read for every book message: not a list search each time
+        # Whether to look for runs of ``trade_frame`` among frames the scan did not read: off once a chunk had none,
+        # until a typed decode brings trades again (a stream of books pays for one look, not one per frame).
+        self._probing = True
 
     # --- the protocol: what each module provides ------------------------------------------------
     @staticmethod
@@ -219,10 +222,13 @@ class Exchange(RecordDecoder):
         self.collect(out)  # the columns keep frame order
         return self._columns(out).scan(self.trade_frame, frames, lo, hi, first_sequence)
 
-    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
-        if self.trade_frame is None:
+    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput, array: memoryview,
+                       at: int) -> int:
+        if self.trade_frame is None or not self._probing:
             return hi
-        return self._columns(out).find(self.trade_frame, frames, lo, hi, SCAN_RUN)
+        found = self._columns(out).find(self.trade_frame, frames, lo, hi, SCAN_RUN, array, at)
+        self._probing = found < hi
+        return found
 
     def _columns(self, out: DecodeOutput) -> WireColumns:
         if out.columns is None:
@@ -234,6 +240,7 @@ class Exchange(RecordDecoder):
         the objects are freed while still in the CPU cache, not at the end of the tick."""
         if not out.trades:
             return
+        self._probing = True  # trades come decoded: there may be runs of ``trade_frame`` to look for again
         self._columns(out).extend(out.trades, out.trade_frames)
         out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
         out.trade_frames.clear()

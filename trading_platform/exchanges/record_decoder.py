@@ -132,7 +132,7 @@ class RecordDecoder(ABC):
                 first += scanned
                 if first == hi:
                     return
-            last = self.next_scannable(frames, first + 1, hi, out)
+            last = self.next_scannable(frames, first + 1, hi, out, array, opening + len(frames[first]) + 2)
             if first == lo and last == hi:  # the whole chunk: its brackets are in place
                 self._decode_frames(array, frames, received_us, lo, hi, out)
                 return
@@ -180,9 +180,11 @@ class RecordDecoder(ABC):
         (``Exchange``: the compiled scan of its common trade frame). A decoder with no such path reads none."""
         return 0
 
-    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput) -> int:
+    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput, array: memoryview,
+                       at: int) -> int:
         """Where, from frame ``lo`` on, ``scan_frames`` may read a run worth leaving the typed decode for (``hi``:
-        nowhere), so the frames before it are decoded together."""
+        nowhere), so the frames before it are decoded together. ``array``: the frames joined as the decode reads
+        them, frame ``lo`` from ``at`` on."""
         return hi
 
     def decode_frame(self, frame: bytes) -> Any:

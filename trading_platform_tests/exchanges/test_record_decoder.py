@@ -129,3 +129,19 @@ def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchang
     assert decoded.trades.num_rows == trade_id - 1 and decoded.control_frames == 9
     assert watched.scanned == trade_id - 2  # all trade updates but the first
     assert watched.decoded_alone == []  # each run between scans had its brackets exactly around its frames
+
+
+def test_a_chunk_with_no_run_to_scan_stops_the_looking_until_decoded_trades_come_again(
+        exchanges_config: ExchangesFile) -> None:
+    def heartbeat(sequence: int) -> bytes:
+        return f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode()
+
+    chunk = record_decoder.DECODE_CHUNK
+    frames = list(map(heartbeat, range(chunk)))  # nothing to scan: stop looking
+    frames += [*map(heartbeat, range(chunk, chunk + 10)), *(coinbase_frame(s, s) for s in range(chunk + 10, 2 * chunk))]
+    frames += [heartbeat(2 * chunk), *(coinbase_frame(s, s) for s in range(2 * chunk + 1, 3 * chunk))]
+    watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
+    decoded = watched.decode(frames, list(range(len(frames))))
+    assert decoded.trades.num_rows == 2 * chunk - 11
+    # The second chunk is decoded whole (not looked into); its trades start the looking again in the third.
+    assert watched.scanned == chunk - 1
