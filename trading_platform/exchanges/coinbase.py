@@ -225,7 +225,7 @@ class Coinbase(Exchange):
     # An in-order update of trades, nearly every frame of a trade subscription: read by the compiled scan.
     trade_frame = FrameShape({"channel": "market_trades", "sequence_num": SEQUENCE,
                               "events": [{"type": "update", "trades": TRADES}]}, trade_fields,
-                             {"side": ("BUY", "SELL")})
+                             {"side": ("BUY", "SELL")}, lax=True)  # as the decoders: number texts
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 

@@ -29,6 +29,7 @@ from trading_platform.exchanges.book import ChecksumLevel, OrderBook, not_finite
 from trading_platform.exchanges.conversions import UTC_US, datetime_us, rfc3339_timestamps
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, Int64, SendFrames, UInt32
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
+from trading_platform.exchanges.wire_columns import TRADES, FrameShape
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # the depths Kraken accepts for a book subscription
 CHECKSUM_LEVELS = 10  # the checksum always covers the top 10 levels per side, whatever the depth
@@ -189,6 +190,10 @@ class Kraken(Exchange):
     # side: the taker's already.
     trade_fields = (("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
                     ("side", pa.string()), ("timestamp", pa.string()), ("timestamp", UTC_US))
+    # An update of trades, nearly every frame of a trade subscription: read by the compiled scan (numbers as JSON
+    # numbers only, as the strict decoders read them).
+    trade_frame = FrameShape({"channel": "trade", "type": "update", "data": TRADES}, trade_fields,
+                             {"side": ("buy", "sell")})
     batch_decoder = _batch_decoder
     frame_decoder = _frame_decoder
 

@@ -12,9 +12,10 @@ TRADE: _Marker
 
 class FrameShape:
     numbered: bool
+    lax: bool
     trade_fields: tuple[tuple[str, pa.DataType], ...]
     def __init__(self, layout: Any, trade_fields: Sequence[tuple[str, pa.DataType]],
-                 choices: Mapping[str, Sequence[str]] | None = None) -> None: ...
+                 choices: Mapping[str, Sequence[str]] | None = None, *, lax: bool = False) -> None: ...
 
 class WireColumns:
     def __init__(self, fields: Sequence[tuple[str, pa.DataType]]) -> None: ...

@@ -428,8 +428,8 @@ cdef class FrameShape:
     these keys, each once; other keys skipped), a one-element list (an array of exactly one such element), a
     str (exactly that string), ``SEQUENCE`` (the frame's sequence number) and ``TRADES`` or ``TRADE`` (an array
     of trade objects, or one): objects holding every name of ``trade_fields`` (the columns' fields), each value
-    of its column's type (a float column also reads a number spelled as a string, as msgspec's lax decoders do).
-    ``choices``: a field's allowed strings (a Literal of the wire struct)."""
+    of its column's type. ``choices``: a field's allowed strings (a Literal of the wire struct). ``lax``: a float
+    column also reads a number spelled as a string, as msgspec's lax decoders (``strict=False``) do."""
 
     cdef Node* nodes
     cdef Node* members  # OBJECT members: ``text`` the key, ``first`` the value's node
@@ -438,13 +438,15 @@ cdef class FrameShape:
     cdef int field_count
     cdef int root
     cdef readonly bint numbered  # it holds a SEQUENCE
+    cdef readonly bint lax
     cdef readonly tuple trade_fields
     cdef list _texts  # the bytes the pointers above point into
 
-    def __cinit__(self, layout, trade_fields, choices=None):
+    def __cinit__(self, layout, trade_fields, choices=None, *, lax=False):
         cdef int index
         cdef const char* field_key
         self.trade_fields = tuple(trade_fields)
+        self.lax = lax
         self._texts = []
         nodes, members = [], []
         self.root = self._compile(layout, nodes, members)
@@ -940,7 +942,7 @@ cdef class WireColumns:
                         return 0
                     for column in range(self.count):
                         if (field.columns >> column) & 1:
-                            if not self._value(column, row, token, value, value_length, &number):
+                            if not self._value(column, row, token, value, value_length, &number, shape.lax):
                                 return 0
                 p = _ws(p, end)
                 if p < end and p[0] == 44:
@@ -958,7 +960,7 @@ cdef class WireColumns:
         return 1
 
     cdef int _value(self, int column, Py_ssize_t row, int token, const char* value, Py_ssize_t length,
-                    Decimal* number) except -1:
+                    Decimal* number, bint lax) except -1:
         """A trade field's token into its column at ``row``: 1 written, 0 not of the column's type."""
         cdef int kind = self.kinds[column]
         cdef Buffer* buffer = &self.values[column]
@@ -987,7 +989,7 @@ cdef class WireColumns:
                 (<int64_t*>buffer.data)[row] = 0
         elif kind == FLOAT:
             if token == STRING_TOKEN:  # a number spelled as a string, the whole string
-                if _decimal(value, value + length, &spelled) != value + length:
+                if not lax or _decimal(value, value + length, &spelled) != value + length:
                     return 0
                 return _double(&spelled, value, length, &(<double*>buffer.data)[row])
             if token != NUMBER_TOKEN:

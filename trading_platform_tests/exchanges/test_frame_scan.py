@@ -20,7 +20,7 @@ UTC_US = pa.timestamp("us", tz="UTC")
 FIELDS = (("symbol", pa.string()), ("price", pa.float64()), ("qty", pa.float64()), ("id", pa.int64()),
           ("maker", pa.bool_()), ("side", pa.string()), ("time", pa.string()), ("time", UTC_US))
 SHAPE = FrameShape({"channel": "trades", "seq": SEQUENCE, "events": [{"type": "update", "trades": TRADES}]},
-                   FIELDS, {"side": ("buy", "sell")})
+                   FIELDS, {"side": ("buy", "sell")}, lax=True)
 TIME = "2026-04-07T14:30:02.789012Z"
 
 
@@ -127,15 +127,22 @@ def test_a_numbered_shape_stops_at_a_frame_not_numbered_next() -> None:
 
 
 def test_an_unnumbered_shape_reads_frames_whatever_their_order() -> None:
-    shape = FrameShape({"data": TRADES}, FIELDS)
+    shape = FrameShape({"data": TRADES}, FIELDS, lax=True)
     frames = [msgspec.json.encode({"data": [trade(id=i)]}) for i in (3, 1, 2)]
     assert scan(frames, -1, shape)[1][3] == [3, 1, 2]
 
 
 def test_a_single_trade_object_is_read() -> None:
-    shape = FrameShape({"stream": "x@trade", "data": TRADE}, FIELDS)
+    shape = FrameShape({"stream": "x@trade", "data": TRADE}, FIELDS, lax=True)
     raw = msgspec.json.encode({"stream": "x@trade", "data": trade(id=9)})
     assert scan([raw], -1, shape)[1][3] == [9]
+
+
+def test_a_strict_shape_leaves_a_number_spelled_as_a_string_to_the_decode() -> None:
+    strict = FrameShape({"data": TRADES}, FIELDS)
+    frames = [msgspec.json.encode({"data": [trade(price=price)]}) for price in (1.5, 2, "1.5")]
+    read, columns, _ = scan(frames, -1, strict)
+    assert (read, columns[1]) == (2, [1.5, 2.0])
 
 
 def test_frames_that_are_not_bytes_are_left_to_the_decode() -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import binascii
 import json
+import random
 from datetime import UTC, datetime
 
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
-from trading_platform.exchanges.decoded import RecordKind, SendFrames
+from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, RecordKind, SendFrames
 from trading_platform.exchanges.kraken import MAX_RESUBSCRIBES, Kraken, kraken_checksum, subscription_depth
 from trading_platform.exchanges.registry import exchange_class
 
@@ -476,3 +477,78 @@ def test_book_level_beyond_a_float_is_quarantined_and_resynced(synced: Kraken) -
     assert decoded.rejects.reasons == ["wrong_type"] and "finite" in decoded.rejects.details[0]
     assert decoded.book_events is not None and decoded.book_events.kinds == ["update_rejected"]
     assert not synced.synced["BTC-USD"]
+
+
+# --- the compiled scan of trade updates --------------------------------------------------------------------------
+def trade_update(*trades: dict[str, object], kind: str = "update") -> bytes:
+    return json.dumps({"channel": "trade", "type": kind, "data": list(trades)}).encode()
+
+
+def kraken_trade(trade_id: int, **changed: object) -> dict[str, object]:
+    return {"symbol": "BTC/USD", "side": "buy" if trade_id % 3 else "sell", "price": 105944.2 + trade_id % 97 / 10,
+            "qty": 0.00027625, "ord_type": "limit", "trade_id": trade_id, "timestamp": ts(55, trade_id % 10**6),
+            **changed}
+
+
+def stream(seed: int) -> list[bytes]:
+    """Trade updates over a few chunks of frames, with what is not one sprinkled in: books, heartbeats, trade
+    snapshots, empty updates, unknown pairs, bad times, number texts (which the strict decode refuses), broken
+    frames, and trades lost or repeated."""
+    chance = random.Random(seed)
+    frames = [DOC_SNAPSHOT]
+    trade_id = 1000
+    for _ in range(700):
+        roll = chance.random()
+        trade_id += chance.choice([1, 1, 1, 1, 1, 1, 3, -2]) if roll < 0.1 else 1
+        if roll < 0.02:
+            frames.append(DOC_UPDATE)
+        elif roll < 0.04:
+            frames.append(b'{"channel":"heartbeat"}')
+        elif roll < 0.05:
+            frames.append(trade_update(kraken_trade(trade_id), kind="snapshot"))
+        elif roll < 0.06:
+            frames.append(trade_update())
+        elif roll < 0.07:
+            frames.append(trade_update(kraken_trade(trade_id, symbol="DOGE/USD")))
+        elif roll < 0.08:
+            frames.append(trade_update(kraken_trade(trade_id, timestamp="yesterday")))
+        elif roll < 0.09:
+            frames.append(trade_update(kraken_trade(trade_id, price="105944.2")))
+        elif roll < 0.10:
+            frames.append(trade_update(kraken_trade(trade_id))[:-4])
+        else:
+            count = chance.choice([1, 1, 1, 2, 4])
+            frames.append(trade_update(*(kraken_trade(trade_id + k) for k in range(count))))
+            trade_id += count
+    return frames
+
+
+def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
+    rejects = decoded.rejects
+    return list(zip(rejects.reasons, rejects.details, rejects.raws, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stream_decodes_the_same_with_and_without_the_scan(config: ExchangeConfig, seed: int) -> None:
+    frames = stream(seed)
+    scanning, decoding = Kraken(config), Kraken(config)
+    decoding.trade_frame = None
+    for start in range(0, len(frames), 300):  # several calls, so state carries across them
+        batch = frames[start:start + 300]
+        received = [us(56, i) for i in range(len(batch))]
+        ours, theirs = scanning.decode(batch, received), decoding.decode(batch, received)
+        assert ours.trades.equals(theirs.trades)
+        # Each reject once (a broken frame's is recorded before the trade rows of its chunk, so not in frame order).
+        assert sorted(rejected(ours)) == sorted(rejected(theirs))
+        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
+        assert ours.actions == theirs.actions
+    assert scanning.counters == decoding.counters
+    assert scanning.export_state() == decoding.export_state()
+
+
+def test_trade_updates_are_read_by_the_compiled_scan(kraken: Kraken) -> None:
+    frames = [trade_update(kraken_trade(i), kraken_trade(i + 100)) for i in range(5)]
+    frames.insert(3, trade_update(kraken_trade(9, price="1.5")))  # a number text: the decode's to refuse
+    out = DecodeOutput.for_exchange("kraken")
+    assert kraken.scan_frames(frames, 0, len(frames), out) == 3
+    assert out.columns is not None and len(out.columns) == 6
