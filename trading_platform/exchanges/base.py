@@ -7,7 +7,8 @@ unknown symbols set aside), keeps trade-id continuity with REST backfills, and d
 
 An exchange module keeps only its protocol: subscribe messages, wire structs and their field mapping (the
 fields the compiled ``wire_columns`` reads into Arrow, ``trade_fields``, and the columns made of them,
-``trade_columns``), what its messages do (``on_messages``), and its sequencing / checksum rules. The result
+``trade_columns``), the shape of its common trade frame that the compiled scan reads with no wire struct at all
+(``trade_frame``), what its messages do (``on_messages``), and its sequencing / checksum rules. The result
 types live in ``decoded.py``.
 """
 

@@ -5,6 +5,8 @@ and the legacy archive decoders alike.
 a run at a time (one typed msgspec decode of the whole run; only a run holding a control or malformed frame
 falls back to frame-by-frame decoding, where each refused frame is classified as control, ignored or a
 reject), and every other record (a new connection, a REST answer) is handed over at its place between them.
+Frames the protocol can read without the typed decode (``scan_frames``: an exchange's common trade frame, read by
+the compiled scan) are taken out of those runs where they come several in a row.
 """
 
 from __future__ import annotations
