@@ -239,7 +239,8 @@ class Coinbase(Exchange):
         self.heartbeat_counter: int | None = None
         self.rest_url = self.rest_url or _DEFAULT_REST_URL
         self._symbol_to_native = {symbol: native for native, symbol in self.native_to_symbol.items()}
-        self._stale_in_a_row = 0
+        self._stale_in_a_row = 0  # frames numbered below the expectation, with no frame in order between them
+        self._stale_expectation: int | None = None  # the expectation when the last of them came
         if self.wants_books:
             self.batch_decoder = _book_batch_decoder
 
@@ -433,16 +434,17 @@ class Coinbase(Exchange):
             return True
         if sequence < expected:
             self.counters["stale_sequence_frames"] += 1
-            self._stale_in_a_row += 1
+            # In a row: no frame came in order since the last one below (the expectation has not moved). Copies
+            # between frames in order are copies, however many a connection sees.
+            self._stale_in_a_row = self._stale_in_a_row + 1 if expected == self._stale_expectation else 1
+            self._stale_expectation = expected
             if self._stale_in_a_row < STALE_SEQUENCE_RESET:
                 return False
             # The count restarted on this connection: follow it, and resync the books like after a gap.
-            self._stale_in_a_row = 0
             self._expected_sequence = sequence + 1
             detail = f"sequence_num restarted at {sequence} (expected {expected})"
             self._lose_books(self.symbols, "sequence_gap", detail, received, out)
             return True
-        self._stale_in_a_row = 0
         self._expected_sequence = sequence + 1
         detail = f"sequence_num expected {expected} got {sequence} ({sequence - expected} messages missing)"
         self._lose_books(self.symbols, "sequence_gap", detail, received, out)

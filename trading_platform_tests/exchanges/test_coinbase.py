@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
-from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, Coinbase
+from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, STALE_SEQUENCE_RESET, Coinbase
 from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
 from trading_platform_tests.support import replay_endpoints
@@ -278,6 +278,28 @@ def test_duplicate_or_older_sequence_numbers_are_ignored_as_already_seen(coinbas
     assert decoded.trades.column("trade_id").to_pylist() == ["1", "2"]
     assert decoded.control_frames == 2
     assert event_rows(decoded) == []
+
+
+def test_a_count_the_server_restarted_is_followed_after_frames_in_a_row_below_it(coinbase: Coinbase) -> None:
+    ahead = [trades_frame(1000 + i, "update", trade(str(i + 1))) for i in range(3)]  # trades 1-3
+    below = STALE_SEQUENCE_RESET - 1  # frames taken for copies until the count is followed
+    restarted = [trades_frame(i, "update", trade(str(max(i - below, 0) + 4))) for i in range(below + 3)]
+    decoded = decode(coinbase, CONNECTED, book_snapshot(999), *ahead, *restarted)
+    assert decoded.control_frames == below
+    assert [(kind, detail) for _, kind, detail in event_rows(decoded)] == [
+        ("sequence_gap", f"sequence_num restarted at {below} (expected 1003)")] * 2  # one per book
+    assert decoded.trades.column("trade_id").to_pylist() == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_copies_between_frames_in_order_never_add_up_to_a_restart(coinbase: Coinbase) -> None:
+    frames = [book_snapshot(0)]
+    for sequence in range(1, 2 * STALE_SEQUENCE_RESET):
+        frame = trades_frame(sequence, "update", trade(str(sequence)))
+        frames += [frame, frame]  # each one sent twice
+    decoded = decode(coinbase, CONNECTED, *frames)
+    assert event_rows(decoded) == []
+    assert decoded.trades.column("trade_id").to_pylist() == [str(s) for s in range(1, 2 * STALE_SEQUENCE_RESET)]
+    assert coinbase.counters["stale_sequence_frames"] == 2 * STALE_SEQUENCE_RESET - 1
 
 
 def test_connected_resets_the_sequence_and_the_books(coinbase: Coinbase) -> None:
