@@ -145,7 +145,8 @@ class DecodeOutput:
 
     Trades are gathered as the protocol's own wire objects (``trades``, with the record index of each in
     ``trade_frames``) while a chunk of frames is handled, then appended to ``columns`` (``Exchange.collect``:
-    their fields read into column buffers, the objects freed); the columns become Arrow rows whenever the
+    their fields read into column buffers, the objects freed; frames the compiled scan reads add theirs to
+    ``columns`` directly, ``Exchange.scan_frames``); the columns become Arrow rows whenever the
     exchange settles them: at the end of the call, at a REST record, before a Coinbase trade snapshot
     (``settled``). Everything else is recorded as it happens.
     """
