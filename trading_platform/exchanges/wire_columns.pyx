@@ -311,12 +311,48 @@ cdef int _double(Decimal* number, const char* text, Py_ssize_t length, double* v
     return 1
 
 
+cdef inline const char* _opened(const char* p, const char* end, char opening, char closing,
+                                bint* closed) noexcept nogil:
+    """Past a container's opening byte and the whitespace after it; ``closed``: it is empty, and ``p`` past it."""
+    if p >= end or p[0] != opening:
+        return NULL
+    p = _ws(p + 1, end)
+    closed[0] = p < end and p[0] == closing
+    return p + 1 if closed[0] else p
+
+
+cdef inline const char* _member_key(const char* p, const char* end, const char** key,
+                                    Py_ssize_t* length) noexcept nogil:
+    """An object member's ``"key":`` and the whitespace around: where its value starts."""
+    p = _text(p, end, key, length)
+    if p == NULL:
+        return NULL
+    p = _ws(p, end)
+    if p >= end or p[0] != 58:  # ":"
+        return NULL
+    return _ws(p + 1, end)
+
+
+cdef inline const char* _after(const char* p, const char* end, char closing, bint* closed) noexcept nogil:
+    """After a container's member or element: past its "," (and whitespace), or past the container's end
+    (``closed``)."""
+    p = _ws(p, end)
+    if p < end and p[0] == 44:  # ","
+        closed[0] = False
+        return _ws(p + 1, end)
+    if p < end and p[0] == closing:
+        closed[0] = True
+        return p + 1
+    return NULL
+
+
 cdef const char* _skip(const char* p, const char* end, int depth) noexcept nogil:
     """Any JSON value (a field the shape does not name), read for its validity only."""
     cdef const char* start
     cdef Py_ssize_t length
     cdef Decimal number
     cdef char closing
+    cdef bint closed
     if p >= end:
         return NULL
     if p[0] == 34:
@@ -325,28 +361,19 @@ cdef const char* _skip(const char* p, const char* end, int depth) noexcept nogil
         if depth == MAX_DEPTH:
             return NULL
         closing = 125 if p[0] == 123 else 93
-        p = _ws(p + 1, end)
-        if p < end and p[0] == closing:
-            return p + 1
-        while True:
+        p = _opened(p, end, p[0], closing, &closed)
+        while not closed:
             if closing == 125:
-                p = _text(p, end, &start, &length)
+                p = _member_key(p, end, &start, &length)
                 if p == NULL:
                     return NULL
-                p = _ws(p, end)
-                if p >= end or p[0] != 58:  # ":"
-                    return NULL
-                p = _ws(p + 1, end)
             p = _skip(p, end, depth + 1)
             if p == NULL:
                 return NULL
-            p = _ws(p, end)
-            if p < end and p[0] == 44:  # ","
-                p = _ws(p + 1, end)
-            elif p < end and p[0] == closing:
-                return p + 1
-            else:
+            p = _after(p, end, closing, &closed)
+            if p == NULL:
                 return NULL
+        return p
     if p[0] == 116:
         return _literal(p, end, b"true", 4)
     if p[0] == 102:
@@ -789,45 +816,33 @@ cdef class WireColumns:
         cdef Py_ssize_t length
         cdef uint64_t seen = 0
         cdef int place, status
+        cdef bint closed
         cdef Decimal number
         if node.kind == OBJECT:
-            if p >= end or p[0] != 123:  # "{"
+            p = _opened(p, end, 123, 125, &closed)  # "{", "}"
+            if p == NULL:
                 return 0
-            p = _ws(p + 1, end)
-            if p < end and p[0] == 125:  # "}"
-                p += 1
-            else:
-                while True:
-                    p = _text(p, end, &key, &length)
+            while not closed:
+                p = _member_key(p, end, &key, &length)
+                if p == NULL:
+                    return 0
+                place = _place(shape.member_keys + node.first, node.count, key, length)
+                if place < 0:
+                    p = _skip(p, end, 1)
                     if p == NULL:
                         return 0
-                    p = _ws(p, end)
-                    if p >= end or p[0] != 58:  # ":"
+                else:
+                    if seen & (<uint64_t>1 << place):  # a key given twice: the decode's to judge
                         return 0
-                    p = _ws(p + 1, end)
-                    place = _place(shape.member_keys + node.first, node.count, key, length)
-                    if place < 0:
-                        p = _skip(p, end, 1)
-                        if p == NULL:
-                            return 0
-                    else:
-                        if seen & (<uint64_t>1 << place):  # a key given twice: the decode's to judge
-                            return 0
-                        seen |= <uint64_t>1 << place
-                        at[0] = p
-                        status = self._node(shape, shape.member_nodes[node.first + place], at, end, row, frame,
-                                            sequence)
-                        if status != 1:
-                            return status
-                        p = at[0]
-                    p = _ws(p, end)
-                    if p < end and p[0] == 44:  # ","
-                        p = _ws(p + 1, end)
-                    elif p < end and p[0] == 125:
-                        p += 1
-                        break
-                    else:
-                        return 0
+                    seen |= <uint64_t>1 << place
+                    at[0] = p
+                    status = self._node(shape, shape.member_nodes[node.first + place], at, end, row, frame, sequence)
+                    if status != 1:
+                        return status
+                    p = at[0]
+                p = _after(p, end, 125, &closed)
+                if p == NULL:
+                    return 0
             if seen != _all(node.count):
                 return 0
         elif node.kind == CONSTANT:
@@ -857,21 +872,16 @@ cdef class WireColumns:
                 return status
             p = at[0]
         else:  # TRADE_ARRAY
-            if p >= end or p[0] != 91:
+            p = _opened(p, end, 91, 93, &closed)
+            if p == NULL or closed:  # no trade: the decode's to judge
                 return 0
-            p = _ws(p + 1, end)
-            while True:
+            while not closed:
                 at[0] = p
                 status = self._trade(shape, at, end, row, frame)
                 if status != 1:
                     return status
-                p = _ws(at[0], end)
-                if p < end and p[0] == 44:
-                    p = _ws(p + 1, end)
-                elif p < end and p[0] == 93:
-                    p += 1
-                    break
-                else:
+                p = _after(at[0], end, 93, &closed)
+                if p == NULL:
                     return 0
         at[0] = p
         return 1
@@ -887,65 +897,54 @@ cdef class WireColumns:
         cdef uint64_t seen = 0
         cdef int place, column, token
         cdef Field* field
+        cdef bint closed
         cdef Decimal number
-        if p >= end or p[0] != 123:
+        p = _opened(p, end, 123, 125, &closed)
+        if p == NULL:
             return 0
         self._room(row + 1)
-        p = _ws(p + 1, end)
-        if p < end and p[0] == 125:
-            p += 1
-        else:
-            while True:
-                p = _text(p, end, &key, &length)
+        while not closed:
+            p = _member_key(p, end, &key, &length)
+            if p == NULL:
+                return 0
+            place = _place(shape.field_keys, shape.field_count, key, length)
+            if place < 0:
+                p = _skip(p, end, 1)
                 if p == NULL:
                     return 0
-                p = _ws(p, end)
-                if p >= end or p[0] != 58:
+            else:
+                if seen & (<uint64_t>1 << place):
                     return 0
-                p = _ws(p + 1, end)
-                place = _place(shape.field_keys, shape.field_count, key, length)
-                if place < 0:
-                    p = _skip(p, end, 1)
-                    if p == NULL:
+                seen |= <uint64_t>1 << place
+                field = &shape.fields[place]
+                value = p
+                if p < end and p[0] == 34:
+                    p = _text(p, end, &value, &value_length)
+                    token = STRING_TOKEN
+                    if p != NULL and field.choice_count and _place(
+                            shape.choices + field.first_choice, field.choice_count, value, value_length) < 0:
                         return 0
+                elif field.choice_count:
+                    return 0
+                elif p < end and p[0] == 116:
+                    p = _literal(p, end, b"true", 4)
+                    token = TRUE_TOKEN
+                elif p < end and p[0] == 102:
+                    p = _literal(p, end, b"false", 5)
+                    token = FALSE_TOKEN
                 else:
-                    if seen & (<uint64_t>1 << place):
-                        return 0
-                    seen |= <uint64_t>1 << place
-                    field = &shape.fields[place]
-                    value = p
-                    if p < end and p[0] == 34:
-                        p = _text(p, end, &value, &value_length)
-                        token = STRING_TOKEN
-                        if p == NULL or (field.choice_count and _place(
-                                shape.choices + field.first_choice, field.choice_count, value, value_length) < 0):
+                    p = _decimal(p, end, &number)
+                    value_length = p - value
+                    token = NUMBER_TOKEN
+                if p == NULL:
+                    return 0
+                for column in range(self.count):
+                    if (field.columns >> column) & 1:
+                        if not self._value(column, row, token, value, value_length, &number, shape.lax):
                             return 0
-                    elif field.choice_count:
-                        return 0
-                    elif p < end and p[0] == 116:
-                        p = _literal(p, end, b"true", 4)
-                        token = TRUE_TOKEN
-                    elif p < end and p[0] == 102:
-                        p = _literal(p, end, b"false", 5)
-                        token = FALSE_TOKEN
-                    else:
-                        p = _decimal(p, end, &number)
-                        value_length = p - value
-                        token = NUMBER_TOKEN
-                    if p == NULL:
-                        return 0
-                    for column in range(self.count):
-                        if (field.columns >> column) & 1:
-                            if not self._value(column, row, token, value, value_length, &number, shape.lax):
-                                return 0
-                p = _ws(p, end)
-                if p < end and p[0] == 44:
-                    p = _ws(p + 1, end)
-                elif p < end and p[0] == 125:
-                    p += 1
-                    break
-                else:
-                    return 0
+            p = _after(p, end, 125, &closed)
+            if p == NULL:
+                return 0
         if seen != _all(shape.field_count):
             return 0
         (<int64_t*>self.frames.data)[row] = frame
