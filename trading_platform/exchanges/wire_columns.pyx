@@ -27,6 +27,7 @@ significant digits or beyond the normal doubles, no key given twice; a frame off
 any other detail, is left whole to the typed decode, which accepts, rejects or classifies it by its own rules.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -409,6 +410,13 @@ cdef inline int _place(const Text* texts, int count, const char* text, Py_ssize_
     return -1
 
 
+cdef inline void _bit(char* bits, Py_ssize_t row, bint on) noexcept nogil:
+    if on:
+        (<uint8_t*>bits)[row >> 3] |= <uint8_t>(1 << (row & 7))
+    else:
+        (<uint8_t*>bits)[row >> 3] &= <uint8_t>~(1 << (row & 7))
+
+
 # --- frame shapes ----------------------------------------------------------------------------------------------
 
 class _Marker:
@@ -539,6 +547,7 @@ cdef class FrameShape:
         return len(nodes) - 1
 
 
+@cython.final  # its C methods called directly, not through a table: the per-row helpers inline
 cdef class WireColumns:
     """Columns filled from batches of structs (``extend``) and taken as Arrow arrays (``take``), each row with
     the index of the frame it came from. The buffers are C memory, kept for the next rows after a take."""
@@ -635,9 +644,7 @@ cdef class WireColumns:
         cdef PyObject* item
         cdef PyObject* value
         cdef Buffer* buffer
-        cdef Buffer* offsets
         cdef const char* utf8
-        cdef char* valid
         cdef Py_ssize_t length
         if len(frames) != count:
             raise ValueError(f"{count} structs but {len(frames)} frame indices")
@@ -657,14 +664,7 @@ cdef class WireColumns:
                     if not PyUnicode_CheckExact(value):
                         _wrong(self.names[column], "str", <object>value)
                     utf8 = _utf8(value, &length)
-                    offsets = &self.text_offsets[column]
-                    buffer.size = (<int32_t*>offsets.data)[at]  # past a row that raised half-way, if any
-                    if buffer.size + length > 0x7FFFFFFF:
-                        raise OverflowError("more than 2 GiB of text in one column")
-                    _reserve(buffer, buffer.size + length)
-                    memcpy(buffer.data + buffer.size, utf8, length)
-                    buffer.size += length
-                    (<int32_t*>offsets.data)[at + 1] = <int32_t>buffer.size
+                    self._text_at(column, at, utf8, length)
                 elif kind == FLOAT:
                     if PyFloat_CheckExact(value):
                         (<double*>buffer.data)[at] = PyFloat_AS_DOUBLE(value)
@@ -680,16 +680,9 @@ cdef class WireColumns:
                     if not PyUnicode_CheckExact(value):
                         _wrong(self.names[column], "str", <object>value)
                     utf8 = _utf8(value, &length)
-                    valid = self.text_offsets[column].data
-                    if _rfc3339_us(utf8, length, &(<int64_t*>buffer.data)[at]):
-                        (<uint8_t*>valid)[at >> 3] |= <uint8_t>(1 << (at & 7))
-                    else:
-                        (<uint8_t*>valid)[at >> 3] &= <uint8_t>~(1 << (at & 7))
-                        (<int64_t*>buffer.data)[at] = 0
-                elif value == Py_True:
-                    (<uint8_t*>buffer.data)[at >> 3] |= <uint8_t>(1 << (at & 7))
-                elif value == Py_False:
-                    (<uint8_t*>buffer.data)[at >> 3] &= <uint8_t>~(1 << (at & 7))
+                    self._time_at(column, at, utf8, length)
+                elif value == Py_True or value == Py_False:
+                    _bit(buffer.data, at, value == Py_True)
                 else:
                     _wrong(self.names[column], "bool", <object>value)
             # Only a complete row counts: one that raised half-way is written over by the next.
@@ -957,29 +950,15 @@ cdef class WireColumns:
         """A trade field's token into its column at ``row``: 1 written, 0 not of the column's type."""
         cdef int kind = self.kinds[column]
         cdef Buffer* buffer = &self.values[column]
-        cdef Buffer* offsets
-        cdef char* valid
         cdef Decimal spelled
         if kind == TEXT:
             if token != STRING_TOKEN:
                 return 0
-            offsets = &self.text_offsets[column]
-            buffer.size = (<int32_t*>offsets.data)[row]
-            if buffer.size + length > 0x7FFFFFFF:
-                raise OverflowError("more than 2 GiB of text in one column")
-            _reserve(buffer, buffer.size + length)
-            memcpy(buffer.data + buffer.size, value, length)
-            buffer.size += length
-            (<int32_t*>offsets.data)[row + 1] = <int32_t>buffer.size
+            self._text_at(column, row, value, length)
         elif kind == TIME:
             if token != STRING_TOKEN:
                 return 0
-            valid = self.text_offsets[column].data
-            if _rfc3339_us(value, length, &(<int64_t*>buffer.data)[row]):
-                (<uint8_t*>valid)[row >> 3] |= <uint8_t>(1 << (row & 7))
-            else:
-                (<uint8_t*>valid)[row >> 3] &= <uint8_t>~(1 << (row & 7))
-                (<int64_t*>buffer.data)[row] = 0
+            self._time_at(column, row, value, length)
         elif kind == FLOAT:
             if token == STRING_TOKEN:  # a number spelled as a string, the whole string
                 if not lax or _decimal(value, value + length, &spelled) != value + length:
@@ -992,13 +971,34 @@ cdef class WireColumns:
             if token != NUMBER_TOKEN or not number.integral or not number.exact or number.significant > 18:
                 return 0
             (<int64_t*>buffer.data)[row] = -<int64_t>number.mantissa if number.negative else <int64_t>number.mantissa
-        elif token == TRUE_TOKEN:
-            (<uint8_t*>buffer.data)[row >> 3] |= <uint8_t>(1 << (row & 7))
-        elif token == FALSE_TOKEN:
-            (<uint8_t*>buffer.data)[row >> 3] &= <uint8_t>~(1 << (row & 7))
+        elif token == TRUE_TOKEN or token == FALSE_TOKEN:
+            _bit(buffer.data, row, token == TRUE_TOKEN)
         else:
             return 0
         return 1
+
+    cdef inline int _text_at(self, int column, Py_ssize_t row, const char* utf8, Py_ssize_t length) except -1:
+        """A text column's value at ``row``, after the text of the rows before it (over a row that stopped half-way,
+        if any)."""
+        cdef Buffer* buffer = &self.values[column]
+        cdef int32_t* offsets = <int32_t*>self.text_offsets[column].data
+        buffer.size = offsets[row]
+        if buffer.size + length > 0x7FFFFFFF:
+            raise OverflowError("more than 2 GiB of text in one column")
+        _reserve(buffer, buffer.size + length)
+        memcpy(buffer.data + buffer.size, utf8, length)
+        buffer.size += length
+        offsets[row + 1] = <int32_t>buffer.size
+        return 0
+
+    cdef inline void _time_at(self, int column, Py_ssize_t row, const char* text, Py_ssize_t length) noexcept:
+        """A time column's value at ``row``: the text's µs, or null."""
+        cdef int64_t* micros = &(<int64_t*>self.values[column].data)[row]
+        if not _rfc3339_us(text, length, micros):
+            micros[0] = 0
+            _bit(self.text_offsets[column].data, row, False)
+        else:
+            _bit(self.text_offsets[column].data, row, True)
 
     cdef int _room(self, Py_ssize_t rows) except -1:
         """Every column's buffers ready for ``rows`` rows (texts: their offsets; their characters as written)."""
