@@ -130,10 +130,10 @@ class RecordDecoder(ABC):
         while first < hi:
             scanned = self.scan_frames(frames, first, hi, out)
             if scanned:
+                if first + scanned == hi:
+                    return
                 opening += sum(map(len, frames[first:first + scanned])) + scanned
                 first += scanned
-                if first == hi:
-                    return
             last = self.next_scannable(frames, first + 1, hi, out, array, opening + len(frames[first]) + 2)
             if first == lo and last == hi:  # the whole chunk: its brackets are in place
                 self._decode_frames(array, frames, received_us, lo, hi, out)
