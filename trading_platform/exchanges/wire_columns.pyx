@@ -205,20 +205,30 @@ cdef inline const char* _ws(const char* p, const char* end) noexcept nogil:
     return p
 
 
+cdef bint[256] _PLAIN  # the bytes a scanned string holds as they are: printable ASCII but '"' and '\\'
+
+
+cdef void _plain_bytes() noexcept:
+    cdef int byte
+    for byte in range(256):
+        _PLAIN[byte] = 32 <= byte < 128 and byte != 34 and byte != 92
+
+
+_plain_bytes()
+
+
 cdef inline const char* _text(const char* p, const char* end, const char** start, Py_ssize_t* length) noexcept nogil:
     """A string with no escape, control or non-ASCII byte; ``start``/``length``: its characters."""
     if p >= end or p[0] != 34:  # '"'
         return NULL
     p += 1
     start[0] = p
-    while p < end:
-        if p[0] == 34:
-            length[0] = p - start[0]
-            return p + 1
-        if p[0] == 92 or <unsigned char>p[0] < 32 or <unsigned char>p[0] > 127:  # '\\', control, not ASCII
-            return NULL
+    while p < end and _PLAIN[<unsigned char>p[0]]:
         p += 1
-    return NULL
+    if p >= end or p[0] != 34:  # an escape, a control or non-ASCII byte, or no end
+        return NULL
+    length[0] = p - start[0]
+    return p + 1
 
 
 cdef inline const char* _literal(const char* p, const char* end, const char* word, Py_ssize_t length) noexcept nogil:
