@@ -51,6 +51,7 @@ from trading_platform.exchanges.wire_columns import FrameShape, WireColumns
 # trade updates with a heartbeat after every k, against no scan: runs of 1 scanned cost 40% more, of 2-5 up to 8%
 # more; from 6 on the scan wins (k=7: 9% less time, k=10: 16%).
 SCAN_RUN = 6
+PROBE_BACKOFF = 32  # runs decoded whole, at most, between two looks for a run of ``trade_frame`` that find none
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 T = TypeVar("T")
@@ -108,9 +109,11 @@ class Exchange(RecordDecoder):
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
         self._book_interval_us = config.book_interval_ms * 1000  # read for every book update
         self.wants_books = "book" in config.channels  # read for every book message: not a list search each time
-        # Whether to look for runs of ``trade_frame`` among frames the scan did not read: off once a chunk had none,
-        # until a typed decode brings trades again (a stream of books pays for one look, not one per frame).
-        self._probing = True
+        # Looks for runs of ``trade_frame`` among the frames the scan did not read: after a look that finds none, so
+        # many runs are decoded whole before the next look, twice as many each time (up to PROBE_BACKOFF): a stream
+        # of frames of other kinds (books, @aggTrade) pays for a look now and then, not for one at every frame.
+        self._probe_skips = 0
+        self._probe_backoff = 1
 
     # --- the protocol: what each module provides ------------------------------------------------
     @staticmethod
@@ -227,10 +230,17 @@ class Exchange(RecordDecoder):
 
     def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput, array: memoryview,
                        at: int) -> int:
-        if self.trade_frame is None or not self._probing:
+        if self.trade_frame is None:
+            return hi
+        if self._probe_skips:
+            self._probe_skips -= 1
             return hi
         found = self._columns(out).find(self.trade_frame, frames, lo, hi, SCAN_RUN, array, at)
-        self._probing = found < hi
+        if found < hi:
+            self._probe_backoff = 1
+        else:
+            self._probe_skips = self._probe_backoff
+            self._probe_backoff = min(2 * self._probe_backoff, PROBE_BACKOFF)
         return found
 
     def _columns(self, out: DecodeOutput) -> WireColumns:
@@ -243,7 +253,6 @@ class Exchange(RecordDecoder):
         the objects are freed while still in the CPU cache, not at the end of the tick."""
         if not out.trades:
             return
-        self._probing = True  # trades come decoded: there may be runs of ``trade_frame`` to look for again
         self._columns(out).extend(out.trades, out.trade_frames)
         out.trades.clear()  # in place: a module may hold these lists while it walks a run of frames
         out.trade_frames.clear()

@@ -114,6 +114,10 @@ def coinbase_frame(sequence: int, trade_id: int) -> bytes:
             f'"time":"2026-04-07T14:30:00.{trade_id:06d}Z"}}]}}]}}').encode()
 
 
+def coinbase_heartbeat(sequence: int) -> bytes:
+    return f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode()
+
+
 def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchanges_config: ExchangesFile) -> None:
     frames, sequence, trade_id = [], 0, 1
     for run in range(6):  # runs of scanned trade updates (the first sets the numbering), one or two heartbeats after
@@ -121,7 +125,7 @@ def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchang
             frames.append(coinbase_frame(sequence, trade_id))
             sequence, trade_id = sequence + 1, trade_id + 1
         for _ in range(1 + run % 2):
-            frames.append(f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode())
+            frames.append(coinbase_heartbeat(sequence))
             sequence += 1
     received = list(range(len(frames)))
     watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
@@ -134,17 +138,26 @@ def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchang
     assert watched.decoded_alone == []  # each run between scans had its brackets exactly around its frames
 
 
-def test_a_chunk_with_no_run_to_scan_stops_the_looking_until_decoded_trades_come_again(
+def test_a_look_that_finds_no_run_to_scan_spaces_out_the_next_looks(
         exchanges_config: ExchangesFile) -> None:
-    def heartbeat(sequence: int) -> bytes:
-        return f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode()
-
     chunk = record_decoder.DECODE_CHUNK
-    frames = list(map(heartbeat, range(chunk)))  # nothing to scan: stop looking
-    frames += [*map(heartbeat, range(chunk, chunk + 10)), *(coinbase_frame(s, s) for s in range(chunk + 10, 2 * chunk))]
-    frames += [heartbeat(2 * chunk), *(coinbase_frame(s, s) for s in range(2 * chunk + 1, 3 * chunk))]
+    frames = list(map(coinbase_heartbeat, range(chunk)))  # nothing to scan: the next chunk is not looked into
+    frames += [*map(coinbase_heartbeat, range(chunk, chunk + 10)),
+               *(coinbase_frame(s, s) for s in range(chunk + 10, 2 * chunk))]
+    frames += [coinbase_heartbeat(2 * chunk), *(coinbase_frame(s, s) for s in range(2 * chunk + 1, 3 * chunk))]
     watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
     decoded = watched.decode(frames, list(range(len(frames))))
     assert decoded.trades.num_rows == 2 * chunk - 11
-    # The second chunk is decoded whole (not looked into); its trades start the looking again in the third.
+    # The first chunk's look found nothing: the second is decoded whole, without a look; the third is looked into.
+    assert watched.scanned == chunk - 1
+
+
+def test_each_look_that_finds_nothing_doubles_the_wait_for_the_next(exchanges_config: ExchangesFile) -> None:
+    chunk = record_decoder.DECODE_CHUNK
+    frames = [coinbase_heartbeat(s) for s in range(3 * chunk)]  # looks in chunks 1 and 3 find nothing
+    for first in range(3 * chunk, 6 * chunk, chunk):  # chunks 4 and 5 wait; 6 is looked into
+        frames += [coinbase_heartbeat(first), *(coinbase_frame(s, s) for s in range(first + 1, first + chunk))]
+    watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
+    decoded = watched.decode(frames, list(range(len(frames))))
+    assert decoded.trades.num_rows == 3 * (chunk - 1)
     assert watched.scanned == chunk - 1
