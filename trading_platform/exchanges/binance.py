@@ -23,6 +23,7 @@ from trading_platform.exchanges.book import PriceLevel, check_finite, parse_leve
 from trading_platform.exchanges.conversions import millis_timestamps, taker_sides
 from trading_platform.exchanges.decoded import CONTROL, IGNORED, DecodeOutput, FetchSnapshot, Int64, Millis, Reconnect
 from trading_platform.exchanges.trade_gaps import BackfillRequest, TradePage
+from trading_platform.exchanges.wire_columns import TRADE, FrameShape
 from trading_platform.settings import ConfigError
 
 
@@ -177,6 +178,9 @@ class Binance(Exchange):
     # Both trade shapes' fields (t: @trade's trade id, @aggTrade's aggregate id a).
     trade_fields = (("s", pa.string()), ("t", pa.int64()), ("p", pa.float64()), ("q", pa.float64()),
                     ("m", pa.bool_()), ("T", pa.int64()))
+    # A combined-stream @trade frame, nearly every frame of a trade subscription: read by the compiled scan
+    # (number texts read as the lax decoders read them; an @aggTrade frame is left to the decode).
+    trade_frame = FrameShape({"data": TRADE(e="trade")}, trade_fields, lax=True)
     frame_decoder = _frame_decoder
 
     def __init__(self, config: ExchangeConfig) -> None:

@@ -6,9 +6,12 @@ import pyarrow as pa
 
 class _Marker: ...
 
+class _Trades(_Marker):
+    def __call__(self, **constants: str) -> _Trades: ...
+
 SEQUENCE: _Marker
-TRADES: _Marker
-TRADE: _Marker
+TRADES: _Trades
+TRADE: _Trades
 
 class FrameShape:
     numbered: bool

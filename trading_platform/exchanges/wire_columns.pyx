@@ -186,6 +186,9 @@ cdef enum:
     MAX_NUMBER_TEXT = 64  # bytes of a number the slow conversion copies
 
 
+cdef uint64_t MAX_INT = <uint64_t>1 << 53  # the largest int a scan reads (see WireColumns._value)
+
+
 cdef double[23] _EXACT_POWERS = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
                                  1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
 
@@ -437,9 +440,23 @@ class _Marker:
         return self.name
 
 
+class _Trades(_Marker):
+    """Trade objects; called with keys, those whose keys also hold these strings: ``TRADE(e="trade")``."""
+
+    def __init__(self, name, constants=None):
+        super().__init__(name)
+        self.constants = dict(constants or {})
+
+    def __call__(self, **constants):
+        return _Trades(self.name, constants)
+
+    def __repr__(self):
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.constants.items())})"
+
+
 SEQUENCE = _Marker("SEQUENCE")  # the frame's sequence number: a non-negative JSON integer
-TRADES = _Marker("TRADES")  # an array of one or more trade objects
-TRADE = _Marker("TRADE")  # one trade object
+TRADES = _Trades("TRADES")  # an array of one or more trade objects
+TRADE = _Trades("TRADE")  # one trade object
 
 cdef enum NodeKind:
     OBJECT  # its members required (each once), other keys skipped
@@ -452,8 +469,8 @@ cdef enum NodeKind:
 
 cdef struct Node:
     int kind
-    int first  # OBJECT: its first member in ``member_keys``/``member_nodes``; ONE: its element's node
-    int count  # OBJECT: its members
+    int first  # OBJECT, TRADE_*: its first member in ``member_keys``/``member_nodes``; ONE: its element's node
+    int count  # OBJECT, TRADE_*: its members (a trade object's: the strings it holds besides its fields)
     Text constant  # CONSTANT: the string
 
 
@@ -550,8 +567,13 @@ cdef class FrameShape:
         elif layout is SEQUENCE:
             self.numbered = True
             nodes.append((NUMBERED, 0, 0, None))
-        elif layout is TRADES or layout is TRADE:
-            nodes.append((TRADE_ARRAY if layout is TRADES else TRADE_OBJECT, 0, 0, None))
+        elif isinstance(layout, _Trades):
+            if any(not isinstance(value, str) for value in layout.constants.values()) or len(layout.constants) > 64:
+                raise TypeError(f"a trade object's keys besides its fields hold strings (at most 64): {layout!r}")
+            constants = [(key, self._compile(value, nodes, members)) for key, value in layout.constants.items()]
+            nodes.append((TRADE_ARRAY if layout.name == "TRADES" else TRADE_OBJECT, len(members), len(constants),
+                          None))
+            members.extend(constants)
         else:
             raise TypeError(f"not a frame shape: {layout!r}")
         return len(nodes) - 1
@@ -870,7 +892,7 @@ cdef class WireColumns:
             p += 1
         elif node.kind == TRADE_OBJECT:
             at[0] = p
-            status = self._trade(shape, at, end, row, frame)
+            status = self._trade(shape, node, at, end, row, frame)
             if status != 1:
                 return status
             p = at[0]
@@ -880,7 +902,7 @@ cdef class WireColumns:
                 return 0
             while not closed:
                 at[0] = p
-                status = self._trade(shape, at, end, row, frame)
+                status = self._trade(shape, node, at, end, row, frame)
                 if status != 1:
                     return status
                 p = _after(at[0], end, 93, &closed)
@@ -889,17 +911,19 @@ cdef class WireColumns:
         at[0] = p
         return 1
 
-    cdef int _trade(self, FrameShape shape, const char** at, const char* end, Py_ssize_t* row_at,
+    cdef int _trade(self, FrameShape shape, Node* node, const char** at, const char* end, Py_ssize_t* row_at,
                     int64_t frame) except -1:
-        """A trade object at ``at`` into row ``row_at`` (moved on past it): 1 read, 0 not of the shape."""
+        """A trade object at ``at`` (of ``node``: its strings besides the fields) into row ``row_at`` (moved on past
+        it): 1 read, 0 not of the shape."""
         cdef const char* p = at[0]
         cdef const char* key
         cdef const char* value
         cdef Py_ssize_t length, value_length
         cdef Py_ssize_t row = row_at[0]
-        cdef uint64_t seen = 0
+        cdef uint64_t seen = 0, seen_constants = 0
         cdef int place, column, token
         cdef Field* field
+        cdef Text* constant
         cdef bint closed
         cdef Decimal number
         p = _opened(p, end, 123, 125, &closed)
@@ -912,9 +936,19 @@ cdef class WireColumns:
                 return 0
             place = _place(shape.field_keys, shape.field_count, key, length)
             if place < 0:
-                p = _skip(p, end, 1)
-                if p == NULL:
-                    return 0
+                place = _place(shape.member_keys + node.first, node.count, key, length)
+                if place < 0:
+                    p = _skip(p, end, 1)
+                    if p == NULL:
+                        return 0
+                else:  # one of the strings it holds besides the fields
+                    if seen_constants & (<uint64_t>1 << place):
+                        return 0
+                    seen_constants |= <uint64_t>1 << place
+                    constant = &shape.nodes[shape.member_nodes[node.first + place]].constant
+                    p = _text(p, end, &value, &value_length)
+                    if p == NULL or value_length != constant.length or memcmp(value, constant.text, value_length):
+                        return 0
             else:
                 if seen & (<uint64_t>1 << place):
                     return 0
@@ -948,7 +982,7 @@ cdef class WireColumns:
             p = _after(p, end, 125, &closed)
             if p == NULL:
                 return 0
-        if seen != _all(shape.field_count):
+        if seen != _all(shape.field_count) or seen_constants != _all(node.count):
             return 0
         (<int64_t*>self.frames.data)[row] = frame
         row_at[0] = row + 1
@@ -978,9 +1012,12 @@ cdef class WireColumns:
                 return 0
             return _double(number, value, length, &(<double*>buffer.data)[row])
         elif kind == INT:
-            if token != NUMBER_TOKEN or not number.integral or not number.exact or number.significant > 18:
+            # 0 to 2**53 only: every int the wire structs type (Int64, Millis) takes those; the rest is the decode's.
+            if token != NUMBER_TOKEN or not number.integral or not number.exact or number.mantissa > MAX_INT:
                 return 0
-            (<int64_t*>buffer.data)[row] = -<int64_t>number.mantissa if number.negative else <int64_t>number.mantissa
+            if number.negative and number.mantissa:
+                return 0
+            (<int64_t*>buffer.data)[row] = <int64_t>number.mantissa
         elif token == TRUE_TOKEN or token == FALSE_TOKEN:
             _bit(buffer.data, row, token == TRUE_TOKEN)
         else:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
 from datetime import UTC, datetime
 
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges.binance import Binance
+from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput
 from trading_platform_tests.support import replay_endpoints
 
 DOC_TRADE = (b'{"e": "trade", "E": 1672515782136, "s": "BNBBTC", "t": 12345, "p": "0.001", "q": "100", '
@@ -115,3 +118,83 @@ def test_unsubscribe_ack_is_recognized_only_for_its_own_id(binance: Binance) -> 
     assert binance.is_unsubscribe_ack(b'{"result":null,"id":%d}' % request_id)
     assert not binance.is_unsubscribe_ack(b'{"result":null,"id":1}')
     assert not binance.is_unsubscribe_ack(combined(DOC_TRADE))
+
+
+# --- the compiled scan of @trade frames ------------------------------------------------------------------------
+def trade_frame(trade_id: int, **changed: object) -> bytes:
+    payload = {"e": "trade", "E": 1672515782136 + trade_id, "s": "BNBBTC", "t": trade_id,
+               "p": f"0.00{1 + trade_id % 89}", "q": f"{trade_id % 7 + 1}.5", "T": 1672515782136 + trade_id,
+               "m": trade_id % 3 == 0, "M": True, **changed}
+    return combined(json.dumps(payload).encode())
+
+
+def stream(seed: int) -> list[bytes]:
+    """@trade frames over a few chunks, with what is not one sprinkled in: @aggTrade frames, depth, a server
+    shutdown, replies, unknown symbols, number texts that are none, times and ids out of range, broken frames,
+    and trades lost or repeated."""
+    chance = random.Random(seed)
+    frames: list[bytes] = []
+    trade_id = 1000
+    for _ in range(700):
+        roll = chance.random()
+        trade_id += chance.choice([1, 1, 1, 1, 3, -2]) if roll < 0.1 else 1
+        if roll < 0.02:
+            frames.append(combined(json.dumps({"e": "aggTrade", "E": 1, "s": "BNBBTC", "a": trade_id, "p": "0.001",
+                                               "q": "1", "f": 1, "l": 1, "T": 1, "m": True, "M": True}).encode(),
+                                   "bnbbtc@aggTrade"))
+        elif roll < 0.04:
+            frames.append(combined(json.dumps({"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": trade_id,
+                                               "u": trade_id + 1, "b": [["0.001", "1"]], "a": []}).encode(),
+                                   "bnbbtc@depth@100ms"))
+        elif roll < 0.045:
+            frames.append(combined(b'{"e": "serverShutdown", "E": 1}', "bnbbtc@trade"))
+        elif roll < 0.05:
+            frames.append(b'{"result": null, "id": 1}')
+        elif roll < 0.06:
+            frames.append(trade_frame(trade_id, s="DOGEBTC"))
+        elif roll < 0.07:
+            frames.append(trade_frame(trade_id, p=chance.choice(["Infinity", "abc", "1e999", "-0.0"])))
+        elif roll < 0.08:
+            frames.append(trade_frame(trade_id, T=chance.choice([2**53 + 1, -1, 2**63])))
+        elif roll < 0.085:
+            frames.append(trade_frame(trade_id, t=-trade_id))
+        elif roll < 0.09:
+            frames.append(trade_frame(trade_id)[:-7])
+        else:
+            frames.append(trade_frame(trade_id))
+    return frames
+
+
+def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
+    rejects = decoded.rejects
+    return list(zip(rejects.reasons, rejects.details, rejects.raws, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
+def test_a_stream_decodes_the_same_with_and_without_the_scan(binance: Binance, seed: int,
+                                                             channels: list[str]) -> None:
+    config = binance.config.model_copy()
+    config.channels = channels  # type: ignore[assignment]
+    scanning, decoding = Binance(config), Binance(config)
+    decoding.trade_frame = None
+    frames = stream(seed)
+    for start in range(0, len(frames), 300):  # several calls, so state carries across them
+        batch = frames[start:start + 300]
+        received = list(range(start, start + len(batch)))
+        ours, theirs = scanning.decode(batch, received), decoding.decode(batch, received)
+        assert ours.trades.equals(theirs.trades)
+        # Each reject once (a broken frame's is recorded before the trade rows of its chunk, so not in frame order).
+        assert sorted(rejected(ours)) == sorted(rejected(theirs))
+        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
+        assert ours.actions == theirs.actions
+    assert scanning.counters == decoding.counters
+    assert scanning.export_state() == decoding.export_state()
+
+
+def test_trade_frames_are_read_by_the_compiled_scan(binance: Binance) -> None:
+    frames = [trade_frame(i) for i in range(5)]
+    frames.insert(3, combined(b'{"e": "serverShutdown", "E": 1}'))
+    out = DecodeOutput.for_exchange("binance")
+    assert binance.scan_frames(frames, 0, len(frames), out) == 3
+    assert out.columns is not None and len(out.columns) == 3

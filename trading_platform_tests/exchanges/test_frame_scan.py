@@ -88,7 +88,7 @@ def test_a_frame_of_the_shape_is_read_into_rows_with_its_frame_index() -> None:
 
 
 def test_rows_are_what_the_typed_decode_gives() -> None:
-    raw = frame(0, trade(id=1), trade(symbol="ETH-USD", price="0.000123", qty="1e-3", id=-4,
+    raw = frame(0, trade(id=1), trade(symbol="ETH-USD", price="0.000123", qty="1e-3", id=4,
                                       time="2026-04-07T14:30:02.7890125Z"))
     assert scan([raw])[1] == decoded(raw)
 
@@ -233,9 +233,29 @@ def test_any_number_reads_as_the_typed_decode_reads_it_or_is_left_to_it(number: 
         assert len(digits) > 19 or "e" in number.lower() or (number.startswith("-") and float(number) == 0)
 
 
-@given(st.integers(-(10**18) + 1, 10**18 - 1))
-def test_any_int_of_up_to_18_digits_reads_exactly(value: int) -> None:
+@given(st.integers(0, 2**53))
+def test_any_int_from_0_to_2_to_the_53_reads_exactly(value: int) -> None:
     assert scan([frame(0, trade(id=value))])[1][3] == [value]
+
+
+@pytest.mark.parametrize("value", [-1, -(2**53), 2**53 + 1, 2**63 - 1])
+def test_an_int_beyond_what_every_wire_int_type_takes_is_left_to_the_decode(value: int) -> None:
+    assert scan([frame(0, trade(id=value))])[0] == 0
+
+
+BINANCE_LIKE = FrameShape({"data": TRADE(e="trade")}, FIELDS, lax=True)
+
+
+def test_a_trade_object_holds_the_strings_its_shape_names_besides_its_fields() -> None:
+    frames = [msgspec.json.encode({"stream": "x", "data": {"e": "trade", **trade(id=i)}}) for i in (1, 2)]
+    assert scan(frames, -1, BINANCE_LIKE)[1][3] == [1, 2]
+
+
+@pytest.mark.parametrize("data", [{"e": "aggTrade", **trade()}, trade(), {"e": "trade", "e ": 1, **trade()},
+                                  {"e": 5, **trade()}])
+def test_a_trade_object_without_those_strings_is_left_to_the_decode(data: dict[str, Any]) -> None:
+    raw = msgspec.json.encode({"data": data}).replace(b'"e ":1,', b'"e":"trade",')  # the last: "e" twice
+    assert scan([raw], -1, BINANCE_LIKE)[0] == 0
 
 
 # --- fuzzing: whatever a frame becomes, the scan reads it as the decode does, or not at all --------------------
