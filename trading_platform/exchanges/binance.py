@@ -107,7 +107,8 @@ class _RawShutdown(msgspec.Struct):
 
 
 class _Combined(msgspec.Struct, gc=False):
-    """The hot path's shape: a batch of trades only. Any other frame fails it and takes the split path."""
+    """The typed decode's shape of a run of trades only (most @trade frames never get here: the compiled scan reads
+    them, ``Binance.trade_frame``). Any other frame fails it and takes the split path."""
 
     data: _Trade | _AggTrade
 

@@ -485,8 +485,9 @@ cdef class FrameShape:
     these keys, each once; other keys skipped), a one-element list (an array of exactly one such element), a
     str (exactly that string), ``SEQUENCE`` (the frame's sequence number) and ``TRADES`` or ``TRADE`` (an array
     of trade objects, or one): objects holding every name of ``trade_fields`` (the columns' fields), each value
-    of its column's type. ``choices``: a field's allowed strings (a Literal of the wire struct). ``lax``: a float
-    column also reads a number spelled as a string, as msgspec's lax decoders (``strict=False``) do."""
+    of its column's type (an int from 0 to 2**53), and, called with keys (``TRADE(e="trade")``), those strings too.
+    ``choices``: a field's allowed strings (a Literal of the wire struct). ``lax``: a float column also reads a
+    number spelled as a string, as msgspec's lax decoders (``strict=False``) do."""
 
     cdef Node* nodes
     cdef Text* member_keys  # the OBJECT nodes' keys, each object's together
