@@ -46,12 +46,6 @@ from trading_platform.exchanges.trade_gaps import (
 )
 from trading_platform.exchanges.wire_columns import FrameShape, WireColumns
 
-# Frames of ``trade_frame`` in a row worth a typed decode's interruption: each run of decoded frames costs a decode
-# call and an ``on_messages`` pass of its own, which a few scanned frames do not win back. Measured on Coinbase
-# trade updates with a heartbeat after every k, against no scan: runs of 1 scanned cost 40% more, of 2-5 up to 8%
-# more; from 6 on the scan wins (k=7: 9% less time, k=10: 16%).
-SCAN_RUN = 6
-PROBE_BACKOFF = 32  # runs decoded whole, at most, between two looks for a run of ``trade_frame`` that find none
 BAD_HISTORY_ANSWERS = 3  # answers to one backfill that are no trade-history page before its range is given up
 
 T = TypeVar("T")
@@ -109,11 +103,6 @@ class Exchange(RecordDecoder):
         self._emitted_bucket: dict[str, int] = dict.fromkeys(self.symbols, -1)
         self._book_interval_us = config.book_interval_ms * 1000  # read for every book update
         self.wants_books = "book" in config.channels  # read for every book message: not a list search each time
-        # Looks for runs of ``trade_frame`` among the frames the scan did not read: after a look that finds none, so
-        # many runs are decoded whole before the next look, twice as many each time (up to PROBE_BACKOFF): a stream
-        # of frames of other kinds (books, @aggTrade) pays for a look now and then, not for one at every frame.
-        self._probe_skips = 0
-        self._probe_backoff = 1
 
     # --- the protocol: what each module provides ------------------------------------------------
     @staticmethod
@@ -227,21 +216,6 @@ class Exchange(RecordDecoder):
         assert self.trade_frame is not None
         self.collect(out)  # the columns keep frame order
         return self._columns(out).scan(self.trade_frame, frames, lo, hi, first_sequence)
-
-    def next_scannable(self, frames: list[bytes], lo: int, hi: int, out: DecodeOutput, array: memoryview,
-                       at: int) -> int:
-        if self.trade_frame is None:
-            return hi
-        if self._probe_skips:
-            self._probe_skips -= 1
-            return hi
-        found = self._columns(out).find(self.trade_frame, frames, lo, hi, SCAN_RUN, array, at)
-        if found < hi:
-            self._probe_backoff = 1
-        else:
-            self._probe_skips = self._probe_backoff
-            self._probe_backoff = min(2 * self._probe_backoff, PROBE_BACKOFF)
-        return found
 
     def _columns(self, out: DecodeOutput) -> WireColumns:
         if out.columns is None:

@@ -791,30 +791,6 @@ cdef class WireColumns:
             self._sized()
         return index - lo
 
-    def find(self, FrameShape shape, list frames, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t run,
-             const unsigned char[::1] joined, Py_ssize_t at):
-        """The first of ``run`` frames in a row of ``shape`` (their sequence numbers not read), from frame ``lo``
-        on; ``hi`` when there is no such run. Nothing is added to the columns. The frames are read in ``joined``,
-        their text as the decode joined it (frame ``lo`` from ``at`` on, one byte between frames): where the typed
-        decode reads next, so the bytes a probe reads are the decode's own, already in the CPU cache (a frame's
-        own object is not: a probe there cost a cache miss per frame, 3% of a Coinbase book update)."""
-        cdef Py_ssize_t index, row, length, in_a_row = 0
-        cdef int64_t sequence
-        self._check(shape)
-        for index in range(lo, hi):
-            length = len(frames[index])
-            if at + length > joined.shape[0]:
-                raise ValueError("the joined text is shorter than the frames")
-            row = self.rows  # rows written past the complete ones: written over by the next
-            if self._frame(shape, <const char*>&joined[at] if length else NULL, length, &row, index, &sequence):
-                in_a_row += 1
-            else:
-                in_a_row = 0
-            at += length + 1
-            if in_a_row == run:
-                return index + 1 - run
-        return hi
-
     cdef int _frame(self, FrameShape shape, const char* text, Py_ssize_t length, Py_ssize_t* row, int64_t frame,
                     int64_t* sequence) except -1:
         """1: the frame's text is one value of ``shape`` (its trades written from ``row`` on, ``row`` moved past

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
+from trading_platform.exchanges import record_decoder
 from trading_platform.exchanges.binance import Binance
 from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput
 from trading_platform_tests.support import replay_endpoints
@@ -172,8 +173,10 @@ def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
-def test_a_stream_decodes_the_same_with_and_without_the_scan(binance: Binance, seed: int,
-                                                             channels: list[str]) -> None:
+@pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
+def test_a_stream_decodes_the_same_with_and_without_the_scan(binance: Binance, seed: int, channels: list[str],
+                                                             chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
     config = binance.config.model_copy()
     config.channels = channels  # type: ignore[assignment]
     scanning, decoding = Binance(config), Binance(config)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
+from trading_platform.exchanges import record_decoder
 from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, STALE_SEQUENCE_RESET, Coinbase
 from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
@@ -611,8 +612,11 @@ def rejected(decoded: DecodedFrames) -> list[tuple[int, str, str, str]]:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
+@pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
 def test_a_stream_decodes_the_same_with_and_without_the_scan(exchanges_config: ExchangesFile, seed: int,
-                                                             channels: list[str]) -> None:
+                                                             channels: list[str], chunk: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
     records = mixed_stream(seed)
     scanning, decoding = (Coinbase(config_for(exchanges_config, channels)) for _ in range(2))
     decoding.trade_frame = None

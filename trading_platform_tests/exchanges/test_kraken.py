@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
+from trading_platform.exchanges import record_decoder
 from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, RecordKind, SendFrames
 from trading_platform.exchanges.kraken import MAX_RESUBSCRIBES, Kraken, kraken_checksum, subscription_depth
 from trading_platform.exchanges.registry import exchange_class
@@ -529,7 +530,10 @@ def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_a_stream_decodes_the_same_with_and_without_the_scan(config: ExchangeConfig, seed: int) -> None:
+@pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
+def test_a_stream_decodes_the_same_with_and_without_the_scan(config: ExchangeConfig, seed: int, chunk: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
     frames = stream(seed)
     scanning, decoding = Kraken(config), Kraken(config)
     decoding.trade_frame = None

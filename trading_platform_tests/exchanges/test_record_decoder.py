@@ -10,7 +10,6 @@ import pytest
 
 from trading_platform.config import ExchangesFile
 from trading_platform.exchanges import record_decoder
-from trading_platform.exchanges.base import SCAN_RUN
 from trading_platform.exchanges.coinbase import Coinbase
 from trading_platform.exchanges.decoded import DecodeOutput
 from trading_platform.exchanges.kraken import Kraken
@@ -118,46 +117,21 @@ def coinbase_heartbeat(sequence: int) -> bytes:
     return f'{{"channel":"heartbeats","sequence_num":{sequence},"events":[]}}'.encode()
 
 
-def test_the_frames_between_scanned_runs_are_each_read_as_one_json_array(exchanges_config: ExchangesFile) -> None:
-    frames, sequence, trade_id = [], 0, 1
-    for run in range(6):  # runs of scanned trade updates (the first sets the numbering), one or two heartbeats after
-        for _ in range(SCAN_RUN + 1 + run):
-            frames.append(coinbase_frame(sequence, trade_id))
-            sequence, trade_id = sequence + 1, trade_id + 1
-        for _ in range(1 + run % 2):
-            frames.append(coinbase_heartbeat(sequence))
-            sequence += 1
+@pytest.mark.parametrize("leading", [[0, 1, 2, 3, 4], [4, 0, 3, 1, 2]])  # trade updates at the start of each chunk
+def test_a_chunk_s_first_frames_are_scanned_and_the_rest_read_as_one_json_array(
+        exchanges_config: ExchangesFile, monkeypatch: pytest.MonkeyPatch, leading: list[int]) -> None:
+    monkeypatch.setattr(record_decoder, "DECODE_CHUNK", 5)
+    frames = [coinbase_heartbeat(s) for s in range(5)]  # the first frame sets the numbering
+    for count in leading:  # a chunk of `count` trade updates, a heartbeat, then trade updates and heartbeats in turn
+        for place in range(5):
+            sequence = len(frames)
+            trade = place < count or (place > count and place % 2 == 0)
+            frames.append(coinbase_frame(sequence, sequence) if trade else coinbase_heartbeat(sequence))
     received = list(range(len(frames)))
     watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
     decoding = Coinbase(exchanges_config.exchanges["coinbase"])
     decoding.trade_frame = None
     decoded = watched.decode(frames, received)
     assert decoded.trades.equals(decoding.decode(frames, received).trades)
-    assert decoded.trades.num_rows == trade_id - 1 and decoded.control_frames == 9
-    assert watched.scanned == trade_id - 2  # all trade updates but the first
-    assert watched.decoded_alone == []  # each run between scans had its brackets exactly around its frames
-
-
-def test_a_look_that_finds_no_run_to_scan_spaces_out_the_next_looks(
-        exchanges_config: ExchangesFile) -> None:
-    chunk = record_decoder.DECODE_CHUNK
-    frames = list(map(coinbase_heartbeat, range(chunk)))  # nothing to scan: the next chunk is not looked into
-    frames += [*map(coinbase_heartbeat, range(chunk, chunk + 10)),
-               *(coinbase_frame(s, s) for s in range(chunk + 10, 2 * chunk))]
-    frames += [coinbase_heartbeat(2 * chunk), *(coinbase_frame(s, s) for s in range(2 * chunk + 1, 3 * chunk))]
-    watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
-    decoded = watched.decode(frames, list(range(len(frames))))
-    assert decoded.trades.num_rows == 2 * chunk - 11
-    # The first chunk's look found nothing: the second is decoded whole, without a look; the third is looked into.
-    assert watched.scanned == chunk - 1
-
-
-def test_each_look_that_finds_nothing_doubles_the_wait_for_the_next(exchanges_config: ExchangesFile) -> None:
-    chunk = record_decoder.DECODE_CHUNK
-    frames = [coinbase_heartbeat(s) for s in range(3 * chunk)]  # looks in chunks 1 and 3 find nothing
-    for first in range(3 * chunk, 6 * chunk, chunk):  # chunks 4 and 5 wait; 6 is looked into
-        frames += [coinbase_heartbeat(first), *(coinbase_frame(s, s) for s in range(first + 1, first + chunk))]
-    watched = WatchedCoinbase(exchanges_config.exchanges["coinbase"])
-    decoded = watched.decode(frames, list(range(len(frames))))
-    assert decoded.trades.num_rows == 3 * (chunk - 1)
-    assert watched.scanned == chunk - 1
+    assert watched.scanned == sum(leading)
+    assert watched.decoded_alone == []  # each chunk's rest had its brackets exactly around its frames
