@@ -11,7 +11,8 @@ import pytest
 from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges import record_decoder
 from trading_platform.exchanges.binance import Binance
-from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput
+from trading_platform.exchanges.decoded import DecodeOutput
+from trading_platform_tests.exchanges.scan_support import assert_the_scan_changes_nothing
 from trading_platform_tests.support import replay_endpoints
 
 DOC_TRADE = (b'{"e": "trade", "E": 1672515782136, "s": "BNBBTC", "t": 12345, "p": "0.001", "q": "100", '
@@ -166,11 +167,6 @@ def stream(seed: int) -> list[bytes]:
     return frames
 
 
-def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
-    rejects = decoded.rejects
-    return list(zip(rejects.reasons, rejects.details, rejects.raws, strict=True))
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
 @pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
@@ -179,20 +175,7 @@ def test_a_stream_decodes_the_same_with_and_without_the_scan(binance: Binance, s
     monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
     config = binance.config.model_copy()
     config.channels = channels  # type: ignore[assignment]
-    scanning, decoding = Binance(config), Binance(config)
-    decoding.trade_frame = None
-    frames = stream(seed)
-    for start in range(0, len(frames), 300):  # several calls, so state carries across them
-        batch = frames[start:start + 300]
-        received = list(range(start, start + len(batch)))
-        ours, theirs = scanning.decode(batch, received), decoding.decode(batch, received)
-        assert ours.trades.equals(theirs.trades)
-        # Each reject once (a broken frame's is recorded before the trade rows of its chunk, so not in frame order).
-        assert sorted(rejected(ours)) == sorted(rejected(theirs))
-        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
-        assert ours.actions == theirs.actions
-    assert scanning.counters == decoding.counters
-    assert scanning.export_state() == decoding.export_state()
+    assert_the_scan_changes_nothing(Binance, config, list(stream(seed)))
 
 
 def test_trade_frames_are_read_by_the_compiled_scan(binance: Binance) -> None:

@@ -14,6 +14,7 @@ from trading_platform.exchanges import record_decoder
 from trading_platform.exchanges.coinbase import MARKET_TRADES_SIDE_IS_MAKER, STALE_SEQUENCE_RESET, Coinbase
 from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, Reconnect, RecordKind
 from trading_platform.exchanges.registry import exchange_class
+from trading_platform_tests.exchanges.scan_support import assert_the_scan_changes_nothing
 from trading_platform_tests.support import replay_endpoints
 
 DOC_L2_SNAPSHOT = b"""{
@@ -605,11 +606,6 @@ def mixed_stream(seed: int) -> list[bytes | RecordKind]:
     return records
 
 
-def rejected(decoded: DecodedFrames) -> list[tuple[int, str, str, str]]:
-    rejects = decoded.rejects
-    return list(zip(rejects.received_us, rejects.reasons, rejects.details, rejects.raws, strict=True))
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("channels", [["trades"], ["trades", "book"]])
 @pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
@@ -617,18 +613,4 @@ def test_a_stream_decodes_the_same_with_and_without_the_scan(exchanges_config: E
                                                              channels: list[str], chunk: int,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
-    records = mixed_stream(seed)
-    scanning, decoding = (Coinbase(config_for(exchanges_config, channels)) for _ in range(2))
-    decoding.trade_frame = None
-    for start in range(0, len(records), 300):  # several calls, so state carries across them
-        ours, theirs = (decode(exchange, *records[start:start + 300]) for exchange in (scanning, decoding))
-        assert ours.trades.equals(theirs.trades)
-        # Each reject once, with its frame (the typed decode records a broken frame's before the trade rows of the
-        # frames ahead of it in its chunk, so the order in a call is not the frames').
-        assert sorted(rejected(ours)) == sorted(rejected(theirs))
-        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
-        assert event_rows(ours) == event_rows(theirs)
-        assert snapshot_rows(ours) == snapshot_rows(theirs)
-        assert ours.actions == theirs.actions
-    assert scanning.counters == decoding.counters
-    assert scanning.export_state() == decoding.export_state()
+    assert_the_scan_changes_nothing(Coinbase, config_for(exchanges_config, channels), mixed_stream(seed))

@@ -16,9 +16,10 @@ import pytest
 
 from trading_platform.config import ExchangeConfig, ExchangesFile
 from trading_platform.exchanges import record_decoder
-from trading_platform.exchanges.decoded import DecodedFrames, DecodeOutput, RecordKind, SendFrames
+from trading_platform.exchanges.decoded import DecodeOutput, RecordKind, SendFrames
 from trading_platform.exchanges.kraken import MAX_RESUBSCRIBES, Kraken, kraken_checksum, subscription_depth
 from trading_platform.exchanges.registry import exchange_class
+from trading_platform_tests.exchanges.scan_support import assert_the_scan_changes_nothing
 
 # The documented snapshot, as (price text, qty text), best first.
 DOC_BIDS = [("45283.5", "0.10000000"), ("45283.4", "1.54582015"), ("45282.1", "0.10000000"),
@@ -524,30 +525,12 @@ def stream(seed: int) -> list[bytes]:
     return frames
 
 
-def rejected(decoded: DecodedFrames) -> list[tuple[str, str, str]]:
-    rejects = decoded.rejects
-    return list(zip(rejects.reasons, rejects.details, rejects.raws, strict=True))
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("chunk", [7, record_decoder.DECODE_CHUNK])  # the scan reads the first frames of each
 def test_a_stream_decodes_the_same_with_and_without_the_scan(config: ExchangeConfig, seed: int, chunk: int,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(record_decoder, "DECODE_CHUNK", chunk)
-    frames = stream(seed)
-    scanning, decoding = Kraken(config), Kraken(config)
-    decoding.trade_frame = None
-    for start in range(0, len(frames), 300):  # several calls, so state carries across them
-        batch = frames[start:start + 300]
-        received = [us(56, i) for i in range(len(batch))]
-        ours, theirs = scanning.decode(batch, received), decoding.decode(batch, received)
-        assert ours.trades.equals(theirs.trades)
-        # Each reject once (a broken frame's is recorded before the trade rows of its chunk, so not in frame order).
-        assert sorted(rejected(ours)) == sorted(rejected(theirs))
-        assert (ours.control_frames, ours.ignored_frames) == (theirs.control_frames, theirs.ignored_frames)
-        assert ours.actions == theirs.actions
-    assert scanning.counters == decoding.counters
-    assert scanning.export_state() == decoding.export_state()
+    assert_the_scan_changes_nothing(Kraken, config, list(stream(seed)))
 
 
 def test_trade_updates_are_read_by_the_compiled_scan(kraken: Kraken) -> None:
